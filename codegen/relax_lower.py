@@ -1,0 +1,354 @@
+"""IR -> Relax lowering with the BlockBuilder: one small function per IR op.
+
+The Relax function `main` takes the graph inputs first and then the weights (constants larger
+than `inline_limit` elements) as parameters, with the `num_input` attribute marking the split,
+so compiled code stays small and weights live in the artifact's weight file. Small constants
+(scalars, masks of a few elements) are embedded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from ..errors import CodegenError
+from ..ir import Graph, Node, Value
+from ..ir.ops import attention_scale
+
+R = relax.op
+Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
+
+
+@dataclass
+class LoweredModule:
+    mod: tvm.IRModule
+    params: list[Value]  # weights in the order `main` takes them after the inputs
+
+
+def _const(value: Any, dtype: str) -> relax.Expr:
+    return relax.const(np.asarray(value, dtype=dtype))
+
+
+def _dtype(node: Node) -> str:
+    return node.outputs[0].dtype
+
+
+# ---- per-op lowerings ------------------------------------------------------------------------
+
+UNARY_RELAX: dict[str, Callable[[relax.Expr], relax.Expr]] = {
+    "neg": R.negative, "exp": R.exp, "log": R.log, "sqrt": R.sqrt, "rsqrt": R.rsqrt,
+    "tanh": R.tanh, "sigmoid": R.sigmoid, "relu": R.nn.relu, "silu": R.nn.silu, "erf": R.erf,
+    "abs": R.abs, "sin": R.sin, "cos": R.cos, "floor": R.floor, "trunc": R.trunc, "ceil": R.ceil,
+    "round": R.round, "sign": R.sign, "logical_not": R.logical_not, "selu": R.nn.selu,
+}
+BINARY_RELAX: dict[str, Callable[[relax.Expr, relax.Expr], relax.Expr]] = {
+    "add": R.add, "sub": R.subtract, "mul": R.multiply, "div": R.divide, "pow": R.power,
+    "maximum": R.maximum, "minimum": R.minimum, "floor_divide": R.floor_divide,
+    "mod": R.floor_mod, "equal": R.equal, "not_equal": R.not_equal, "less": R.less,
+    "less_equal": R.less_equal, "greater": R.greater, "greater_equal": R.greater_equal,
+    "logical_and": R.logical_and, "logical_or": R.logical_or, "logical_xor": R.logical_xor,
+}
+REDUCE_RELAX = {"reduce_sum": R.sum, "reduce_mean": R.mean, "reduce_max": R.max,
+                "reduce_min": R.min, "reduce_prod": R.prod}
+
+
+def _lower_composite_unary(bb: relax.BlockBuilder, node: Node, x: relax.Expr) -> relax.Expr:
+    a, dt = node.attrs, _dtype(node)
+    one, zero = _const(1, dt), _const(0, dt)
+    match node.op:
+        case "reciprocal":
+            return R.divide(one, x)
+        case "gelu":
+            return R.nn.gelu_tanh(x) if a["approximate"] == "tanh" else R.nn.gelu(x)
+        case "softplus":  # log(1 + e^x) computed stably as max(x, 0) + log1p(e^-|x|)
+            return R.add(R.maximum(x, zero), R.log(R.add(one, R.exp(R.negative(R.abs(x))))))
+        case "softsign":
+            return R.divide(x, R.add(one, R.abs(x)))
+        case "leaky_relu":
+            return R.nn.leakyrelu(x, a["alpha"])
+        case "elu":
+            neg = R.multiply(_const(a["alpha"], dt), R.subtract(R.exp(R.minimum(x, zero)), one))
+            return R.where(R.greater(x, zero), x, neg)
+        case "hard_sigmoid":
+            lin = R.add(R.multiply(x, _const(a["alpha"], dt)), _const(a["beta"], dt))
+            return R.clip(lin, 0.0, 1.0)
+        case "hard_swish":
+            return R.multiply(x, R.clip(R.add(R.divide(x, _const(6, dt)), _const(0.5, dt)),
+                                        0.0, 1.0))
+        case "clip":
+            lo = a["min"] if a["min"] is not None else float(np.finfo(np.float32).min)
+            hi = a["max"] if a["max"] is not None else float(np.finfo(np.float32).max)
+            if not dt.startswith("float"):
+                lo, hi = int(max(lo, np.iinfo(dt).min)), int(min(hi, np.iinfo(dt).max))
+            return R.clip(x, lo, hi)
+    raise CodegenError(f"no lowering for unary op {node.op}")
+
+
+def _lower_cast(bb, node, args):
+    return R.astype(args[0], node.attrs["dtype"])
+
+
+def _lower_where(bb, node, args):
+    return R.where(*args)
+
+
+def _lower_reduce(bb, node, args):
+    axes = list(node.attrs["axes"]) if node.attrs["axes"] is not None else None
+    return REDUCE_RELAX[node.op](args[0], axes, node.attrs["keepdims"])
+
+
+def _lower_arg(bb, node, args):
+    fn = R.argmax if node.op == "argmax" else R.argmin
+    out = fn(args[0], node.attrs["axis"], node.attrs["keepdims"])
+    return R.astype(out, "int64")
+
+
+def _lower_softmax(bb, node, args):
+    fn = R.nn.softmax if node.op == "softmax" else R.nn.log_softmax
+    return fn(args[0], node.attrs["axis"])
+
+
+def _lower_cumsum(bb, node, args):
+    return R.cumsum(args[0], node.attrs["axis"], dtype=_dtype(node))
+
+
+def _lower_reshape(bb, node, args):
+    return R.reshape(args[0], node.attrs["shape"])
+
+
+def _lower_transpose(bb, node, args):
+    return R.permute_dims(args[0], node.attrs["perm"])
+
+
+def _lower_broadcast_to(bb, node, args):
+    return R.broadcast_to(args[0], node.attrs["shape"])
+
+
+def _lower_concat(bb, node, args):
+    return R.concat(args, node.attrs["axis"])
+
+
+def _lower_slice(bb, node, args):
+    x_shape = node.inputs[0].shape
+    axes, begins, ends, strides = [], [], [], []
+    from ..ir.ops import slice_indices
+
+    for axis, s, e, st in zip(*(node.attrs[k] for k in ("axes", "starts", "ends", "steps"))):
+        r = slice_indices(x_shape[axis % len(x_shape)], s, e, st)
+        axes.append(axis % len(x_shape))
+        begins.append(r.start)
+        # a negative stop from range() means "past the front"; strided_slice wants -(dim+1)
+        ends.append(r.stop if r.stop >= 0 else -x_shape[axis % len(x_shape)] - 1)
+        strides.append(r.step)
+    return R.strided_slice(args[0], axes, begins, ends, strides, assume_inbound=False)
+
+
+def _nonneg_indices(bb, node, idx: relax.Expr, dim: int) -> relax.Expr:
+    idx_value = node.inputs[1]
+    if idx_value.is_const and (idx_value.data >= 0).all():
+        return idx
+    dt = idx_value.dtype
+    return R.where(R.less(idx, _const(0, dt)), R.add(idx, _const(dim, dt)), idx)
+
+
+def _lower_gather(bb, node, args):
+    axis = node.attrs["axis"] % len(node.inputs[0].shape)
+    idx = _nonneg_indices(bb, node, args[1], node.inputs[0].shape[axis])
+    return R.take(args[0], idx, axis)
+
+
+def _lower_gather_elements(bb, node, args):
+    axis = node.attrs["axis"] % len(node.inputs[0].shape)
+    idx = _nonneg_indices(bb, node, args[1], node.inputs[0].shape[axis])
+    return R.gather_elements(args[0], idx, axis)
+
+
+def _lower_pad(bb, node, args):
+    pads = node.attrs["pads"]
+    x = args[0]
+    if any(p < 0 for p in pads):  # negative pads crop: pad the positive part, then slice
+        shape = node.inputs[0].shape
+        pos = [max(p, 0) for p in pads]
+        x = bb.emit(R.nn.pad(x, pos, node.attrs["mode"], node.attrs["value"]))
+        axes = list(range(len(shape)))
+        begins = [-min(pads[2 * i], 0) for i in axes]
+        ends = [shape[i] + pos[2 * i] + pos[2 * i + 1] + min(pads[2 * i + 1], 0) for i in axes]
+        return R.strided_slice(x, axes, begins, ends)
+    return R.nn.pad(x, list(pads), node.attrs["mode"], node.attrs["value"])
+
+
+def _lower_matmul(bb, node, args):
+    return R.matmul(args[0], args[1])
+
+
+def _lower_linear(bb, node, args):
+    return R.linear(args[0], args[1], args[2] if len(args) > 2 else None)
+
+
+def _add_channel_bias(bb, y: relax.Expr, bias: relax.Expr, out_channels: int) -> relax.Expr:
+    return R.add(y, R.reshape(bias, (1, out_channels, 1, 1)))
+
+
+def _lower_conv2d(bb, node, args):
+    a = node.attrs
+    y = R.nn.conv2d(args[0], args[1], a["strides"], a["padding"], a["dilation"], a["groups"])
+    if len(args) == 3:
+        y = _add_channel_bias(bb, bb.emit(y), args[2], node.inputs[1].shape[0])
+    return y
+
+
+def _lower_conv_transpose2d(bb, node, args):
+    a = node.attrs
+    y = R.nn.conv2d_transpose(args[0], args[1], a["strides"], a["padding"], a["output_padding"],
+                              a["dilation"], a["groups"])
+    if len(args) == 3:
+        y = _add_channel_bias(bb, bb.emit(y), args[2], node.outputs[0].shape[1])
+    return y
+
+
+def _lower_pool(bb, node, args):
+    a = node.attrs
+    if node.op == "max_pool2d":
+        return R.nn.max_pool2d(args[0], a["kernel"], a["strides"], a["padding"], a["dilation"],
+                               a["ceil_mode"])
+    return R.nn.avg_pool2d(args[0], a["kernel"], a["strides"], a["padding"], (1, 1),
+                           a["ceil_mode"], a["count_include_pad"])
+
+
+def _lower_batch_norm(bb, node, args):
+    x, scale, bias, mean, var = args
+    dt, rank = _dtype(node), len(node.inputs[0].shape)
+    shape = (1, node.inputs[0].shape[1]) + (1,) * (rank - 2)
+    inv = bb.emit(R.multiply(scale, R.rsqrt(R.add(var, _const(node.attrs["eps"], dt)))))
+    shift = bb.emit(R.subtract(bias, R.multiply(mean, inv)))
+    return R.add(R.multiply(x, R.reshape(inv, shape)), R.reshape(shift, shape))
+
+
+def _lower_layer_norm(bb, node, args):
+    k, dt = node.attrs["normalized_ndim"], _dtype(node)
+    shape = node.inputs[0].shape[-k:]
+    axes = list(range(-k, 0))
+    gamma = args[1] if len(args) > 1 else _const(np.ones(shape), dt)
+    beta = args[2] if len(args) > 2 else _const(np.zeros(shape), dt)
+    return R.nn.layer_norm(args[0], gamma, beta, axes, node.attrs["eps"])
+
+
+def _lower_rms_norm(bb, node, args):
+    k, dt = node.attrs["normalized_ndim"], _dtype(node)
+    weight = args[1] if len(args) > 1 else _const(np.ones(node.inputs[0].shape[-k:]), dt)
+    return R.nn.rms_norm(args[0], weight, list(range(-k, 0)), node.attrs["eps"])
+
+
+def _lower_attention(bb, node, args):
+    q, k, v = args[:3]
+    qt, kt = node.inputs[0].type, node.inputs[1].type
+    dt = qt.dtype
+    rep = qt.shape[1] // kt.shape[1]
+    if rep > 1:  # grouped-query attention: share each k/v head across `rep` query heads
+        k, v = bb.emit(R.repeat(k, rep, axis=1)), bb.emit(R.repeat(v, rep, axis=1))
+    scores = bb.emit(R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])),
+                                _const(attention_scale(node.attrs, qt.shape[3]), dt)))
+    sq, sk = qt.shape[2], kt.shape[2]
+    neg_inf = _const(-np.inf, dt)
+    if node.attrs["causal"]:
+        allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
+        scores = bb.emit(R.where(relax.const(allowed), scores, neg_inf))
+    if len(args) == 4:
+        mask = args[3]
+        if node.inputs[3].dtype == "bool":
+            scores = bb.emit(R.where(mask, scores, neg_inf))
+        else:
+            scores = bb.emit(R.add(scores, mask))
+    probs = bb.emit(R.nn.softmax(scores, axis=-1))
+    return R.matmul(probs, v)
+
+
+LOWERINGS: dict[str, Lowering] = {
+    "cast": _lower_cast, "where": _lower_where, "argmax": _lower_arg, "argmin": _lower_arg,
+    "softmax": _lower_softmax, "log_softmax": _lower_softmax, "cumsum": _lower_cumsum,
+    "reshape": _lower_reshape, "transpose": _lower_transpose,
+    "broadcast_to": _lower_broadcast_to, "concat": _lower_concat, "slice": _lower_slice,
+    "gather": _lower_gather, "gather_elements": _lower_gather_elements, "pad": _lower_pad,
+    "matmul": _lower_matmul, "linear": _lower_linear, "conv2d": _lower_conv2d,
+    "conv_transpose2d": _lower_conv_transpose2d, "max_pool2d": _lower_pool,
+    "avg_pool2d": _lower_pool, "batch_norm": _lower_batch_norm,
+    "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
+    "attention": _lower_attention,
+}
+for _op in REDUCE_RELAX:
+    LOWERINGS[_op] = _lower_reduce
+for _op, _fn in UNARY_RELAX.items():
+    LOWERINGS[_op] = lambda bb, node, args, _fn=_fn: _fn(args[0])
+for _op, _fn in BINARY_RELAX.items():
+    LOWERINGS[_op] = lambda bb, node, args, _fn=_fn: _fn(args[0], args[1])
+for _op in ("reciprocal", "gelu", "softplus", "softsign", "leaky_relu", "elu", "hard_sigmoid",
+            "hard_swish", "clip"):
+    LOWERINGS[_op] = lambda bb, node, args: _lower_composite_unary(bb, node, args[0])
+
+
+def supported_ops() -> set[str]:
+    return set(LOWERINGS)
+
+
+# ---- the driver ------------------------------------------------------------------------------
+
+
+def _tensor_type(v: Value) -> relax.TensorType:
+    return relax.TensorType(v.shape, v.dtype)
+
+
+def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
+    """Builds the Relax module for `graph`; weights above `inline_limit` elements become params."""
+    missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
+    if missing:
+        raise CodegenError(f"no Relax lowering for op(s) {missing}")
+    params = [c for c in graph.constants if c.type.size > inline_limit]
+    bb = relax.BlockBuilder()
+    env: dict[int, relax.Expr] = {}
+    fn_inputs = [relax.Var(v.name, _tensor_type(v)) for v in graph.inputs]
+    fn_params = [relax.Var(v.name, _tensor_type(v)) for v in params]
+    for v, var in zip(list(graph.inputs) + params, fn_inputs + fn_params):
+        env[id(v)] = var
+    for c in graph.constants:
+        if id(c) not in env:
+            env[id(c)] = relax.const(c.data)
+    attrs = {"num_input": len(fn_inputs)}
+    with bb.function("main", fn_inputs + fn_params, attrs=attrs):
+        with bb.dataflow():
+            for node in graph.nodes:
+                _emit_node(bb, node, env)
+            outs = [env[id(v)] for v in graph.outputs]
+            result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
+            out = bb.emit_output(result)
+        bb.emit_func_output(out)
+    return LoweredModule(bb.get(), params)
+
+
+def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr]) -> None:
+    args = [env[id(v)] for v in node.inputs]
+    try:
+        expr = bb.emit(LOWERINGS[node.op](bb, node, args))
+    except CodegenError:
+        raise
+    except Exception as e:  # TVM reports type errors as plain exceptions; name the node
+        raise CodegenError(f"lowering {node.name} ({node.op}, scope {node.scope!r}) failed: "
+                           f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from e
+    _check_shape(node, expr)
+    env[id(node.output)] = expr
+
+
+def _check_shape(node: Node, expr: relax.Expr) -> None:
+    sinfo = expr.struct_info if hasattr(expr, "struct_info") else None
+    shape = getattr(sinfo, "shape", None)
+    if shape is None:
+        return
+    got = tuple(int(d) for d in shape.values) if hasattr(shape, "values") else None
+    if got is not None and got != node.output.shape:
+        raise CodegenError(f"lowering {node.name} ({node.op}) gave shape {got}, IR says "
+                           f"{node.output.shape}")
+

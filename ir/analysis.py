@@ -1,0 +1,38 @@
+"""networkx views of a graph for passes that reason about structure (blocks, dominators)."""
+
+from __future__ import annotations
+
+import networkx as nx
+
+from .graph import Graph, Node
+
+
+def to_networkx(graph: Graph) -> nx.DiGraph:
+    """Node-level DAG: an edge u -> v when v reads an output of u."""
+    dag = nx.DiGraph()
+    for node in graph.nodes:
+        dag.add_node(node.name, node=node)
+        for v in node.inputs:
+            if v.producer is not None:
+                dag.add_edge(v.producer.name, node.name)
+    return dag
+
+
+def scope_prefixes(graph: Graph, depth: int) -> dict[str, list[Node]]:
+    """Groups nodes by the first `depth` components of their module scope."""
+    groups: dict[str, list[Node]] = {}
+    for node in graph.nodes:
+        parts = node.scope.split(".") if node.scope else []
+        if len(parts) >= depth:
+            groups.setdefault(".".join(parts[:depth]), []).append(node)
+    return groups
+
+
+def immediate_dominators(graph: Graph) -> dict[str, str]:
+    """Dominator tree over nodes reachable from the first node (entry = a virtual source)."""
+    dag = to_networkx(graph)
+    dag.add_node("__entry__")
+    for node in graph.nodes:
+        if dag.in_degree(node.name) == 0:
+            dag.add_edge("__entry__", node.name)
+    return nx.immediate_dominators(dag, "__entry__")

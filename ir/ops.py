@@ -1,0 +1,785 @@
+"""Op schemas: attributes with defaults, shape/dtype inference and a numpy reference per op.
+
+The reference implementations define the semantics of the IR: the interpreter runs them, the
+codegen must agree with them, and tests compare both against PyTorch eager and ONNX Runtime.
+Binary elementwise ops require equal dtypes (frontends insert explicit casts) and broadcast the
+numpy way. Layouts are PyTorch's: NCHW activations, OIHW conv weights, [out, in] linear weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import IRError
+from .graph import TensorType
+
+InferFn = Callable[[list[TensorType], dict[str, Any]], list[TensorType]]
+RefFn = Callable[..., Any]  # (attrs, *arrays) -> array or tuple of arrays
+
+
+@dataclass(frozen=True)
+class OpSchema:
+    name: str
+    infer: InferFn
+    reference: RefFn
+    attrs: dict[str, Any] = field(default_factory=dict)  # name -> default (REQUIRED: none)
+    num_inputs: tuple[int, int] = (1, 1)  # min, max
+    doc: str = ""
+
+    def normalize_attrs(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = set(attrs) - set(self.attrs)
+        if unknown:
+            raise IRError(f"op {self.name}: unknown attribute(s) {sorted(unknown)}")
+        out = {}
+        for key, default in self.attrs.items():
+            if key in attrs:
+                out[key] = _freeze(attrs[key])
+            elif default is REQUIRED:
+                raise IRError(f"op {self.name}: missing attribute '{key}'")
+            else:
+                out[key] = default
+        return out
+
+    def check_arity(self, n: int) -> None:
+        lo, hi = self.num_inputs
+        if not lo <= n <= hi:
+            raise IRError(f"op {self.name} takes {lo}..{hi} inputs, got {n}")
+
+
+class _Required:
+    def __repr__(self) -> str:
+        return "REQUIRED"
+
+
+REQUIRED: Any = _Required()
+_SCHEMAS: dict[str, OpSchema] = {}
+
+
+def _freeze(v: Any) -> Any:
+    if isinstance(v, list | tuple):
+        return tuple(_freeze(x) for x in v)
+    if isinstance(v, np.generic):
+        return v.item()
+    return v
+
+
+def get_schema(op: str) -> OpSchema:
+    try:
+        return _SCHEMAS[op]
+    except KeyError:
+        raise IRError(f"unknown op '{op}'") from None
+
+
+def all_ops() -> list[str]:
+    return sorted(_SCHEMAS)
+
+
+def register(name: str, infer: InferFn, reference: RefFn, attrs: dict[str, Any] | None = None,
+             num_inputs: tuple[int, int] = (1, 1), doc: str = "") -> None:
+    if name in _SCHEMAS:
+        raise IRError(f"op {name} registered twice")
+    base_infer = infer
+
+    def checked_infer(types: list[TensorType], a: dict[str, Any]) -> list[TensorType]:
+        _SCHEMAS[name].check_arity(len(types))
+        return base_infer(types, a)
+
+    _SCHEMAS[name] = OpSchema(name, checked_infer, reference, attrs or {}, num_inputs, doc)
+
+
+# ---- helpers ---------------------------------------------------------------------------------
+
+FLOAT_DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+
+def _broadcast(types: Sequence[TensorType], op: str) -> tuple[int, ...]:
+    try:
+        return tuple(np.broadcast_shapes(*(t.shape for t in types)))
+    except ValueError:
+        raise IRError(f"{op}: shapes {[t.shape for t in types]} do not broadcast") from None
+
+
+def _same_dtype(types: Sequence[TensorType], op: str) -> str:
+    dtypes = {t.dtype for t in types}
+    if len(dtypes) != 1:
+        raise IRError(f"{op}: inputs have different dtypes {sorted(dtypes)}; insert a cast")
+    return dtypes.pop()
+
+
+def _norm_axis(axis: int, rank: int, op: str) -> int:
+    if not -max(rank, 1) <= axis < max(rank, 1):
+        raise IRError(f"{op}: axis {axis} out of range for rank {rank}")
+    return axis % max(rank, 1)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    # Abramowitz & Stegun 7.1.26 refined by one Newton-free correction: |err| < 1.5e-7, which is
+    # below float32 resolution near 1, so no scipy dependency is needed.
+    x64 = x.astype(np.float64)
+    s = np.sign(x64)
+    a = np.abs(x64)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+               + 0.254829592) * t * np.exp(-a * a)
+    return (s * y).astype(x.dtype)
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return (1.0 / (1.0 + np.exp(-x))).astype(x.dtype)
+
+
+# ---- elementwise -----------------------------------------------------------------------------
+
+
+def _same_type_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    return [types[0]]
+
+
+def _gelu(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    if a["approximate"] == "tanh":
+        inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)
+        return (0.5 * x * (1.0 + np.tanh(inner))).astype(x.dtype)
+    return (0.5 * x * (1.0 + _erf(x / math.sqrt(2.0)))).astype(x.dtype)
+
+
+_SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
+
+UNARY: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
+    "neg": (lambda a, x: -x, {}),
+    "exp": (lambda a, x: np.exp(x), {}),
+    "log": (lambda a, x: np.log(x), {}),
+    "sqrt": (lambda a, x: np.sqrt(x), {}),
+    "rsqrt": (lambda a, x: (1.0 / np.sqrt(x)).astype(x.dtype), {}),
+    "reciprocal": (lambda a, x: (1.0 / x).astype(x.dtype), {}),
+    "tanh": (lambda a, x: np.tanh(x), {}),
+    "sigmoid": (lambda a, x: _sigmoid(x), {}),
+    "relu": (lambda a, x: np.maximum(x, 0).astype(x.dtype), {}),
+    "silu": (lambda a, x: x * _sigmoid(x), {}),
+    "gelu": (_gelu, {"approximate": "none"}),
+    "erf": (lambda a, x: _erf(x), {}),
+    "abs": (lambda a, x: np.abs(x), {}),
+    "sin": (lambda a, x: np.sin(x), {}),
+    "cos": (lambda a, x: np.cos(x), {}),
+    "floor": (lambda a, x: np.floor(x), {}),
+    "trunc": (lambda a, x: np.trunc(x), {}),
+    "ceil": (lambda a, x: np.ceil(x), {}),
+    "round": (lambda a, x: np.round(x), {}),  # half to even, as torch and ONNX
+    "sign": (lambda a, x: np.sign(x), {}),
+    "logical_not": (lambda a, x: np.logical_not(x), {}),
+    "softplus": (lambda a, x: np.logaddexp(x, 0).astype(x.dtype), {}),
+    "softsign": (lambda a, x: (x / (1 + np.abs(x))).astype(x.dtype), {}),
+    "leaky_relu": (lambda a, x: np.where(x >= 0, x, x * a["alpha"]).astype(x.dtype),
+                   {"alpha": 0.01}),
+    "elu": (lambda a, x: np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0)))
+            .astype(x.dtype), {"alpha": 1.0}),
+    "selu": (lambda a, x: (_SELU_SCALE * np.where(
+        x > 0, x, _SELU_ALPHA * np.expm1(np.minimum(x, 0)))).astype(x.dtype), {}),
+    "hard_sigmoid": (lambda a, x: np.clip(a["alpha"] * x + a["beta"], 0, 1).astype(x.dtype),
+                     {"alpha": 1 / 6, "beta": 0.5}),
+    "hard_swish": (lambda a, x: (x * np.clip(x / 6 + 0.5, 0, 1)).astype(x.dtype), {}),
+    "clip": (lambda a, x: np.clip(x, -np.inf if a["min"] is None else a["min"],
+                                  np.inf if a["max"] is None else a["max"]).astype(x.dtype),
+             {"min": None, "max": None}),
+}
+
+for _name, (_fn, _attrs) in UNARY.items():
+    register(_name, _same_type_infer, _fn, _attrs, doc="elementwise")
+
+BINARY: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide,
+    "pow": np.power, "maximum": np.maximum, "minimum": np.minimum,
+    "floor_divide": np.floor_divide, "mod": np.mod,
+}
+COMPARE: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
+    "equal": np.equal, "not_equal": np.not_equal, "less": np.less,
+    "less_equal": np.less_equal, "greater": np.greater, "greater_equal": np.greater_equal,
+    "logical_and": np.logical_and, "logical_or": np.logical_or,
+    "logical_xor": np.logical_xor,
+}
+
+
+def _binary_infer(result_bool: bool) -> InferFn:
+    def infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+        dtype = _same_dtype(types, "binary op")
+        return [TensorType(_broadcast(types, "binary op"), "bool" if result_bool else dtype)]
+
+    return infer
+
+
+def _binary_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> RefFn:
+    def ref(a: dict[str, Any], x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+            out = fn(x, y)
+        return np.asarray(out).astype(x.dtype, copy=False)
+
+    return ref
+
+
+def _compare_ref(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> RefFn:
+    return lambda a, x, y: np.asarray(fn(x, y))
+
+
+for _name, _fn in BINARY.items():
+    register(_name, _binary_infer(False), _binary_ref(_fn), num_inputs=(2, 2), doc="elementwise")
+for _name, _fn in COMPARE.items():
+    register(_name, _binary_infer(True), _compare_ref(_fn), num_inputs=(2, 2), doc="elementwise")
+
+
+def _where_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    if types[0].dtype != "bool":
+        raise IRError(f"where: condition must be bool, got {types[0].dtype}")
+    dtype = _same_dtype(types[1:], "where")
+    return [TensorType(_broadcast(types, "where"), dtype)]
+
+
+register("where", _where_infer, lambda a, c, x, y: np.where(c, x, y), num_inputs=(3, 3))
+
+
+def _cast_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    if attrs["dtype"] not in DTYPE_NAMES:
+        raise IRError(f"cast: unsupported dtype {attrs['dtype']}")
+    return [TensorType(types[0].shape, attrs["dtype"])]
+
+
+DTYPE_NAMES = ("float32", "float16", "float64", "int64", "int32", "int16", "int8", "uint8",
+               "bool")
+
+
+def _cast_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    target = np.dtype(a["dtype"])
+    if np.issubdtype(x.dtype, np.floating) and np.issubdtype(target, np.integer):
+        x = np.trunc(x)  # C semantics, like torch and ONNX
+    with np.errstate(invalid="ignore"):
+        return x.astype(target)
+
+
+register("cast", _cast_infer, _cast_ref, {"dtype": REQUIRED})
+
+# ---- reductions ------------------------------------------------------------------------------
+
+
+def _reduce_axes(axes: tuple[int, ...] | None, rank: int, op: str) -> tuple[int, ...]:
+    if axes is None:
+        return tuple(range(rank))
+    out = tuple(sorted({_norm_axis(a, rank, op) for a in axes}))
+    return out
+
+
+def _reduce_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    t = types[0]
+    axes = _reduce_axes(attrs["axes"], len(t.shape), "reduce")
+    if attrs["keepdims"]:
+        shape = tuple(1 if i in axes else d for i, d in enumerate(t.shape))
+    else:
+        shape = tuple(d for i, d in enumerate(t.shape) if i not in axes)
+    return [TensorType(shape, t.dtype)]
+
+
+REDUCE = {"reduce_sum": np.sum, "reduce_mean": np.mean, "reduce_max": np.max,
+          "reduce_min": np.min, "reduce_prod": np.prod}
+
+
+def _reduce_ref(fn: Callable[..., np.ndarray]) -> RefFn:
+    def ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+        axes = _reduce_axes(a["axes"], x.ndim, "reduce")
+        return np.asarray(fn(x, axis=axes, keepdims=a["keepdims"])).astype(x.dtype)
+
+    return ref
+
+
+for _name, _fn in REDUCE.items():
+    register(_name, _reduce_infer, _reduce_ref(_fn), {"axes": None, "keepdims": False})
+
+
+def _arg_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    t = types[0]
+    axis = _norm_axis(attrs["axis"], len(t.shape), "argmax")
+    shape = list(t.shape)
+    if attrs["keepdims"]:
+        shape[axis] = 1
+    else:
+        del shape[axis]
+    return [TensorType(tuple(shape), "int64")]
+
+
+def _arg_ref(fn: Callable[..., np.ndarray]) -> RefFn:
+    def ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+        out = fn(x, axis=a["axis"])
+        if a["keepdims"]:
+            out = np.expand_dims(out, a["axis"])
+        return out.astype(np.int64)
+
+    return ref
+
+
+register("argmax", _arg_infer, _arg_ref(np.argmax), {"axis": REQUIRED, "keepdims": False})
+register("argmin", _arg_infer, _arg_ref(np.argmin), {"axis": REQUIRED, "keepdims": False})
+
+
+def _axis_keep_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    _norm_axis(attrs["axis"], len(types[0].shape), "op")
+    return [types[0]]
+
+
+def _softmax(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=a["axis"], keepdims=True)
+    e = np.exp(x - m)
+    return (e / np.sum(e, axis=a["axis"], keepdims=True)).astype(x.dtype)
+
+
+def _log_softmax(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=a["axis"], keepdims=True)
+    s = x - m
+    return (s - np.log(np.sum(np.exp(s), axis=a["axis"], keepdims=True))).astype(x.dtype)
+
+
+register("softmax", _axis_keep_infer, _softmax, {"axis": -1})
+register("log_softmax", _axis_keep_infer, _log_softmax, {"axis": -1})
+register("cumsum", _axis_keep_infer,
+         lambda a, x: np.cumsum(x, axis=a["axis"]).astype(x.dtype), {"axis": REQUIRED})
+
+# ---- shape ops -------------------------------------------------------------------------------
+
+
+def _reshape_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    shape = tuple(int(d) for d in attrs["shape"])
+    if any(d < 0 for d in shape):
+        raise IRError(f"reshape: target shape {shape} must be fully static (no -1)")
+    if int(np.prod(shape, dtype=np.int64)) != types[0].size:
+        raise IRError(f"reshape: cannot reshape {types[0].shape} to {shape}")
+    return [TensorType(shape, types[0].dtype)]
+
+
+register("reshape", _reshape_infer, lambda a, x: x.reshape(a["shape"]), {"shape": REQUIRED})
+
+
+def _transpose_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    perm = attrs["perm"]
+    shape = types[0].shape
+    if sorted(perm) != list(range(len(shape))):
+        raise IRError(f"transpose: {perm} is not a permutation of rank {len(shape)}")
+    return [TensorType(tuple(shape[p] for p in perm), types[0].dtype)]
+
+
+register("transpose", _transpose_infer,
+         lambda a, x: np.ascontiguousarray(np.transpose(x, a["perm"])), {"perm": REQUIRED})
+
+
+def _broadcast_to_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    shape = tuple(attrs["shape"])
+    try:
+        if np.broadcast_shapes(types[0].shape, shape) != shape:
+            raise ValueError
+    except ValueError:
+        raise IRError(f"broadcast_to: {types[0].shape} does not broadcast to {shape}") from None
+    return [TensorType(shape, types[0].dtype)]
+
+
+register("broadcast_to", _broadcast_to_infer,
+         lambda a, x: np.ascontiguousarray(np.broadcast_to(x, a["shape"])), {"shape": REQUIRED})
+
+
+def _concat_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    dtype = _same_dtype(types, "concat")
+    rank = len(types[0].shape)
+    axis = _norm_axis(attrs["axis"], rank, "concat")
+    for t in types:
+        if len(t.shape) != rank or any(
+                d != e for i, (d, e) in enumerate(zip(t.shape, types[0].shape)) if i != axis):
+            raise IRError(f"concat: shapes {[t.shape for t in types]} differ off axis {axis}")
+    shape = list(types[0].shape)
+    shape[axis] = sum(t.shape[axis] for t in types)
+    return [TensorType(tuple(shape), dtype)]
+
+
+register("concat", _concat_infer, lambda a, *xs: np.concatenate(xs, axis=a["axis"]),
+         {"axis": REQUIRED}, num_inputs=(1, 1 << 16))
+
+
+def slice_indices(dim: int, start: int, end: int, step: int) -> range:
+    """Python slice semantics with clamping, as torch and ONNX define it."""
+    return range(*slice(start, end, step).indices(dim))
+
+
+def _slice_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    shape = list(types[0].shape)
+    for axis, s, e, st in zip(attrs["axes"], attrs["starts"], attrs["ends"], attrs["steps"]):
+        axis = _norm_axis(axis, len(shape), "slice")
+        if st == 0:
+            raise IRError("slice: step must not be 0")
+        shape[axis] = len(slice_indices(types[0].shape[axis], s, e, st))
+    return [TensorType(tuple(shape), types[0].dtype)]
+
+
+def _slice_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    index = [slice(None)] * x.ndim
+    for axis, s, e, st in zip(a["axes"], a["starts"], a["ends"], a["steps"]):
+        r = slice_indices(x.shape[axis], s, e, st)
+        index[axis % x.ndim] = slice(r.start, r.stop if r.stop >= 0 else None, r.step)
+    return np.ascontiguousarray(x[tuple(index)])
+
+
+register("slice", _slice_infer, _slice_ref,
+         {"axes": REQUIRED, "starts": REQUIRED, "ends": REQUIRED, "steps": REQUIRED})
+
+
+def _gather_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    data, idx = types
+    if idx.dtype not in ("int64", "int32"):
+        raise IRError(f"gather: indices must be int32/int64, got {idx.dtype}")
+    axis = _norm_axis(attrs["axis"], len(data.shape), "gather")
+    shape = data.shape[:axis] + idx.shape + data.shape[axis + 1:]
+    return [TensorType(shape, data.dtype)]
+
+
+def _gather_ref(a: dict[str, Any], x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    axis = a["axis"] % x.ndim
+    return np.take(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
+
+
+register("gather", _gather_infer, _gather_ref, {"axis": 0}, num_inputs=(2, 2),
+         doc="numpy.take: embedding lookups and index_select")
+
+
+def _gather_elements_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    data, idx = types
+    if len(data.shape) != len(idx.shape):
+        raise IRError("gather_elements: data and indices must have the same rank")
+    _norm_axis(attrs["axis"], len(data.shape), "gather_elements")
+    return [TensorType(idx.shape, data.dtype)]
+
+
+def _gather_elements_ref(a: dict[str, Any], x: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    axis = a["axis"] % x.ndim
+    return np.take_along_axis(x, np.where(idx < 0, idx + x.shape[axis], idx), axis=axis)
+
+
+register("gather_elements", _gather_elements_infer, _gather_elements_ref, {"axis": 0},
+         num_inputs=(2, 2), doc="numpy.take_along_axis (torch.gather)")
+
+
+def _pad_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    pads = attrs["pads"]  # (before_0, after_0, before_1, after_1, ...)
+    shape = types[0].shape
+    if len(pads) != 2 * len(shape):
+        raise IRError(f"pad: expected {2 * len(shape)} pad values, got {len(pads)}")
+    if attrs["mode"] not in ("constant", "reflect", "edge"):
+        raise IRError(f"pad: unsupported mode {attrs['mode']}")
+    out = tuple(d + pads[2 * i] + pads[2 * i + 1] for i, d in enumerate(shape))
+    if any(d < 0 for d in out):
+        raise IRError(f"pad: negative output shape {out}")
+    return [TensorType(out, types[0].dtype)]
+
+
+def _pad_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    p = a["pads"]
+    widths = [(max(p[2 * i], 0), max(p[2 * i + 1], 0)) for i in range(x.ndim)]
+    if a["mode"] == "constant":
+        out = np.pad(x, widths, mode="constant", constant_values=a["value"])
+    else:
+        out = np.pad(x, widths, mode=a["mode"])
+    crop = tuple(slice(-min(p[2 * i], 0), out.shape[i] + min(p[2 * i + 1], 0))
+                 for i in range(x.ndim))
+    return np.ascontiguousarray(out[crop])
+
+
+register("pad", _pad_infer, _pad_ref, {"pads": REQUIRED, "mode": "constant", "value": 0.0})
+
+# ---- linear algebra --------------------------------------------------------------------------
+
+
+def _matmul_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    a, b = types
+    dtype = _same_dtype(types, "matmul")
+    if len(a.shape) < 2 or len(b.shape) < 2:
+        raise IRError("matmul: inputs must be at least 2-D (frontends reshape vectors)")
+    if a.shape[-1] != b.shape[-2]:
+        raise IRError(f"matmul: inner dimensions differ: {a.shape} @ {b.shape}")
+    batch = _broadcast([TensorType(a.shape[:-2], dtype), TensorType(b.shape[:-2], dtype)],
+                       "matmul")
+    return [TensorType(batch + (a.shape[-2], b.shape[-1]), dtype)]
+
+
+register("matmul", _matmul_infer, lambda a, x, y: np.matmul(x, y), num_inputs=(2, 2))
+
+
+def _linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    dtype = _same_dtype(types, "linear")
+    if len(w.shape) != 2 or x.shape[-1] != w.shape[1]:
+        raise IRError(f"linear: input {x.shape} does not match weight [out, in] {w.shape}")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise IRError(f"linear: bias {types[2].shape} does not match {w.shape[0]} outputs")
+    return [TensorType(x.shape[:-1] + (w.shape[0],), dtype)]
+
+
+def _linear_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
+    y = np.matmul(x, w.T)
+    return y if b is None else y + b
+
+
+register("linear", _linear_infer, _linear_ref, num_inputs=(2, 3),
+         doc="y = x @ w.T + b, w is [out, in]")
+
+# ---- convolution and pooling -----------------------------------------------------------------
+
+
+def _conv_out(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = False) -> int:
+    span = size + p0 + p1 - d * (k - 1) - 1
+    out = (-(-span // s) if ceil else span // s) + 1
+    if ceil and (out - 1) * s >= size + p0:  # last window must start inside the input
+        out -= 1
+    return out
+
+
+def _conv2d_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    dtype = _same_dtype(types, "conv2d")
+    if len(x.shape) != 4 or len(w.shape) != 4:
+        raise IRError(f"conv2d: expects NCHW input and OIHW weight, got {x.shape}, {w.shape}")
+    g = attrs["groups"]
+    if x.shape[1] != w.shape[1] * g or w.shape[0] % g:
+        raise IRError(f"conv2d: channels {x.shape[1]} do not match weight {w.shape}, groups {g}")
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["padding"], attrs["dilation"]
+    oh = _conv_out(x.shape[2], w.shape[2], sh, pt, pb, dh)
+    ow = _conv_out(x.shape[3], w.shape[3], sw, pl, pr, dw)
+    if oh <= 0 or ow <= 0:
+        raise IRError(f"conv2d: empty output for input {x.shape} and kernel {w.shape}")
+    return [TensorType((x.shape[0], w.shape[0], oh, ow), dtype)]
+
+
+def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
+             oh: int, ow: int) -> np.ndarray:
+    """[N, C, oh, ow, kh, kw] strided view of padded NCHW input."""
+    n, c = x.shape[:2]
+    s = x.strides
+    return np.lib.stride_tricks.as_strided(
+        x, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw),
+        writeable=False)
+
+
+def _conv2d_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
+    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
+    g = a["groups"]
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+    o, cg, kh, kw = w.shape
+    oh = _conv_out(x.shape[2], kh, sh, pt, pb, dh)
+    ow = _conv_out(x.shape[3], kw, sw, pl, pr, dw)
+    win = _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow)  # N C oh ow kh kw
+    n = x.shape[0]
+    win = win.reshape(n, g, cg, oh, ow, kh, kw)
+    wg = w.reshape(g, o // g, cg, kh, kw)
+    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True).reshape(n, o, oh, ow)
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return y.astype(x.dtype)
+
+
+CONV_ATTRS = {"strides": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
+register("conv2d", _conv2d_infer, _conv2d_ref, CONV_ATTRS, num_inputs=(2, 3),
+         doc="NCHW x OIHW; padding is (top, left, bottom, right)")
+
+
+def _conv_transpose2d_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, w = types[0], types[1]
+    dtype = _same_dtype(types, "conv_transpose2d")
+    g = attrs["groups"]
+    if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[0]:
+        raise IRError(f"conv_transpose2d: input {x.shape} does not match weight {w.shape}")
+    (sh, sw), (pt, pl, pb, pr) = attrs["strides"], attrs["padding"]
+    (dh, dw), (oph, opw) = attrs["dilation"], attrs["output_padding"]
+    oh = (x.shape[2] - 1) * sh - pt - pb + dh * (w.shape[2] - 1) + oph + 1
+    ow = (x.shape[3] - 1) * sw - pl - pr + dw * (w.shape[3] - 1) + opw + 1
+    return [TensorType((x.shape[0], w.shape[1] * g, oh, ow), dtype)]
+
+
+def _conv_transpose2d_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray,
+                          b: np.ndarray | None = None):
+    (sh, sw), (pt, pl, pb, pr) = a["strides"], a["padding"]
+    (dh, dw), (oph, opw) = a["dilation"], a["output_padding"]
+    g = a["groups"]
+    n, cin, h, wd = x.shape
+    _, og, kh, kw = w.shape
+    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + oph
+    full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
+    out = np.zeros((n, og * g, full_h + max(pb, 0), full_w + max(pr, 0)), dtype=np.float64)
+    xg = x.reshape(n, g, cin // g, h, wd)
+    wg = w.reshape(g, cin // g, og, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            contrib = np.einsum("ngchw,gco->ngohw", xg, wg[:, :, :, i, j]).reshape(n, og * g, h, wd)
+            out[:, :, i * dh: i * dh + (h - 1) * sh + 1: sh,
+                j * dw: j * dw + (wd - 1) * sw + 1: sw] += contrib
+    oh = full_h - pt - pb
+    ow = full_w - pl - pr
+    y = out[:, :, pt:pt + oh, pl:pl + ow]
+    if b is not None:
+        y = y + b.reshape(1, -1, 1, 1)
+    return y.astype(x.dtype)
+
+
+register("conv_transpose2d", _conv_transpose2d_infer, _conv_transpose2d_ref,
+         {**CONV_ATTRS, "output_padding": (0, 0)}, num_inputs=(2, 3),
+         doc="weight is [in, out/groups, kh, kw] as torch stores it")
+
+
+def _pool_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x = types[0]
+    if len(x.shape) != 4:
+        raise IRError(f"pool2d: expects NCHW input, got {x.shape}")
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = attrs["kernel"], attrs["strides"], attrs["padding"]
+    dh, dw = attrs.get("dilation", (1, 1))
+    oh = _conv_out(x.shape[2], kh, sh, pt, pb, dh, attrs["ceil_mode"])
+    ow = _conv_out(x.shape[3], kw, sw, pl, pr, dw, attrs["ceil_mode"])
+    if oh <= 0 or ow <= 0:
+        raise IRError(f"pool2d: empty output for input {x.shape}")
+    return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
+
+
+def _pool_windows(a: dict[str, Any], x: np.ndarray, fill: float) -> np.ndarray:
+    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["strides"], a["padding"]
+    dh, dw = a.get("dilation", (1, 1))
+    _, _, oh, ow = _pool_infer([TensorType(x.shape, str(x.dtype))], a)[0].shape
+    # extra bottom/right padding so ceil_mode windows fit; those cells never count
+    eh = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (x.shape[2] + pt + pb))
+    ew = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (x.shape[3] + pl + pr))
+    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)), constant_values=fill)
+    return _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+
+
+def _max_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    return _pool_windows(a, x, -np.inf).max(axis=(4, 5)).astype(x.dtype)
+
+
+def _avg_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
+    sums = _pool_windows(a, x.astype(np.float64), 0.0).sum(axis=(4, 5))
+    (pt, pl, pb, pr) = a["padding"]
+    inside = np.zeros((1, 1) + x.shape[2:])
+    if a["count_include_pad"]:
+        # torch counts padded cells but not the ceil-mode overhang
+        inside = np.pad(inside, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
+        inside += 1
+        counts = _pool_windows({**a, "padding": (0, 0, 0, 0)}, inside, 0.0).sum(axis=(4, 5))
+    else:
+        counts = _pool_windows(a, inside + 1, 0.0).sum(axis=(4, 5))
+    return (sums / counts).astype(x.dtype)
+
+
+register("max_pool2d", _pool_infer, _max_pool_ref,
+         {"kernel": REQUIRED, "strides": REQUIRED, "padding": (0, 0, 0, 0),
+          "dilation": (1, 1), "ceil_mode": False})
+register("avg_pool2d", _pool_infer, _avg_pool_ref,
+         {"kernel": REQUIRED, "strides": REQUIRED, "padding": (0, 0, 0, 0),
+          "ceil_mode": False, "count_include_pad": True})
+
+# ---- normalization ---------------------------------------------------------------------------
+
+
+def _batch_norm_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x = types[0]
+    if len(x.shape) < 2:
+        raise IRError(f"batch_norm: input must have a channel axis, got {x.shape}")
+    for t in types[1:]:
+        if t.shape != (x.shape[1],):
+            raise IRError(f"batch_norm: parameter shape {t.shape} != ({x.shape[1]},)")
+    return [TensorType(x.shape, _same_dtype(types, "batch_norm"))]
+
+
+def _batch_norm_ref(a: dict[str, Any], x, scale, bias, mean, var):
+    shape = (1, -1) + (1,) * (x.ndim - 2)
+    inv = scale / np.sqrt(var + a["eps"])
+    return (x * inv.reshape(shape) + (bias - mean * inv).reshape(shape)).astype(x.dtype)
+
+
+register("batch_norm", _batch_norm_infer, _batch_norm_ref, {"eps": 1e-5}, num_inputs=(5, 5),
+         doc="inference form: inputs x, scale, bias, running mean, running var")
+
+
+def _layer_norm_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x = types[0]
+    k = attrs["normalized_ndim"]
+    if not 1 <= k <= len(x.shape):
+        raise IRError(f"layer_norm: cannot normalize {k} trailing axes of {x.shape}")
+    for t in types[1:]:
+        if t.shape != x.shape[-k:]:
+            raise IRError(f"layer_norm: parameter {t.shape} != normalized shape {x.shape[-k:]}")
+    return [TensorType(x.shape, _same_dtype(types, "layer_norm"))]
+
+
+def _layer_norm_ref(a: dict[str, Any], x, w=None, b=None):
+    axes = tuple(range(x.ndim - a["normalized_ndim"], x.ndim))
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes, keepdims=True)
+    y = (x - mean) / np.sqrt(var + a["eps"])
+    if w is not None:
+        y = y * w
+    if b is not None:
+        y = y + b
+    return y.astype(x.dtype)
+
+
+register("layer_norm", _layer_norm_infer, _layer_norm_ref,
+         {"normalized_ndim": 1, "eps": 1e-5}, num_inputs=(1, 3),
+         doc="normalizes the trailing normalized_ndim axes; optional weight and bias")
+
+
+def _rms_norm_ref(a: dict[str, Any], x, w=None):
+    axes = tuple(range(x.ndim - a["normalized_ndim"], x.ndim))
+    y = x / np.sqrt((x * x).mean(axis=axes, keepdims=True) + a["eps"])
+    return (y if w is None else y * w).astype(x.dtype)
+
+
+register("rms_norm", _layer_norm_infer, _rms_norm_ref,
+         {"normalized_ndim": 1, "eps": 1e-6}, num_inputs=(1, 2))
+
+# ---- attention -------------------------------------------------------------------------------
+
+
+def _attention_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    q, k, v = types[:3]
+    dtype = _same_dtype(types[:3], "attention")
+    if not (len(q.shape) == len(k.shape) == len(v.shape) == 4):
+        raise IRError("attention: q, k, v must be [batch, heads, seq, dim]")
+    if k.shape[1] != v.shape[1] or q.shape[1] % k.shape[1]:
+        raise IRError(f"attention: {q.shape[1]} query heads vs {k.shape[1]} key/value heads")
+    if q.shape[3] != k.shape[3] or k.shape[2] != v.shape[2]:
+        raise IRError(f"attention: incompatible q {q.shape}, k {k.shape}, v {v.shape}")
+    if len(types) == 4:
+        m = types[3]
+        if m.dtype not in ("bool", dtype):
+            raise IRError(f"attention: mask must be bool or {dtype}, got {m.dtype}")
+        _broadcast([m, TensorType(q.shape[:3] + (k.shape[2],), dtype)], "attention mask")
+    return [TensorType(q.shape[:3] + (v.shape[3],), dtype)]
+
+
+def attention_scale(attrs: dict[str, Any], head_dim: int) -> float:
+    return attrs["scale"] if attrs["scale"] is not None else 1.0 / math.sqrt(head_dim)
+
+
+def _attention_ref(a: dict[str, Any], q, k, v, mask=None):
+    rep = q.shape[1] // k.shape[1]
+    if rep > 1:
+        k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
+    s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(attention_scale(a, q.shape[-1]))
+    if a["causal"]:
+        sq, sk = s.shape[-2:]
+        allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
+        s = np.where(allowed, s, -np.inf)
+    if mask is not None:
+        s = np.where(mask, s, -np.inf) if mask.dtype == bool else s + mask
+    m = np.max(s, axis=-1, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    e = np.exp(s - m)
+    p = e / np.sum(e, axis=-1, keepdims=True)
+    return np.matmul(p.astype(q.dtype), v).astype(q.dtype)
+
+
+register("attention", _attention_infer, _attention_ref, {"scale": None, "causal": False},
+         num_inputs=(3, 4),
+         doc="softmax(q k^T * scale + mask) v over [B, H, S, D]; grouped k/v heads allowed")

@@ -1,0 +1,156 @@
+"""The artifact format: a directory with manifest.json, the compiled code and the weights.
+
+Pure standard library + numpy, so deployed artifacts never need the compiler. Weights are one
+raw little-endian file (`weights.bin`) with 64-byte aligned tensors indexed in the manifest;
+every file's sha256 is in the manifest and is checked before anything is loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError
+
+SCHEMA = "honer.artifact/1"
+MANIFEST = "manifest.json"
+WEIGHTS = "weights.bin"
+ALIGN = 64
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_weights(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> list[dict[str, Any]]:
+    """Writes tensors back to back (64-byte aligned); returns their index for the manifest."""
+    index = []
+    with open(path, "wb") as f:
+        for name, array in tensors:
+            pad = (-f.tell()) % ALIGN
+            f.write(b"\0" * pad)
+            data = np.ascontiguousarray(array)
+            if data.dtype.byteorder == ">":
+                data = data.astype(data.dtype.newbyteorder("<"))
+            index.append({"name": name, "dtype": str(data.dtype), "shape": list(data.shape),
+                          "offset": f.tell(), "nbytes": int(data.nbytes)})
+            f.write(data.tobytes(order="C"))
+    return index
+
+
+def read_weights(path: Path, index: list[dict[str, Any]]) -> list[np.ndarray]:
+    """Maps the weight file read-only; arrays are views, so nothing is copied here."""
+    size = path.stat().st_size
+    if size == 0:
+        return [np.zeros(t["shape"], dtype=t["dtype"]) for t in index]
+    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    out = []
+    for t in index:
+        dtype = np.dtype(t["dtype"])
+        count = int(np.prod(t["shape"], dtype=np.int64))
+        if t["offset"] + count * dtype.itemsize > size or count * dtype.itemsize != t["nbytes"]:
+            raise ArtifactError(f"weight '{t['name']}' lies outside {path.name} (truncated?)")
+        raw = mm[t["offset"]: t["offset"] + t["nbytes"]]
+        out.append(raw.view(dtype).reshape(t["shape"]))
+    return out
+
+
+def write_artifact(dest: Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
+    """Creates an artifact atomically: `fill(tmpdir)` writes files and returns the manifest
+    body; hashes are added here, then the directory is renamed into place."""
+    dest = Path(dest).absolute()
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        manifest = fill(tmp)
+        manifest = {"schema": SCHEMA, **manifest}
+        manifest["files"] = {
+            rel: sha256_file(tmp / rel) for rel in sorted(_relative_files(tmp))
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+        _fsync_tree(tmp)
+        _swap_into_place(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest
+
+
+def copy_artifact(src: Path, dest: Path) -> Path:
+    """Copies an artifact directory atomically (used by CompiledModel.save)."""
+    def fill(tmp: Path) -> dict[str, Any]:
+        manifest = read_manifest(src)
+        for rel in manifest["files"]:
+            (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src / rel, tmp / rel)
+        return {k: v for k, v in manifest.items() if k not in ("files", "schema")}
+
+    return write_artifact(dest, fill)
+
+
+def _relative_files(root: Path) -> list[str]:
+    return [p.relative_to(root).as_posix() for p in root.rglob("*")
+            if p.is_file() and p.name != MANIFEST]
+
+
+def _fsync_tree(root: Path) -> None:
+    for p in root.rglob("*"):
+        if p.is_file():
+            with open(p, "rb") as f:
+                os.fsync(f.fileno())
+
+
+def _swap_into_place(tmp: Path, dest: Path) -> None:
+    if dest.exists() or dest.is_symlink():
+        if not (dest / MANIFEST).exists() and dest.is_dir() and any(dest.iterdir()):
+            raise ArtifactError(f"{dest} exists and is not a honer artifact; not replacing it")
+        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        os.rename(dest, old / "a")
+        os.rename(tmp, dest)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, dest)
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    """Reads and validates manifest.json and every file hash; raises ArtifactError saying why."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ArtifactError(f"{path} is not an artifact directory")
+    mfile = path / MANIFEST
+    if not mfile.is_file():
+        raise ArtifactError(f"{path} has no {MANIFEST}")
+    try:
+        manifest = json.loads(mfile.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{mfile} is not valid JSON: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("schema") != SCHEMA:
+        got = manifest.get("schema") if isinstance(manifest, dict) else None
+        raise ArtifactError(f"{path}: unknown artifact schema {got!r} (this runtime reads "
+                            f"{SCHEMA})")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise ArtifactError(f"{path}: manifest lists no files")
+    root = path.resolve()
+    for rel, digest in files.items():
+        target = (path / rel).resolve()
+        if not isinstance(rel, str) or root not in target.parents:
+            raise ArtifactError(f"{path}: manifest names a path outside the artifact: {rel!r}")
+        if not target.is_file():
+            raise ArtifactError(f"{path}: file {rel} is missing")
+        if sha256_file(target) != digest:
+            raise ArtifactError(f"{path}: file {rel} does not match its sha256 in the manifest "
+                                "(corrupted or tampered with)")
+    return manifest

@@ -1,0 +1,114 @@
+"""Loads an artifact and runs it with numpy in and out. Imports neither torch nor onnx.
+
+Each artifact form names how its compiled code runs. The `relax-vm` form runs the shared library
+through TVM's runtime (imported lazily, only when such an artifact is loaded).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import ArtifactError, InputError
+from .artifact import WEIGHTS, read_manifest, read_weights
+
+
+class LoadedModel:
+    """A loaded artifact: call it with numpy arrays (positional or by input name)."""
+
+    def __init__(self, path: Path, manifest: dict[str, Any], run: Callable[..., list]):
+        self.path = path
+        self.manifest = manifest
+        self._run = run
+        self.input_specs = manifest["inputs"]
+        self.output_specs = manifest["outputs"]
+
+    @property
+    def input_names(self) -> list[str]:
+        return [s["name"] for s in self.input_specs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [s["name"] for s in self.output_specs]
+
+    def run(self, *inputs: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
+        """Always returns the list of outputs."""
+        return self._run(self._check(inputs, named))
+
+    def __call__(self, *inputs: np.ndarray, **named: np.ndarray) -> np.ndarray | list:
+        outs = self.run(*inputs, **named)
+        return outs[0] if len(outs) == 1 else outs
+
+    def _check(self, inputs: Sequence[Any], named: Mapping[str, Any]) -> list[np.ndarray]:
+        specs = self.input_specs
+        if named:
+            if inputs:
+                raise InputError("pass inputs either positionally or by name, not both")
+            unknown = set(named) - set(self.input_names)
+            if unknown:
+                raise InputError(f"unknown input name(s) {sorted(unknown)}; the model takes "
+                                 f"{self.input_names}")
+            missing = [n for n in self.input_names if n not in named]
+            if missing:
+                raise InputError(f"missing input(s) {missing}")
+            inputs = [named[n] for n in self.input_names]
+        if len(inputs) != len(specs):
+            raise InputError(f"the model takes {len(specs)} input(s) "
+                             f"({', '.join(self.input_names)}), got {len(inputs)}")
+        arrays = []
+        for spec, x in zip(specs, inputs):
+            if not isinstance(x, np.ndarray):
+                raise InputError(f"input {spec['name']}: expected a numpy array, got "
+                                 f"{type(x).__name__}")
+            if str(x.dtype) != spec["dtype"]:
+                raise InputError(f"input {spec['name']}: dtype {x.dtype}, the model takes "
+                                 f"{spec['dtype']} (convert with .astype('{spec['dtype']}'))")
+            if list(x.shape) != list(spec["shape"]):
+                raise InputError(f"input {spec['name']}: shape {list(x.shape)}, the model "
+                                 f"takes {spec['shape']}")
+            # documented conversion: non-contiguous or misaligned arrays are copied
+            arrays.append(np.ascontiguousarray(x))
+        return arrays
+
+
+def load(path: str | Path) -> LoadedModel:
+    """Checks the manifest and every file hash, then opens the compiled code."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    form = manifest.get("target", {}).get("form")
+    opener = FORMS.get(form)
+    if opener is None:
+        raise ArtifactError(f"{path}: unknown artifact form {form!r}; this runtime knows "
+                            f"{sorted(FORMS)}")
+    weights = read_weights(path / WEIGHTS, manifest["weights"]) if manifest.get("weights") \
+        else []
+    return LoadedModel(path, manifest, opener(path, manifest, weights))
+
+
+def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
+    try:
+        import tvm
+        from tvm import runtime
+    except ImportError as e:
+        raise ArtifactError("this artifact runs on TVM's runtime; install apache-tvm") from e
+    device = runtime.device(manifest["target"]["device"], 0)
+    lib = runtime.load_module(str(path / manifest["target"]["library"]))
+    vm = tvm.relax.VirtualMachine(lib, device)
+    params = [runtime.tensor(w, device) for w in weights]  # the one copy of the weights
+    main = vm["main"]
+
+    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = main(*[runtime.tensor(x, device) for x in inputs], *params)
+        if isinstance(result, runtime.Tensor):
+            return [result.numpy()]
+        return [r.numpy() for r in result]
+
+    return run
+
+
+FORMS: dict[str, Callable[[Path, dict[str, Any], list[np.ndarray]], Callable]] = {
+    "relax-vm": _open_relax_vm,
+}

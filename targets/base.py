@@ -1,0 +1,51 @@
+"""What a target is: the TVM target, the toolchain it needs, how it builds and runs artifacts."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ToolchainError
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str  # executable looked up on PATH
+    hint: str  # how to install it
+
+    def present(self) -> bool:
+        return shutil.which(self.name) is not None
+
+
+@dataclass
+class BuildOutput:
+    files: list[str]  # artifact-relative paths written by the build
+    form: str  # how the runtime loads it (runtime/forms.py)
+    manifest: dict[str, Any] = field(default_factory=dict)  # target facts for the manifest
+
+
+class Target:
+    """Base class: subclasses set `name`, `description`, `tools` and implement the hooks."""
+
+    name: str = ""
+    description: str = ""
+    tools: tuple[Tool, ...] = ()
+
+    def tvm_target(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def missing_tools(self) -> list[Tool]:
+        return [t for t in self.tools if not t.present()]
+
+    def check_toolchain(self) -> None:
+        missing = self.missing_tools()
+        if missing:
+            raise ToolchainError(missing[0].name, missing[0].hint)
+
+    def build(self, lowered: Any, out_dir: Path, workdir: Path) -> BuildOutput:
+        raise NotImplementedError
+
+    def can_run_here(self) -> bool:
+        return True

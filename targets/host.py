@@ -1,0 +1,30 @@
+"""The host CPU: LLVM for this machine's own CPU, run in-process through TVM's Relax VM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tvm.target import codegen as llvm_info
+
+from ..codegen.build import build_relax, export_library
+from ..codegen.relax_lower import LoweredModule
+from .base import BuildOutput, Target, Tool
+
+LIBRARY = "model.so"
+
+
+class HostTarget(Target):
+    name = "host"
+    description = "this machine's CPU (LLVM, native CPU features), Relax VM runtime"
+    tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),)
+
+    def tvm_target(self) -> dict[str, Any]:
+        # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
+        return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu()}
+
+    def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path) -> BuildOutput:
+        executable = build_relax(lowered, self.tvm_target())
+        export_library(executable, out_dir / LIBRARY, workdir)
+        return BuildOutput(files=[LIBRARY], form="relax-vm",
+                           manifest={"library": LIBRARY, "device": "cpu"})
