@@ -31,7 +31,8 @@ class LoweredModule:
 
 
 def _const(value: Any, dtype: str) -> relax.Expr:
-    return relax.const(np.asarray(value, dtype=dtype))
+    # dtype passed explicitly: relax.const narrows 0-d int64 arrays to int32 otherwise
+    return relax.const(np.asarray(value, dtype=dtype), dtype)
 
 
 def _dtype(node: Node) -> str:
@@ -257,7 +258,7 @@ def _lower_attention(bb, node, args):
     neg_inf = _const(-np.inf, dt)
     if node.attrs["causal"]:
         allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
-        scores = bb.emit(R.where(relax.const(allowed), scores, neg_inf))
+        scores = bb.emit(R.where(_const(allowed, "bool"), scores, neg_inf))
     if len(args) == 4:
         mask = args[3]
         if node.inputs[3].dtype == "bool":
@@ -316,7 +317,7 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
         env[id(v)] = var
     for c in graph.constants:
         if id(c) not in env:
-            env[id(c)] = relax.const(c.data)
+            env[id(c)] = _const(c.data, c.dtype)
     attrs = {"num_input": len(fn_inputs)}
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():

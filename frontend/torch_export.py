@@ -90,7 +90,7 @@ def _scope(node: torch.fx.Node) -> str:
     return path.replace("L['self'].", "").replace("L__self___", "")
 
 
-def _where(node: torch.fx.Node) -> str:
+def _location(node: torch.fx.Node) -> str:
     scope = _scope(node) or "<top>"
     trace = node.meta.get("stack_trace") or ""
     lines = [ln.strip() for ln in trace.strip().splitlines() if ln.strip().startswith("File")]
@@ -137,9 +137,9 @@ class _Converter:
         problems: list[tuple[str, str]] = []
         for node in fx.nodes:
             if node.op == "call_function" and self._key(node) not in HANDLERS:
-                problems.append((self._key(node), _where(node)))
+                problems.append((self._key(node), _location(node)))
             elif node.op in ("call_module", "call_method", "get_attr") and node.op != "get_attr":
-                problems.append((f"{node.op}:{node.target}", _where(node)))
+                problems.append((f"{node.op}:{node.target}", _location(node)))
         if problems:
             raise UnsupportedOpError("torch", problems)
 
@@ -189,7 +189,7 @@ class _Converter:
         try:
             result = HANDLERS[self._key(node)](self, node)
         except HonerError as e:
-            raise FrontendError(f"converting {node.target} at {_where(node)}: {e}") from e
+            raise FrontendError(f"converting {node.target} at {_location(node)}: {e}") from e
         self.env[node] = result
         self._check_against_torch(node, result)
 
@@ -199,7 +199,7 @@ class _Converter:
             want = (tuple(int(d) for d in val.shape), _dtype(val.dtype))
             if (result.shape, result.dtype) != want:
                 raise FrontendError(
-                    f"internal: {node.target} at {_where(node)} converted to {result.type}, "
+                    f"internal: {node.target} at {_location(node)} converted to {result.type}, "
                     f"torch says {want[1]}{list(want[0])}")
 
     # -- helpers used by handlers --
@@ -408,7 +408,7 @@ def _clamp_tensor(c: _Converter, n: torch.fx.Node) -> Value:
 
 
 @handles("where.self", "where.ScalarOther", "where.ScalarSelf", "where.Scalar")
-def _where(c: _Converter, n: torch.fx.Node) -> Value:
+def _where_op(c: _Converter, n: torch.fx.Node) -> Value:
     _, dtype = c.out_type(n)
     return c.op("where", _as_bool(c, c.value(n.args[0])), c.value(n.args[1], dtype),
                 c.value(n.args[2], dtype))
@@ -843,16 +843,37 @@ def _gather(c: _Converter, n: torch.fx.Node) -> Value:
 
 @handles("index.Tensor")
 def _index(c: _Converter, n: torch.fx.Node) -> Value:
+    """x[..., i0, i1, ...] with index tensors on consecutive axes: the indexed axes are merged
+    into one and the broadcast indices are folded into one flat index for a single gather."""
     x = c.value(n.args[0])
     indices = list(n.args[1])
     used = [i for i, t in enumerate(indices) if t is not None]
-    if len(used) != 1:
-        raise FrontendError("advanced indexing with more than one index tensor is not supported")
-    axis = used[0]
-    idx = c.value(indices[axis])
-    if idx.dtype == "bool":
+    if used != list(range(used[0], used[-1] + 1)):
+        raise FrontendError("advanced indexing with index tensors on non-adjacent axes is not "
+                            "supported")
+    first, count = used[0], len(used)
+    idx = [c.value(indices[a]) for a in used]
+    if any(i.dtype == "bool" for i in idx):
         raise FrontendError("boolean mask indexing has a data-dependent shape; use torch.where")
-    return c.op("gather", x, idx, axis=axis)
+    dims = x.shape[first:first + count]
+    shape = tuple(np.broadcast_shapes(*(i.shape for i in idx)))
+    flat = None
+    stride = 1
+    for i, dim in reversed(list(zip(idx, dims))):
+        i = c.op("cast", i, dtype="int64") if i.dtype != "int64" else i
+        if not (i.is_const and (i.data >= 0).all()):
+            i = c.op("where", c.op("less", i, c.value(0, "int64")),
+                     c.op("add", i, c.value(dim, "int64")), i)
+        if i.shape != shape:
+            i = c.op("broadcast_to", i, shape=shape)
+        if stride != 1:
+            i = c.op("mul", i, c.value(stride, "int64"))
+        flat = i if flat is None else c.op("add", flat, i)
+        stride *= dim
+    if count > 1:
+        merged = x.shape[:first] + (stride,) + x.shape[first + count:]
+        x = c.op("reshape", x, shape=merged)
+    return c.op("gather", x, flat, axis=first)
 
 
 @handles("constant_pad_nd.default")
