@@ -191,34 +191,45 @@ def _lower_linear(bb, node, args):
     return R.linear(args[0], args[1], args[2] if len(args) > 2 else None)
 
 
-def _add_channel_bias(bb, y: relax.Expr, bias: relax.Expr, out_channels: int) -> relax.Expr:
-    return R.add(y, R.reshape(bias, (1, out_channels, 1, 1)))
+def _spatial(node: Node) -> int:
+    return len(node.inputs[0].shape) - 2
 
 
-def _lower_conv2d(bb, node, args):
+def _add_channel_bias(bb, node: Node, y: relax.Expr, bias: relax.Expr) -> relax.Expr:
+    out = node.outputs[0].shape
+    return R.add(y, R.reshape(bias, (1, out[1]) + (1,) * (len(out) - 2)))
+
+
+CONV_BY_RANK = {1: R.nn.conv1d, 2: R.nn.conv2d, 3: R.nn.conv3d}
+CONV_T_BY_RANK = {1: R.nn.conv1d_transpose, 2: R.nn.conv2d_transpose,
+                  3: R.nn.conv3d_transpose}
+MAX_POOL_BY_RANK = {1: R.nn.max_pool1d, 2: R.nn.max_pool2d, 3: R.nn.max_pool3d}
+AVG_POOL_BY_RANK = {1: R.nn.avg_pool1d, 2: R.nn.avg_pool2d, 3: R.nn.avg_pool3d}
+
+
+def _lower_conv(bb, node, args):
     a = node.attrs
-    y = R.nn.conv2d(args[0], args[1], a["strides"], a["padding"], a["dilation"], a["groups"])
-    if len(args) == 3:
-        y = _add_channel_bias(bb, bb.emit(y), args[2], node.inputs[1].shape[0])
-    return y
+    fn = CONV_BY_RANK[_spatial(node)]
+    y = fn(args[0], args[1], a["strides"], a["padding"], a["dilation"], a["groups"])
+    return _add_channel_bias(bb, node, bb.emit(y), args[2]) if len(args) == 3 else y
 
 
-def _lower_conv_transpose2d(bb, node, args):
+def _lower_conv_transpose(bb, node, args):
     a = node.attrs
-    y = R.nn.conv2d_transpose(args[0], args[1], a["strides"], a["padding"], a["output_padding"],
-                              a["dilation"], a["groups"])
-    if len(args) == 3:
-        y = _add_channel_bias(bb, bb.emit(y), args[2], node.outputs[0].shape[1])
-    return y
+    fn = CONV_T_BY_RANK[_spatial(node)]
+    y = fn(args[0], args[1], a["strides"], a["padding"], a["output_padding"], a["dilation"],
+           a["groups"])
+    return _add_channel_bias(bb, node, bb.emit(y), args[2]) if len(args) == 3 else y
 
 
 def _lower_pool(bb, node, args):
     a = node.attrs
-    if node.op == "max_pool2d":
-        return R.nn.max_pool2d(args[0], a["kernel"], a["strides"], a["padding"], a["dilation"],
-                               a["ceil_mode"])
-    return R.nn.avg_pool2d(args[0], a["kernel"], a["strides"], a["padding"], (1, 1),
-                           a["ceil_mode"], a["count_include_pad"])
+    if node.op == "max_pool":
+        return MAX_POOL_BY_RANK[_spatial(node)](args[0], a["kernel"], a["strides"],
+                                                a["padding"], a["dilation"], a["ceil_mode"])
+    return AVG_POOL_BY_RANK[_spatial(node)](args[0], a["kernel"], a["strides"], a["padding"],
+                                            a["dilation"], a["ceil_mode"],
+                                            a["count_include_pad"])
 
 
 def _lower_batch_norm(bb, node, args):
@@ -275,9 +286,8 @@ LOWERINGS: dict[str, Lowering] = {
     "reshape": _lower_reshape, "transpose": _lower_transpose,
     "broadcast_to": _lower_broadcast_to, "concat": _lower_concat, "slice": _lower_slice,
     "gather": _lower_gather, "gather_elements": _lower_gather_elements, "pad": _lower_pad,
-    "matmul": _lower_matmul, "linear": _lower_linear, "conv2d": _lower_conv2d,
-    "conv_transpose2d": _lower_conv_transpose2d, "max_pool2d": _lower_pool,
-    "avg_pool2d": _lower_pool, "batch_norm": _lower_batch_norm,
+    "matmul": _lower_matmul, "linear": _lower_linear, "conv": _lower_conv,
+    "conv_transpose": _lower_conv_transpose, "max_pool": _lower_pool, "avg_pool": _lower_pool, "batch_norm": _lower_batch_norm,
     "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
     "attention": _lower_attention,
 }

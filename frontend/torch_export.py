@@ -639,58 +639,55 @@ def _addmm(c: _Converter, n: torch.fx.Node) -> Value:
     return c.op("add", y, bias)
 
 
+def _pads(padding: Sequence[int]) -> tuple[int, ...]:
+    """torch's symmetric per-axis padding -> (begin..., end...)."""
+    return tuple(padding) * 2
+
+
 @handles("convolution.default")
 def _convolution(c: _Converter, n: torch.fx.Node) -> Value:
     x, w, b, stride, padding, dilation, transposed, out_pad, groups = n.args[:9]
-    xv, wv = c.value(x), c.value(w)
-    rank = len(xv.shape) - 2
-    if rank not in (1, 2):
-        raise FrontendError(f"{rank}-D convolution is not supported (1-D and 2-D are)")
-    inputs = [xv, wv] + ([c.value(b)] if b is not None else [])
-    if rank == 1:  # conv1d runs as conv2d over a height-1 image
-        inputs[0] = c.op("reshape", xv, shape=xv.shape[:2] + (1, xv.shape[2]))
-        inputs[1] = c.op("reshape", wv, shape=wv.shape[:2] + (1, wv.shape[2]))
-        stride, padding, dilation = [1, *stride], [0, *padding], [1, *dilation]
-        out_pad = [0, *out_pad]
-    attrs = {"strides": tuple(stride), "padding": (padding[0], padding[1], padding[0], padding[1]),
-             "dilation": tuple(dilation), "groups": groups}
+    inputs = [c.value(x), c.value(w)] + ([c.value(b)] if b is not None else [])
+    attrs = {"strides": tuple(stride), "padding": _pads(padding), "dilation": tuple(dilation),
+             "groups": groups}
     if transposed:
         attrs["output_padding"] = tuple(out_pad)
-    y = c.g.add_node("conv_transpose2d" if transposed else "conv2d", inputs, attrs,
-                     scope=c.scope).output
-    if rank == 1:
-        y = c.op("reshape", y, shape=(y.shape[0], y.shape[1], y.shape[3]))
-    return y
+    return c.g.add_node("conv_transpose" if transposed else "conv", inputs, attrs,
+                        scope=c.scope).output
 
 
 def _pool_attrs(n: torch.fx.Node, c: _Converter, is_max: bool) -> dict[str, Any]:
-    kernel = list(c.arg(n, 1, "kernel_size"))
-    stride = list(c.arg(n, 2, "stride") or kernel)
-    padding = list(c.arg(n, 3, "padding", [0, 0]))
-    kernel, stride, padding = ([v[0]] * 2 if len(v) == 1 else v for v in (kernel, stride, padding))
-    attrs = {"kernel": tuple(kernel), "strides": tuple(stride),
-             "padding": (padding[0], padding[1], padding[0], padding[1])}
+    nsp = len(c.value(n.args[0]).shape) - 2
+
+    def spatial(v: Any, default: Any) -> tuple[int, ...]:
+        v = list(v) if v else list(default)
+        return tuple(v * nsp if len(v) == 1 else v)
+
+    kernel = spatial(c.arg(n, 1, "kernel_size"), ())
+    attrs = {"kernel": kernel, "strides": spatial(c.arg(n, 2, "stride"), kernel),
+             "padding": _pads(spatial(c.arg(n, 3, "padding"), [0]))}
     if is_max:
-        dil = list(c.arg(n, 4, "dilation", [1, 1]))
-        attrs["dilation"] = tuple(dil * 2 if len(dil) == 1 else dil)
+        attrs["dilation"] = spatial(c.arg(n, 4, "dilation"), [1])
         attrs["ceil_mode"] = bool(c.arg(n, 5, "ceil_mode", False))
     else:
+        attrs["dilation"] = (1,) * nsp
         attrs["ceil_mode"] = bool(c.arg(n, 4, "ceil_mode", False))
         attrs["count_include_pad"] = bool(c.arg(n, 5, "count_include_pad", True))
         if c.arg(n, 6, "divisor_override") is not None:
-            raise FrontendError("avg_pool2d with divisor_override is not supported")
+            raise FrontendError("avg_pool with divisor_override is not supported")
     return attrs
 
 
-@handles("max_pool2d_with_indices.default", "max_pool2d.default")
+@handles("max_pool2d_with_indices.default", "max_pool2d.default",
+         "max_pool3d_with_indices.default", "max_pool1d.default")
 def _max_pool(c: _Converter, n: torch.fx.Node) -> Any:
-    y = c.op("max_pool2d", c.value(n.args[0]), **_pool_attrs(n, c, True))
+    y = c.op("max_pool", c.value(n.args[0]), **_pool_attrs(n, c, True))
     return (y, None) if "indices" in str(n.target) else y
 
 
-@handles("avg_pool2d.default")
+@handles("avg_pool2d.default", "avg_pool1d.default", "avg_pool3d.default")
 def _avg_pool(c: _Converter, n: torch.fx.Node) -> Value:
-    return c.op("avg_pool2d", c.value(n.args[0]), **_pool_attrs(n, c, False))
+    return c.op("avg_pool", c.value(n.args[0]), **_pool_attrs(n, c, False))
 
 
 @handles("_adaptive_avg_pool2d.default", "adaptive_avg_pool2d.default")
@@ -703,7 +700,8 @@ def _adaptive_avg_pool(c: _Converter, n: torch.fx.Node) -> Value:
     if h % oh or w % ow:
         raise FrontendError(f"adaptive_avg_pool2d from {h}x{w} to {oh}x{ow} needs uneven "
                             "windows, which is not supported")
-    return c.op("avg_pool2d", x, kernel=(h // oh, w // ow), strides=(h // oh, w // ow))
+    return c.op("avg_pool", x, kernel=(h // oh, w // ow), strides=(h // oh, w // ow),
+                padding=(0, 0, 0, 0), dilation=(1, 1))
 
 
 @handles("scaled_dot_product_attention.default")
@@ -895,3 +893,19 @@ def _tril(c: _Converter, n: torch.fx.Node) -> Value:
     fn = np.tril if "tril" in str(n.target) else np.triu
     keep = fn(np.ones((rows, cols), dtype=bool), k)
     return c.op("where", c.const(keep, "tri_mask"), x, c.value(0, x.dtype))
+
+
+@handles("linalg_vector_norm.default")
+def _vector_norm(c: _Converter, n: torch.fx.Node) -> Value:
+    _, dtype = c.out_type(n)
+    x = c.op("abs", c.value(n.args[0], dtype))
+    p = float(c.arg(n, 1, "ord", 2))
+    dims = _dims(c.arg(n, 2, "dim"))
+    keep = bool(c.arg(n, 3, "keepdim", False))
+    if math.isinf(p):
+        return c.op("reduce_max" if p > 0 else "reduce_min", x, axes=dims, keepdims=keep)
+    if p == 2:
+        return c.op("sqrt", c.op("reduce_sum", c.op("mul", x, x), axes=dims, keepdims=keep))
+    powered = c.op("pow", x, c.value(p, dtype))
+    return c.op("pow", c.op("reduce_sum", powered, axes=dims, keepdims=keep),
+                c.value(1.0 / p, dtype))

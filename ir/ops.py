@@ -527,7 +527,7 @@ def _linear_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray |
 register("linear", _linear_infer, _linear_ref, num_inputs=(2, 3),
          doc="y = x @ w.T + b, w is [out, in]")
 
-# ---- convolution and pooling -----------------------------------------------------------------
+# ---- convolution and pooling (1-D, 2-D and 3-D: the spatial rank is the input rank - 2) -----
 
 
 def _conv_out(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = False) -> int:
@@ -538,145 +538,173 @@ def _conv_out(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = 
     return out
 
 
-def _conv2d_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+def _spatial_attrs(attrs: dict[str, Any], nsp: int, op: str, keys: Sequence[str]) -> None:
+    for key in keys:
+        want = 2 * nsp if key == "padding" else nsp
+        if len(attrs[key]) != want:
+            raise IRError(f"{op}: attribute {key} needs {want} values for {nsp}-D, got "
+                          f"{attrs[key]}")
+
+
+def _conv_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x, w = types[0], types[1]
-    dtype = _same_dtype(types, "conv2d")
-    if len(x.shape) != 4 or len(w.shape) != 4:
-        raise IRError(f"conv2d: expects NCHW input and OIHW weight, got {x.shape}, {w.shape}")
+    dtype = _same_dtype(types, "conv")
+    nsp = len(x.shape) - 2
+    if nsp not in (1, 2, 3) or len(w.shape) != len(x.shape):
+        raise IRError(f"conv: expects N,C,spatial input and O,I,kernel weight of the same rank, "
+                      f"got {x.shape}, {w.shape}")
+    _spatial_attrs(attrs, nsp, "conv", ("strides", "padding", "dilation"))
     g = attrs["groups"]
     if x.shape[1] != w.shape[1] * g or w.shape[0] % g:
-        raise IRError(f"conv2d: channels {x.shape[1]} do not match weight {w.shape}, groups {g}")
-    (sh, sw), (pt, pl, pb, pr), (dh, dw) = attrs["strides"], attrs["padding"], attrs["dilation"]
-    oh = _conv_out(x.shape[2], w.shape[2], sh, pt, pb, dh)
-    ow = _conv_out(x.shape[3], w.shape[3], sw, pl, pr, dw)
-    if oh <= 0 or ow <= 0:
-        raise IRError(f"conv2d: empty output for input {x.shape} and kernel {w.shape}")
-    return [TensorType((x.shape[0], w.shape[0], oh, ow), dtype)]
+        raise IRError(f"conv: channels {x.shape[1]} do not match weight {w.shape}, groups {g}")
+    if len(types) == 3 and types[2].shape != (w.shape[0],):
+        raise IRError(f"conv: bias {types[2].shape} does not match {w.shape[0]} outputs")
+    p = attrs["padding"]
+    out = tuple(_conv_out(x.shape[2 + i], w.shape[2 + i], attrs["strides"][i], p[i], p[nsp + i],
+                          attrs["dilation"][i]) for i in range(nsp))
+    if any(d <= 0 for d in out):
+        raise IRError(f"conv: empty output for input {x.shape} and kernel {w.shape}")
+    return [TensorType((x.shape[0], w.shape[0]) + out, dtype)]
 
 
-def _windows(x: np.ndarray, kh: int, kw: int, sh: int, sw: int, dh: int, dw: int,
-             oh: int, ow: int) -> np.ndarray:
-    """[N, C, oh, ow, kh, kw] strided view of padded NCHW input."""
-    n, c = x.shape[:2]
+def _windows(x: np.ndarray, kernel: Sequence[int], strides: Sequence[int],
+             dilation: Sequence[int], out: Sequence[int]) -> np.ndarray:
+    """[N, C, *out, *kernel] strided view of an already padded N,C,spatial input."""
     s = x.strides
+    nsp = len(kernel)
     return np.lib.stride_tricks.as_strided(
-        x, (n, c, oh, ow, kh, kw), (s[0], s[1], s[2] * sh, s[3] * sw, s[2] * dh, s[3] * dw),
-        writeable=False)
+        x, x.shape[:2] + tuple(out) + tuple(kernel),
+        s[:2] + tuple(s[2 + i] * strides[i] for i in range(nsp))
+        + tuple(s[2 + i] * dilation[i] for i in range(nsp)), writeable=False)
 
 
-def _conv2d_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
-    (sh, sw), (pt, pl, pb, pr), (dh, dw) = a["strides"], a["padding"], a["dilation"]
-    g = a["groups"]
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-    o, cg, kh, kw = w.shape
-    oh = _conv_out(x.shape[2], kh, sh, pt, pb, dh)
-    ow = _conv_out(x.shape[3], kw, sw, pl, pr, dw)
-    win = _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow)  # N C oh ow kh kw
-    n = x.shape[0]
-    win = win.reshape(n, g, cg, oh, ow, kh, kw)
-    wg = w.reshape(g, o // g, cg, kh, kw)
-    y = np.einsum("ngchwij,gocij->ngohw", win, wg, optimize=True).reshape(n, o, oh, ow)
+def _pad_spatial(x: np.ndarray, padding: Sequence[int], fill: float = 0.0,
+                 extra: Sequence[int] = ()) -> np.ndarray:
+    nsp = x.ndim - 2
+    extra = tuple(extra) or (0,) * nsp
+    widths = [(0, 0), (0, 0)] + [(padding[i], padding[nsp + i] + extra[i]) for i in range(nsp)]
+    return np.pad(x, widths, constant_values=fill)
+
+
+def _conv_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
+    nsp, g = x.ndim - 2, a["groups"]
+    out_shape = _conv_infer([TensorType(x.shape, str(x.dtype)), TensorType(w.shape, str(x.dtype))],
+                            a)[0].shape[2:]
+    win = _windows(_pad_spatial(x, a["padding"]), w.shape[2:], a["strides"], a["dilation"],
+                   out_shape)
+    n, (o, cg) = x.shape[0], w.shape[:2]
+    win = win.reshape((n, g, cg) + tuple(out_shape) + tuple(w.shape[2:]))
+    wg = w.reshape((g, o // g, cg) + tuple(w.shape[2:]))
+    sp, ks = "hwd"[:nsp], "ijk"[:nsp]
+    y = np.einsum(f"ngc{sp}{ks},goc{ks}->ngo{sp}", win, wg, optimize=True)
+    y = y.reshape((n, o) + tuple(out_shape))
     if b is not None:
-        y = y + b.reshape(1, -1, 1, 1)
+        y = y + b.reshape((1, -1) + (1,) * nsp)
     return y.astype(x.dtype)
 
 
-CONV_ATTRS = {"strides": (1, 1), "padding": (0, 0, 0, 0), "dilation": (1, 1), "groups": 1}
-register("conv2d", _conv2d_infer, _conv2d_ref, CONV_ATTRS, num_inputs=(2, 3),
-         doc="NCHW x OIHW; padding is (top, left, bottom, right)")
+register("conv", _conv_infer, _conv_ref,
+         {"strides": REQUIRED, "padding": REQUIRED, "dilation": REQUIRED, "groups": 1},
+         num_inputs=(2, 3),
+         doc="N,C,spatial x O,I/groups,kernel; padding is (begin..., end...) per spatial axis")
 
 
-def _conv_transpose2d_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+def _conv_transpose_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x, w = types[0], types[1]
-    dtype = _same_dtype(types, "conv_transpose2d")
-    g = attrs["groups"]
-    if len(x.shape) != 4 or len(w.shape) != 4 or x.shape[1] != w.shape[0]:
-        raise IRError(f"conv_transpose2d: input {x.shape} does not match weight {w.shape}")
-    (sh, sw), (pt, pl, pb, pr) = attrs["strides"], attrs["padding"]
-    (dh, dw), (oph, opw) = attrs["dilation"], attrs["output_padding"]
-    oh = (x.shape[2] - 1) * sh - pt - pb + dh * (w.shape[2] - 1) + oph + 1
-    ow = (x.shape[3] - 1) * sw - pl - pr + dw * (w.shape[3] - 1) + opw + 1
-    return [TensorType((x.shape[0], w.shape[1] * g, oh, ow), dtype)]
+    dtype = _same_dtype(types, "conv_transpose")
+    nsp, g = len(x.shape) - 2, attrs["groups"]
+    if nsp not in (1, 2, 3) or len(w.shape) != len(x.shape) or x.shape[1] != w.shape[0]:
+        raise IRError(f"conv_transpose: input {x.shape} does not match weight {w.shape}")
+    _spatial_attrs(attrs, nsp, "conv_transpose",
+                   ("strides", "padding", "dilation", "output_padding"))
+    p = attrs["padding"]
+    out = tuple((x.shape[2 + i] - 1) * attrs["strides"][i] - p[i] - p[nsp + i]
+                + attrs["dilation"][i] * (w.shape[2 + i] - 1) + attrs["output_padding"][i] + 1
+                for i in range(nsp))
+    return [TensorType((x.shape[0], w.shape[1] * g) + out, dtype)]
 
 
-def _conv_transpose2d_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray,
-                          b: np.ndarray | None = None):
-    (sh, sw), (pt, pl, pb, pr) = a["strides"], a["padding"]
-    (dh, dw), (oph, opw) = a["dilation"], a["output_padding"]
-    g = a["groups"]
-    n, cin, h, wd = x.shape
-    _, og, kh, kw = w.shape
-    full_h = (h - 1) * sh + dh * (kh - 1) + 1 + oph
-    full_w = (wd - 1) * sw + dw * (kw - 1) + 1 + opw
-    out = np.zeros((n, og * g, full_h + max(pb, 0), full_w + max(pr, 0)), dtype=np.float64)
-    xg = x.reshape(n, g, cin // g, h, wd)
-    wg = w.reshape(g, cin // g, og, kh, kw)
-    for i in range(kh):
-        for j in range(kw):
-            contrib = np.einsum("ngchw,gco->ngohw", xg, wg[:, :, :, i, j]).reshape(n, og * g, h, wd)
-            out[:, :, i * dh: i * dh + (h - 1) * sh + 1: sh,
-                j * dw: j * dw + (wd - 1) * sw + 1: sw] += contrib
-    oh = full_h - pt - pb
-    ow = full_w - pl - pr
-    y = out[:, :, pt:pt + oh, pl:pl + ow]
+def _conv_transpose_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray,
+                        b: np.ndarray | None = None):
+    nsp, g = x.ndim - 2, a["groups"]
+    st, dl, p, op = a["strides"], a["dilation"], a["padding"], a["output_padding"]
+    n, cin = x.shape[:2]
+    og, ks, ins = w.shape[1], w.shape[2:], x.shape[2:]
+    full = tuple((ins[i] - 1) * st[i] + dl[i] * (ks[i] - 1) + 1 + op[i] for i in range(nsp))
+    out = np.zeros((n, og * g) + tuple(full[i] + max(p[nsp + i], 0) for i in range(nsp)))
+    xg = x.reshape((n, g, cin // g) + ins)
+    wg = w.reshape((g, cin // g, og) + ks)
+    sp = "hwd"[:nsp]
+    for pos in np.ndindex(*ks):
+        contrib = np.einsum(f"ngc{sp},gco->ngo{sp}", xg, wg[(slice(None),) * 3 + pos])
+        index = (slice(None), slice(None)) + tuple(
+            slice(pos[i] * dl[i], pos[i] * dl[i] + (ins[i] - 1) * st[i] + 1, st[i])
+            for i in range(nsp))
+        out[index] += contrib.reshape((n, og * g) + ins)
+    crop = (slice(None), slice(None)) + tuple(slice(p[i], full[i] - p[nsp + i])
+                                              for i in range(nsp))
+    y = out[crop]
     if b is not None:
-        y = y + b.reshape(1, -1, 1, 1)
+        y = y + b.reshape((1, -1) + (1,) * nsp)
     return y.astype(x.dtype)
 
 
-register("conv_transpose2d", _conv_transpose2d_infer, _conv_transpose2d_ref,
-         {**CONV_ATTRS, "output_padding": (0, 0)}, num_inputs=(2, 3),
-         doc="weight is [in, out/groups, kh, kw] as torch stores it")
+register("conv_transpose", _conv_transpose_infer, _conv_transpose_ref,
+         {"strides": REQUIRED, "padding": REQUIRED, "dilation": REQUIRED,
+          "output_padding": REQUIRED, "groups": 1}, num_inputs=(2, 3),
+         doc="weight is [in, out/groups, kernel...] as torch stores it")
 
 
 def _pool_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     x = types[0]
-    if len(x.shape) != 4:
-        raise IRError(f"pool2d: expects NCHW input, got {x.shape}")
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = attrs["kernel"], attrs["strides"], attrs["padding"]
-    dh, dw = attrs.get("dilation", (1, 1))
-    oh = _conv_out(x.shape[2], kh, sh, pt, pb, dh, attrs["ceil_mode"])
-    ow = _conv_out(x.shape[3], kw, sw, pl, pr, dw, attrs["ceil_mode"])
-    if oh <= 0 or ow <= 0:
-        raise IRError(f"pool2d: empty output for input {x.shape}")
-    return [TensorType((x.shape[0], x.shape[1], oh, ow), x.dtype)]
+    nsp = len(x.shape) - 2
+    if nsp not in (1, 2, 3):
+        raise IRError(f"pool: expects an N,C,spatial input, got {x.shape}")
+    _spatial_attrs(attrs, nsp, "pool", ("kernel", "strides", "padding", "dilation"))
+    p = attrs["padding"]
+    out = tuple(_conv_out(x.shape[2 + i], attrs["kernel"][i], attrs["strides"][i], p[i],
+                          p[nsp + i], attrs["dilation"][i], attrs["ceil_mode"])
+                for i in range(nsp))
+    if any(d <= 0 for d in out):
+        raise IRError(f"pool: empty output for input {x.shape}")
+    return [TensorType(x.shape[:2] + out, x.dtype)]
 
 
 def _pool_windows(a: dict[str, Any], x: np.ndarray, fill: float) -> np.ndarray:
-    (kh, kw), (sh, sw), (pt, pl, pb, pr) = a["kernel"], a["strides"], a["padding"]
-    dh, dw = a.get("dilation", (1, 1))
-    _, _, oh, ow = _pool_infer([TensorType(x.shape, str(x.dtype))], a)[0].shape
-    # extra bottom/right padding so ceil_mode windows fit; those cells never count
-    eh = max(0, (oh - 1) * sh + dh * (kh - 1) + 1 - (x.shape[2] + pt + pb))
-    ew = max(0, (ow - 1) * sw + dw * (kw - 1) + 1 - (x.shape[3] + pl + pr))
-    xp = np.pad(x, ((0, 0), (0, 0), (pt, pb + eh), (pl, pr + ew)), constant_values=fill)
-    return _windows(xp, kh, kw, sh, sw, dh, dw, oh, ow)
+    nsp = x.ndim - 2
+    out = _pool_infer([TensorType(x.shape, str(x.dtype))], a)[0].shape[2:]
+    k, st, dl, p = a["kernel"], a["strides"], a["dilation"], a["padding"]
+    # extra end padding so ceil_mode windows fit; those cells never count
+    extra = [max(0, (out[i] - 1) * st[i] + dl[i] * (k[i] - 1) + 1
+                 - (x.shape[2 + i] + p[i] + p[nsp + i])) for i in range(nsp)]
+    return _windows(_pad_spatial(x, p, fill, extra), k, st, dl, out)
+
+
+def _window_axes(x: np.ndarray) -> tuple[int, ...]:
+    nsp = x.ndim - 2
+    return tuple(range(2 + nsp, 2 + 2 * nsp))
 
 
 def _max_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    return _pool_windows(a, x, -np.inf).max(axis=(4, 5)).astype(x.dtype)
+    return _pool_windows(a, x, -np.inf).max(axis=_window_axes(x)).astype(x.dtype)
 
 
 def _avg_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    sums = _pool_windows(a, x.astype(np.float64), 0.0).sum(axis=(4, 5))
-    (pt, pl, pb, pr) = a["padding"]
-    inside = np.zeros((1, 1) + x.shape[2:])
-    if a["count_include_pad"]:
-        # torch counts padded cells but not the ceil-mode overhang
-        inside = np.pad(inside, ((0, 0), (0, 0), (pt, pb), (pl, pr)))
-        inside += 1
-        counts = _pool_windows({**a, "padding": (0, 0, 0, 0)}, inside, 0.0).sum(axis=(4, 5))
+    axes = _window_axes(x)
+    sums = _pool_windows(a, x.astype(np.float64), 0.0).sum(axis=axes)
+    ones = np.ones((1, 1) + x.shape[2:])
+    if a["count_include_pad"]:  # padded cells count, the ceil-mode overhang does not
+        padded = _pad_spatial(ones, a["padding"], 1.0)
+        counts = _pool_windows({**a, "padding": (0,) * len(a["padding"])}, padded, 0.0)
     else:
-        counts = _pool_windows(a, inside + 1, 0.0).sum(axis=(4, 5))
-    return (sums / counts).astype(x.dtype)
+        counts = _pool_windows(a, ones, 0.0)
+    return (sums / counts.sum(axis=axes)).astype(x.dtype)
 
 
-register("max_pool2d", _pool_infer, _max_pool_ref,
-         {"kernel": REQUIRED, "strides": REQUIRED, "padding": (0, 0, 0, 0),
-          "dilation": (1, 1), "ceil_mode": False})
-register("avg_pool2d", _pool_infer, _avg_pool_ref,
-         {"kernel": REQUIRED, "strides": REQUIRED, "padding": (0, 0, 0, 0),
-          "ceil_mode": False, "count_include_pad": True})
+POOL_ATTRS = {"kernel": REQUIRED, "strides": REQUIRED, "padding": REQUIRED,
+              "dilation": REQUIRED, "ceil_mode": False}
+register("max_pool", _pool_infer, _max_pool_ref, POOL_ATTRS)
+register("avg_pool", _pool_infer, _avg_pool_ref, {**POOL_ATTRS, "count_include_pad": True})
 
 # ---- normalization ---------------------------------------------------------------------------
 
