@@ -169,18 +169,22 @@ def _lower_gather_elements(bb, node, args):
     return R.gather_elements(args[0], idx, axis)
 
 
+RELAX_PAD_MODES = {"constant": "constant", "reflect": "reflect", "edge": "replicate"}
+
+
 def _lower_pad(bb, node, args):
     pads = node.attrs["pads"]
+    mode = RELAX_PAD_MODES[node.attrs["mode"]]
     x = args[0]
     if any(p < 0 for p in pads):  # negative pads crop: pad the positive part, then slice
         shape = node.inputs[0].shape
         pos = [max(p, 0) for p in pads]
-        x = bb.emit(R.nn.pad(x, pos, node.attrs["mode"], node.attrs["value"]))
+        x = bb.emit(R.nn.pad(x, pos, mode, node.attrs["value"]))
         axes = list(range(len(shape)))
         begins = [-min(pads[2 * i], 0) for i in axes]
         ends = [shape[i] + pos[2 * i] + pos[2 * i + 1] + min(pads[2 * i + 1], 0) for i in axes]
         return R.strided_slice(x, axes, begins, ends)
-    return R.nn.pad(x, list(pads), node.attrs["mode"], node.attrs["value"])
+    return R.nn.pad(x, list(pads), mode, node.attrs["value"])
 
 
 def _lower_matmul(bb, node, args):

@@ -252,7 +252,7 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
     t = t.detach().cpu().contiguous()
     if t.dtype == torch.bfloat16:
         t = t.float()
-    return t.numpy().copy() if t.dtype != torch.float64 else t.float().numpy()
+    return t.numpy().copy()
 
 
 # ---- handlers: elementwise -------------------------------------------------------------------

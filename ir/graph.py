@@ -109,8 +109,6 @@ class Graph:
         data = np.asarray(array)
         if not data.flags.c_contiguous:
             data = data.copy(order="C")  # (np.ascontiguousarray would turn 0-d into 1-d)
-        if data.dtype == np.float64:
-            raise IRError(f"constant {name} is float64; convert it to the model's float type")
         value = Value(self.unique_name(name), TensorType(tuple(data.shape), str(data.dtype)))
         value.data = data
         self.constants.append(value)
