@@ -10,6 +10,7 @@ the `val` that torch recorded, so a mapping bug fails here rather than as wrong 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,7 +50,9 @@ def export(model: torch.nn.Module, example_inputs: Sequence[Any]) -> torch.expor
         example_inputs = (example_inputs,)
     model = model.eval()
     try:
-        return torch.export.export(model, tuple(example_inputs))
+        with warnings.catch_warnings():  # torch's own deprecation chatter is not the user's
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.export.export(model, tuple(example_inputs))
     except Exception as e:  # torch raises many types (UserError, GuardOnDataDependent, ...)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise FrontendError(
@@ -64,7 +67,9 @@ def from_exported_program(ep: torch.export.ExportedProgram, name: str = "main") 
         if any(str(op).endswith(k) and str(op).startswith("aten.") for k in KEEP_WHOLE):
             del table[op]
     try:
-        ep = ep.run_decompositions(table)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ep = ep.run_decompositions(table)
     except Exception as e:
         raise FrontendError(f"decomposing to core ATen failed: {e}") from e
     return _Converter(ep, name).run()

