@@ -11,7 +11,10 @@ from ..ir import Graph
 
 
 def capture(model: Any, example_inputs: Sequence[Any] | None = None) -> Graph:
-    """Dispatches on the model's kind: torch module / ExportedProgram, ONNX path / ModelProto."""
+    """Dispatches on the model's kind: torch module / ExportedProgram, ONNX path / ModelProto,
+    or an ir.Graph built by hand (copied, so the caller's graph is never changed)."""
+    if isinstance(model, Graph):
+        return model.copy()
     if isinstance(model, str | Path):
         path = Path(model)
         if path.suffix != ".onnx":
@@ -34,4 +37,5 @@ def capture(model: Any, example_inputs: Sequence[Any] | None = None) -> Graph:
 
         return from_torch(model, example_inputs)
     raise FrontendError(f"cannot compile a {kind}: pass a torch.nn.Module, an "
-                        "ExportedProgram, an ONNX ModelProto or a path to an .onnx file")
+                        "ExportedProgram, an ONNX ModelProto, a path to an .onnx file or an "
+                        "ir.Graph")

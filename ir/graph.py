@@ -87,17 +87,19 @@ class Graph:
         self.outputs: list[Value] = []
         self.nodes: list[Node] = []
         self.constants: list[Value] = []
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # value names
+        self._node_names: set[str] = set()
         self._counter = itertools.count()
 
     # ---- construction -------------------------------------------------------------------
 
-    def unique_name(self, hint: str) -> str:
+    def unique_name(self, hint: str, taken: set[str] | None = None) -> str:
+        taken = self._names if taken is None else taken
         base = _sanitize(hint) or "v"
         name = base
-        while name in self._names:
+        while name in taken:
             name = f"{base}_{next(self._counter)}"
-        self._names.add(name)
+        taken.add(name)
         return name
 
     def add_input(self, name: str, shape: Sequence[int], dtype: str) -> Value:
@@ -128,7 +130,8 @@ class Graph:
         schema = get_schema(op)
         attrs = schema.normalize_attrs(attrs or {})
         out_types = schema.infer([v.type for v in inputs], attrs)
-        node = Node(op, list(inputs), [], attrs, scope, self.unique_name(name or op))
+        node = Node(op, list(inputs), [], attrs, scope,
+                    self.unique_name(name or op, self._node_names))
         for i, t in enumerate(out_types):
             suffix = "" if len(out_types) == 1 else f"_{i}"
             node.outputs.append(Value(self.unique_name(node.name + suffix), t, producer=node))
@@ -187,7 +190,7 @@ class Graph:
         for node in self.nodes:
             n = Node(node.op, [mapping[id(v)] for v in node.inputs], [], dict(node.attrs),
                      node.scope, node.name)
-            g._names.add(node.name)
+            g._node_names.add(node.name)
             for v in n.inputs:
                 v.users.append(n)
             for v in node.outputs:
