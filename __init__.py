@@ -8,8 +8,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import (ArtifactError, BuildError, CodegenError, FrontendError, HonerError,
-                     InputError, IRError, PassError, ToolchainError, UnsupportedOpError)
+from .errors import (
+    ArtifactError,
+    BuildError,
+    CodegenError,
+    FrontendError,
+    HonerError,
+    InputError,
+    IRError,
+    PassError,
+    ToolchainError,
+    UnsupportedOpError,
+)
 from .runtime.loader import LoadedModel, load
 
 __version__ = "0.1.0"

@@ -62,7 +62,8 @@ def compile(  # noqa: A001 - the public name users expect
     `check` runs the compiled model once on the example inputs and records the max error
     against the reference (PyTorch eager for torch models, the IR interpreter otherwise).
     """
-    from . import frontend, passes as passes_mod, targets
+    from . import frontend, targets
+    from . import passes as passes_mod
     from .codegen.relax_lower import lower
 
     say = progress or (lambda msg: None)

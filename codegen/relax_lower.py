@@ -291,7 +291,8 @@ LOWERINGS: dict[str, Lowering] = {
     "broadcast_to": _lower_broadcast_to, "concat": _lower_concat, "slice": _lower_slice,
     "gather": _lower_gather, "gather_elements": _lower_gather_elements, "pad": _lower_pad,
     "matmul": _lower_matmul, "linear": _lower_linear, "conv": _lower_conv,
-    "conv_transpose": _lower_conv_transpose, "max_pool": _lower_pool, "avg_pool": _lower_pool, "batch_norm": _lower_batch_norm,
+    "conv_transpose": _lower_conv_transpose, "max_pool": _lower_pool, "avg_pool": _lower_pool,
+    "batch_norm": _lower_batch_norm,
     "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
     "attention": _lower_attention,
 }

@@ -151,7 +151,7 @@ class _Converter:
             raise FrontendError(f"{node.op_type} at {_where(node)}: {len(names)} outputs "
                                 "requested, only the first one(s) are supported")
         for name, value in zip(names, results):
-            if name in self.env and not (value is self.env[name]):
+            if name in self.env and value is not self.env[name]:
                 raise FrontendError(f"value '{name}' is produced twice (at {_where(node)})")
             self.env[name] = value
 

@@ -276,7 +276,8 @@ for _aten, _ir in _UNARY.items():
         x = c.value(n.args[0], dtype if _ir != "logical_not" else None)
         if _ir == "logical_not" and x.dtype != "bool":
             x = c.op("not_equal", x, c.value(0, x.dtype))
-        if _ir == "softplus" and (c.arg(n, 1, "beta", 1) != 1 or c.arg(n, 2, "threshold", 20) != 20):
+        beta, threshold = c.arg(n, 1, "beta", 1), c.arg(n, 2, "threshold", 20)
+        if _ir == "softplus" and (beta != 1 or threshold != 20):
             raise FrontendError("softplus with beta != 1 or threshold != 20 is not supported")
         return c.op(_ir, x)
 
@@ -309,9 +310,10 @@ def _compare(ir_op: str) -> Handler:
     def handler(c: _Converter, n: torch.fx.Node) -> Value:
         a, b = n.args[0], n.args[1]
         dtype = "bool" if ir_op.startswith("logical") else c.promoted(a, b)
-        x, y = c.value(a, dtype if dtype != "bool" else None), c.value(b, dtype if dtype != "bool" else None)
         if dtype == "bool":
-            x, y = _as_bool(c, x), _as_bool(c, y)
+            x, y = _as_bool(c, c.value(a)), _as_bool(c, c.value(b))
+        else:
+            x, y = c.value(a, dtype), c.value(b, dtype)
         return c.op(ir_op, x, y)
 
     return handler
@@ -595,7 +597,6 @@ def _layer_norm(c: _Converter, n: torch.fx.Node) -> tuple[Value, ...]:
     x, shape, w, b, eps = n.args[:5]
     inputs = [c.value(x)]
     if w is not None or b is not None:
-        k = len(shape)
         inputs.append(c.value(w) if w is not None else
                       c.const(np.ones(tuple(shape), inputs[0].dtype), "ln_weight"))
         if b is not None:

@@ -6,6 +6,7 @@ through TVM's runtime (imported lazily, only when such an artifact is loaded).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -88,12 +89,26 @@ def load(path: str | Path) -> LoadedModel:
     return LoadedModel(path, manifest, opener(path, manifest, weights))
 
 
-def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
+def _import_tvm_runtime() -> Any:
+    """TVM's FFI imports torch eagerly whenever it is installed; a deployed model must not pay
+    for that (seconds and hundreds of MB), so block it unless the user already imported it."""
+    blocked = "torch" not in sys.modules
+    if blocked:
+        sys.modules["torch"] = None  # makes `import torch` raise ImportError, which TVM allows
     try:
         import tvm
-        from tvm import runtime
+        import tvm.runtime
     except ImportError as e:
         raise ArtifactError("this artifact runs on TVM's runtime; install apache-tvm") from e
+    finally:
+        if blocked and sys.modules.get("torch", 0) is None:
+            del sys.modules["torch"]
+    return tvm
+
+
+def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
+    tvm = _import_tvm_runtime()
+    runtime = tvm.runtime
     device = runtime.device(manifest["target"]["device"], 0)
     lib = runtime.load_module(str(path / manifest["target"]["library"]))
     vm = tvm.relax.VirtualMachine(lib, device)

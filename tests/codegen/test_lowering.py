@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from honer.ir import Graph, all_ops, interpret
+from honer.api import compile as honer_compile
 from honer.codegen.relax_lower import supported_ops
 from honer.errors import CodegenError
-from honer.api import compile as honer_compile
+from honer.ir import Graph, all_ops, interpret
 
 RNG = np.random.default_rng(0)
 F = "float32"

@@ -1,0 +1,65 @@
+"""The `honer` command as a shell user drives it: exit codes, files, messages."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+HONER = [sys.executable, "-m", "honer"]
+CONV = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data",
+                    "pytorch-converted", "test_Conv2d", "model.onnx")
+
+
+def honer(*args, cwd=None):
+    return subprocess.run([*HONER, *map(str, args)], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_compile_run_inspect_an_onnx_model(tmp_path):
+    out = tmp_path / "conv.honer"
+    r = honer("compile", CONV, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert "wrote" in r.stdout and (out / "manifest.json").is_file()
+    x = np.random.default_rng(0).standard_normal((2, 3, 7, 5)).astype(np.float32)
+    np.save(tmp_path / "x.npy", x)
+    r = honer("run", out, "-i", tmp_path / "x.npy", "-o", tmp_path / "y.npz")
+    assert r.returncode == 0, r.stderr
+    with np.load(tmp_path / "y.npz") as y:
+        assert y[y.files[0]].shape == (2, 4, 5, 4)
+    r = honer("inspect", out)
+    assert r.returncode == 0 and "conv(" in r.stdout and '"schema"' in r.stdout
+
+
+def test_compile_a_torch_factory(tmp_path):
+    (tmp_path / "mymodel.py").write_text(textwrap.dedent("""
+        import torch
+        def build():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.Tanh()), (torch.randn(1, 4),)
+    """))
+    r = honer("compile", f"{tmp_path / 'mymodel.py'}:build", "-o", tmp_path / "m.honer")
+    assert r.returncode == 0, r.stderr
+    assert "check        max error" in r.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("compile", "missing.onnx", "-o", "x"), "no such file"),
+    (("compile", "model.pt", "-o", "x"), "file.py:factory"),
+    (("run", "no-artifact", "-i", "x.npy"), "not an artifact directory"),
+    (("compile", CONV, "-o", "x", "--target", "pdp11"), "unknown target 'pdp11'"),
+    (("compile", CONV, "-o", "x", "--passes", "nope"), "unknown pass"),
+])
+def test_errors_exit_1_with_a_message_and_no_traceback(tmp_path, args, message):
+    r = honer(*args, cwd=tmp_path)
+    assert r.returncode == 1
+    assert message in r.stderr and "Traceback" not in r.stderr
+
+
+def test_usage_errors_exit_2_and_targets_lists_the_host():
+    assert honer("frobnicate").returncode == 2
+    r = honer("targets")
+    assert r.returncode == 0 and "host" in r.stdout and "toolchain: ready" in r.stdout
