@@ -191,8 +191,18 @@ def _lower_matmul(bb, node, args):
     return R.matmul(args[0], args[1])
 
 
+ACTIVATION_RELAX = {"relu": R.nn.relu, "gelu": R.nn.gelu, "silu": R.nn.silu,
+                    "sigmoid": R.sigmoid, "tanh": R.tanh}
+
+
+def _epilogue(bb, node: Node, y: relax.Expr) -> relax.Expr:
+    """The fused activation of conv/linear; TVM's FuseOps puts it in the same kernel."""
+    act = node.attrs.get("activation", "none")
+    return y if act == "none" else ACTIVATION_RELAX[act](bb.emit(y))
+
+
 def _lower_linear(bb, node, args):
-    return R.linear(args[0], args[1], args[2] if len(args) > 2 else None)
+    return _epilogue(bb, node, R.linear(args[0], args[1], args[2] if len(args) > 2 else None))
 
 
 def _spatial(node: Node) -> int:
@@ -215,7 +225,9 @@ def _lower_conv(bb, node, args):
     a = node.attrs
     fn = CONV_BY_RANK[_spatial(node)]
     y = fn(args[0], args[1], a["strides"], a["padding"], a["dilation"], a["groups"])
-    return _add_channel_bias(bb, node, bb.emit(y), args[2]) if len(args) == 3 else y
+    if len(args) == 3:
+        y = _add_channel_bias(bb, node, bb.emit(y), args[2])
+    return _epilogue(bb, node, y)
 
 
 def _lower_conv_transpose(bb, node, args):

@@ -123,8 +123,10 @@ class Graph:
         attrs: dict[str, Any] | None = None,
         scope: str = "",
         name: str | None = None,
+        before: Node | None = None,
     ) -> Node:
-        """Appends a node; output types come from the op's shape inference."""
+        """Appends a node (or inserts it before `before`, keeping topological order when its
+        inputs are defined earlier); output types come from the op's shape inference."""
         from .ops import get_schema
 
         schema = get_schema(op)
@@ -137,12 +139,16 @@ class Graph:
             node.outputs.append(Value(self.unique_name(node.name + suffix), t, producer=node))
         for v in inputs:
             v.users.append(node)
-        self.nodes.append(node)
+        if before is None:
+            self.nodes.append(node)
+        else:
+            self.nodes.insert(self.nodes.index(before), node)
         return node
 
-    def op(self, op: str, *inputs: Value, scope: str = "", **attrs: Any) -> Value:
+    def op(self, op: str, *inputs: Value, scope: str = "", before: Node | None = None,
+           **attrs: Any) -> Value:
         """Shorthand for single-output nodes: `g.op("add", a, b)`."""
-        return self.add_node(op, inputs, attrs, scope).output
+        return self.add_node(op, inputs, attrs, scope, before=before).output
 
     def set_outputs(self, outputs: Iterable[Value]) -> None:
         self.outputs = list(outputs)

@@ -519,13 +519,26 @@ def _linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[Tensor
     return [TensorType(x.shape[:-1] + (w.shape[0],), dtype)]
 
 
+ACTIVATIONS = ("none", "relu", "gelu", "silu", "sigmoid", "tanh")
+
+
+def apply_activation(name: str, y: np.ndarray) -> np.ndarray:
+    """The fused epilogue of conv and linear (set by the act_fuse pass)."""
+    if name == "none":
+        return y
+    if name not in ACTIVATIONS:
+        raise IRError(f"unknown fused activation {name!r}; known: {ACTIVATIONS}")
+    fn, attrs = UNARY[name]
+    return fn(attrs, y)
+
+
 def _linear_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None):
     y = np.matmul(x, w.T)
-    return y if b is None else y + b
+    return apply_activation(a["activation"], y if b is None else y + b)
 
 
-register("linear", _linear_infer, _linear_ref, num_inputs=(2, 3),
-         doc="y = x @ w.T + b, w is [out, in]")
+register("linear", _linear_infer, _linear_ref, {"activation": "none"}, num_inputs=(2, 3),
+         doc="y = act(x @ w.T + b), w is [out, in]")
 
 # ---- convolution and pooling (1-D, 2-D and 3-D: the spatial rank is the input rank - 2) -----
 
@@ -600,11 +613,12 @@ def _conv_ref(a: dict[str, Any], x: np.ndarray, w: np.ndarray, b: np.ndarray | N
     y = y.reshape((n, o) + tuple(out_shape))
     if b is not None:
         y = y + b.reshape((1, -1) + (1,) * nsp)
-    return y.astype(x.dtype)
+    return apply_activation(a["activation"], y.astype(x.dtype))
 
 
 register("conv", _conv_infer, _conv_ref,
-         {"strides": REQUIRED, "padding": REQUIRED, "dilation": REQUIRED, "groups": 1},
+         {"strides": REQUIRED, "padding": REQUIRED, "dilation": REQUIRED, "groups": 1,
+          "activation": "none"},
          num_inputs=(2, 3),
          doc="N,C,spatial x O,I/groups,kernel; padding is (begin..., end...) per spatial axis")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .graph import Graph
+from .ops import get_schema
 
 
 def _fmt_attr(v: Any) -> str:
@@ -23,7 +24,9 @@ def dump(graph: Graph, with_scopes: bool = True) -> str:
     for node in graph.nodes:
         outs = ", ".join(f"%{v.name}: {v.type}" for v in node.outputs)
         ins = ", ".join(f"%{v.name}" for v in node.inputs)
-        attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in node.attrs.items())
+        defaults = get_schema(node.op).attrs
+        attrs = ", ".join(f"{k}={_fmt_attr(v)}" for k, v in node.attrs.items()
+                          if k not in defaults or defaults[k] != v)  # defaults go unsaid
         line = f"  {outs} = {node.op}({ins})"
         if attrs:
             line += f" {{{attrs}}}"

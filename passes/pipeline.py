@@ -10,13 +10,36 @@ from typing import Any
 
 from ..errors import HonerError, PassError
 from ..ir import Graph, verify
-from . import dce
+from . import act_fuse, bn_fold, dce, fold, linear_fold, qkv_merge, repvgg
 from .base import Calibration, PassReport
+
+PassSpec = str | tuple[str, Any]
 
 # name -> module with `Config` and `run` (an explicit dict, no directory scanning)
 REGISTRY: dict[str, ModuleType] = {
     "dce": dce,
+    "fold": fold,
+    "bn_fold": bn_fold,
+    "repvgg": repvgg,
+    "linear_fold": linear_fold,
+    "qkv_merge": qkv_merge,
+    "act_fuse": act_fuse,
 }
+
+# names that stand for a sequence of passes, in the order their docstrings give
+PRESETS: dict[str, tuple[str, ...]] = {
+    "exact": ("fold", "bn_fold", "repvgg", "linear_fold", "qkv_merge", "act_fuse"),
+}
+
+
+def expand_presets(passes: Sequence[PassSpec]) -> list[PassSpec]:
+    out: list[PassSpec] = []
+    for spec in passes:
+        if isinstance(spec, str) and spec.strip() in PRESETS:
+            out += PRESETS[spec.strip()]
+        else:
+            out.append(spec)
+    return out
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -68,14 +91,13 @@ def _module(name: str) -> ModuleType:
         raise PassError(name, f"unknown pass; known passes: {', '.join(REGISTRY)}") from None
 
 
-PassSpec = str | tuple[str, Any]
 
 
 def run_pipeline(graph: Graph, passes: Sequence[PassSpec], calib: Calibration | None = None,
                  progress: Callable[[str], None] | None = None) -> tuple[Graph, list[PassReport]]:
     """Runs passes in order, verifying the graph after each; returns the graph and reports."""
     reports = []
-    for spec in passes:
+    for spec in expand_presets(passes):
         if isinstance(spec, str):
             name, options = parse_spec(spec)
             cfg = make_config(name, options)
