@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ir import Graph, Node, Value
 from .base import Calibration, PassReport, PassResult
+from .bn_fold import bn_affine
 from .rewrite import channel_vector, new_weight, sole_user, where
 
 AFFINE_OPS = ("mul", "add", "sub", "batch_norm")
@@ -72,18 +73,23 @@ def _replace_linear(g: Graph, old: Node, x: Value, w: np.ndarray, b: np.ndarray,
     g.replace_all_uses(out, new.output)
 
 
-def _affine(node: Node, features: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(scale, shift) over the last axis of `node`, which reads the value being transformed as
-    its first input, or None when it is not such an affine map."""
+def _affine(node: Node, value: Value, features: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(scale, shift) of `node` as a map of `value` over the last axis, or None when it is not
+    such an affine map."""
     if node.op == "batch_norm":
-        if len(node.output.shape) != 2 or not all(v.is_const for v in node.inputs[1:]):
+        if node.inputs[0] is not value or len(node.output.shape) != 2 or \
+                not all(v.is_const for v in node.inputs[1:]):
             return None
-        from .bn_fold import bn_affine
-
         return bn_affine(node)
-    if node.output.shape != node.inputs[0].shape:
+    if node.output.shape != value.shape:
         return None
-    vec = channel_vector(node.inputs[1], features, 1)
+    if node.inputs[0] is value:
+        other = node.inputs[1]
+    elif node.op in ("mul", "add") and node.inputs[1] is value:  # commutative
+        other = node.inputs[0]
+    else:
+        return None
+    vec = channel_vector(other, features, 1)
     if vec is None:
         return None
     vec = vec.astype(np.float64)
@@ -92,12 +98,18 @@ def _affine(node: Node, features: int) -> tuple[np.ndarray, np.ndarray] | None:
     return np.ones(features), vec if node.op == "add" else -vec
 
 
+def _affine_source(node: Node) -> Value | None:
+    """The non-constant input an affine node transforms."""
+    dynamic = [v for v in node.inputs if not v.is_const]
+    return dynamic[0] if len(dynamic) == 1 else None
+
+
 def _try(g: Graph, lin: Node) -> tuple[str | None, str | None]:
     out = lin.output
     nxt = sole_user(g, out)
     w, b = _wb(lin)
-    if nxt is not None and nxt.op in AFFINE_OPS and nxt.inputs[0] is out:
-        aff = _affine(nxt, w.shape[0])
+    if nxt is not None and nxt.op in AFFINE_OPS:
+        aff = _affine(nxt, out, w.shape[0])
         if aff is not None:
             s, t = aff
             _replace_linear(g, lin, lin.inputs[0], w * s[:, None], b * s + t, nxt.output,
@@ -105,10 +117,11 @@ def _try(g: Graph, lin: Node) -> tuple[str | None, str | None]:
             return "affine_after", None
     prev = lin.inputs[0].producer
     if prev is not None and prev.op in AFFINE_OPS and sole_user(g, lin.inputs[0]) is lin:
-        aff = _affine(prev, w.shape[1])
+        source = _affine_source(prev)
+        aff = _affine(prev, source, w.shape[1]) if source is not None else None
         if aff is not None:
             s, t = aff
-            _replace_linear(g, lin, prev.inputs[0], w * s[None, :], b + w @ t, out, before=lin)
+            _replace_linear(g, lin, source, w * s[None, :], b + w @ t, out, before=lin)
             return "affine_before", None
     if nxt is not None and nxt.op == "linear" and _const_linear(nxt):
         w2, b2 = _wb(nxt)
