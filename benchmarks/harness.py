@@ -1,0 +1,103 @@
+"""Side-by-side latency measurement: pinned threads, warm-up, median of many runs, and a record
+of the commit, the machine and every peer's version next to the figures."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def pin_threads(threads: int) -> None:
+    """Pins every runtime in this process to `threads` threads; call before any of them starts
+    its pool (TVM reads TVM_NUM_THREADS once, when its thread pool is created)."""
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    os.environ["OMP_NUM_THREADS"] = str(threads)
+    try:
+        import torch
+
+        torch.set_num_threads(threads)
+    except ImportError:
+        pass
+
+
+@dataclass
+class Timing:
+    name: str
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    runs: int
+
+    def to_json(self) -> dict[str, Any]:
+        return self.__dict__.copy()
+
+
+def measure(name: str, fn: Callable[[], Any], runs: int = 30, warmup: int = 5,
+            min_seconds: float = 0.0) -> Timing:
+    """Median latency of fn() over at least `runs` calls (more if `min_seconds` asks)."""
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < runs or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    samples.sort()
+    return Timing(name, statistics.median(samples), samples[len(samples) // 10],
+                  samples[(len(samples) * 9) // 10], len(samples))
+
+
+def environment() -> dict[str, Any]:
+    def version(pkg: str) -> str | None:
+        try:
+            return importlib.metadata.version(pkg)
+        except importlib.metadata.PackageNotFoundError:
+            return None
+
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=Path(__file__).parent, timeout=10).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True,
+                                    text=True, cwd=Path(__file__).parent,
+                                    timeout=10).stdout.strip())
+    except OSError:
+        commit, dirty = "unknown", False
+    cpu = "unknown"
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"commit": commit + ("+dirty" if dirty else ""), "machine": platform.machine(),
+            "cpu": cpu, "cores": os.cpu_count(), "threads": os.environ.get("TVM_NUM_THREADS"),
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "versions": {p: version(p) for p in ("apache-tvm", "torch", "onnxruntime",
+                                                 "numpy", "honer")}}
+
+
+def save(name: str, payload: dict[str, Any]) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"environment": environment(), **payload}, indent=1) + "\n")
+    return path
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [header] + [[f"{c:.3g}" if isinstance(c, float) else str(c) for c in r]
+                        for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
