@@ -90,10 +90,16 @@ def compile(  # noqa: A001 - the public name users expect
     work = Path(workdir.name)
     out_dir = work / "artifact"
 
+    build_facts: dict[str, Any] = {}
+
     def fill(tmp: Path) -> dict[str, Any]:
         build = timed("build", lambda: tgt.build(lowered, tmp, work))
+        build_facts.update(build.report)
         index = artifact.write_weights(tmp / artifact.WEIGHTS,
-                                       ((v.name, v.data) for v in lowered.params))
+                                       ((v.name, a) for v, a in zip(lowered.params,
+                                                                    lowered.param_arrays)))
+        for entry, layout in zip(index, lowered.param_layouts):
+            entry["layout"] = layout
         (tmp / "graph.txt").write_text(graph.dump() + "\n")
         return {
             "model_sha256": graph_sha256(captured),
@@ -114,6 +120,7 @@ def compile(  # noqa: A001 - the public name users expect
         "graph": graph_summary(captured, graph),
         "passes": [r.to_json() for r in pass_reports],
         "seconds": timings,
+        "build": build_facts,
         "artifact_bytes": {rel: (out_dir / rel).stat().st_size
                            for rel in loaded.manifest["files"]},
     }
@@ -198,12 +205,6 @@ def _check(model: Any, examples: tuple, graph: Graph, loaded: LoadedModel) -> di
     if len(got) != len(want):
         raise HonerError(f"compiled model returned {len(got)} outputs, reference {len(want)}")
     return {"reference": ref_name, "max_scaled_error": max_scaled_error(got, want)}
-
-
-def save_report(report: dict[str, Any], path: Path) -> None:
-    import json
-
-    path.write_text(json.dumps(report, indent=1, default=str) + "\n")
 
 
 __all__ = ["compile", "load", "CompiledModel"]

@@ -12,6 +12,7 @@ import tvm
 from tvm import relax
 
 from ..errors import BuildError
+from .cpu_schedule import CPUScheduleConfig, ScheduleStats, schedule_module
 from .relax_lower import LoweredModule
 
 
@@ -19,12 +20,37 @@ def tvm_version() -> str:
     return str(tvm.__version__)
 
 
-def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any]) -> relax.VMExecutable:
-    """Compiles the Relax module with TVM's default pipeline for the target."""
+def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig,
+                 stats: ScheduleStats) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with honer's schedule rules between fusion and lowering."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    @tvm.transform.module_pass(opt_level=0, name="HonerCPUSchedule")
+    def apply_rules(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        return schedule_module(mod, cfg, stats)
+
+    @tvm.transform.module_pass(opt_level=0, name="HonerCPUPipeline")
+    def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            passes = (cpu_generic.library_dispatch_passes(target)
+                      + cpu_generic.legalize_passes(target) + [apply_rules]
+                      + cpu_generic.dataflow_lower_passes(target)
+                      + cpu_generic.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any],
+                schedule: CPUScheduleConfig | None = None,
+                stats: ScheduleStats | None = None) -> relax.VMExecutable:
+    """Compiles the Relax module; with `schedule`, through honer's CPU schedule rules."""
     target = tvm.target.Target(tvm_target)
+    stats = stats if stats is not None else ScheduleStats()
+    pipeline = "default" if schedule is None else cpu_pipeline(target, schedule, stats)
     try:
         with target:
-            return relax.build(lowered.mod, target=target)
+            return relax.build(lowered.mod, target=target, relax_pipeline=pipeline)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
         raise BuildError(f"TVM build for {tvm_target} failed: {_last_line(e)}") from e
 

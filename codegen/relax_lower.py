@@ -28,6 +28,8 @@ Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
 class LoweredModule:
     mod: tvm.IRModule
     params: list[Value]  # weights in the order `main` takes them after the inputs
+    param_arrays: list[np.ndarray]  # their data in the layout the kernels read
+    param_layouts: list[str]  # "as-is", or "transposed" for [in, out] linear weights
 
 
 def _const(value: Any, dtype: str) -> relax.Expr:
@@ -205,6 +207,14 @@ def _lower_linear(bb, node, args):
     return _epilogue(bb, node, R.linear(args[0], args[1], args[2] if len(args) > 2 else None))
 
 
+def _lower_linear_pretransposed(bb, node, args):
+    """linear whose weight param is stored [in, out]: a plain matmul, bias and epilogue."""
+    y = R.matmul(args[0], args[1])
+    if len(args) > 2:
+        y = R.add(bb.emit(y), args[2])
+    return _epilogue(bb, node, y)
+
+
 def _spatial(node: Node) -> int:
     return len(node.inputs[0].shape) - 2
 
@@ -330,16 +340,28 @@ def _tensor_type(v: Value) -> relax.TensorType:
     return relax.TensorType(v.shape, v.dtype)
 
 
+def _linear_weight_only(v: Value) -> bool:
+    return bool(v.users) and all(u.op == "linear" and u.inputs[1] is v and
+                                 v not in u.inputs[:1] + u.inputs[2:] for u in v.users)
+
+
 def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
-    """Builds the Relax module for `graph`; weights above `inline_limit` elements become params."""
+    """Builds the Relax module for `graph`; weights above `inline_limit` elements become params.
+
+    Linear weights are stored transposed ([in, out]) so the matmul kernels read them along
+    contiguous rows instead of transposing them on every call."""
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise CodegenError(f"no Relax lowering for op(s) {missing}")
     params = [c for c in graph.constants if c.type.size > inline_limit]
+    transposed = {id(c) for c in params if _linear_weight_only(c)}
+    arrays = [np.ascontiguousarray(c.data.T) if id(c) in transposed else c.data for c in params]
+    layouts = ["transposed" if id(c) in transposed else "as-is" for c in params]
     bb = relax.BlockBuilder()
     env: dict[int, relax.Expr] = {}
     fn_inputs = [relax.Var(v.name, _tensor_type(v)) for v in graph.inputs]
-    fn_params = [relax.Var(v.name, _tensor_type(v)) for v in params]
+    fn_params = [relax.Var(v.name, relax.TensorType(a.shape, v.dtype))
+                 for v, a in zip(params, arrays)]
     for v, var in zip(list(graph.inputs) + params, fn_inputs + fn_params):
         env[id(v)] = var
     for c in graph.constants:
@@ -349,18 +371,22 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():
             for node in graph.nodes:
-                _emit_node(bb, node, env)
+                _emit_node(bb, node, env, transposed)
             outs = [env[id(v)] for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
         bb.emit_func_output(out)
-    return LoweredModule(bb.get(), params)
+    return LoweredModule(bb.get(), params, arrays, layouts)
 
 
-def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr]) -> None:
+def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
+               transposed: set[int]) -> None:
     args = [env[id(v)] for v in node.inputs]
+    lowering = LOWERINGS[node.op]
+    if node.op == "linear" and id(node.inputs[1]) in transposed:
+        lowering = _lower_linear_pretransposed
     try:
-        expr = bb.emit(LOWERINGS[node.op](bb, node, args))
+        expr = bb.emit(lowering(bb, node, args))
     except CodegenError:
         raise
     except Exception as e:  # TVM reports type errors as plain exceptions; name the node

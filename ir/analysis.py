@@ -36,3 +36,40 @@ def immediate_dominators(graph: Graph) -> dict[str, str]:
         if dag.in_degree(node.name) == 0:
             dag.add_edge("__entry__", node.name)
     return nx.immediate_dominators(dag, "__entry__")
+
+
+def node_flops(node: Node) -> int:
+    """Multiply-adds x 2 of the contraction ops (the ones that dominate), 0 for the rest."""
+    out = node.outputs[0].shape
+    size = 1
+    for d in out:
+        size *= d
+    match node.op:
+        case "linear":
+            return 2 * size * node.inputs[1].shape[1]
+        case "matmul":
+            return 2 * size * node.inputs[0].shape[-1]
+        case "conv":
+            w = node.inputs[1].shape
+            window = 1
+            for d in w[1:]:
+                window *= d
+            return 2 * size * window
+        case "conv_transpose":
+            x, w = node.inputs[0].shape, node.inputs[1].shape
+            window = 1
+            for d in w[1:]:
+                window *= d
+            n_in = 1
+            for d in x:
+                n_in *= d
+            return 2 * n_in * window
+        case "attention":
+            q, k = node.inputs[0].shape, node.inputs[1].shape
+            b, h, sq, d = q
+            return 2 * b * h * sq * k[2] * (d + node.outputs[0].shape[3])
+    return 0
+
+
+def flops(graph: Graph) -> int:
+    return sum(node_flops(n) for n in graph.nodes)

@@ -224,7 +224,7 @@ class Graph:
     def weight_bytes(self) -> int:
         return sum(c.data.nbytes for c in self.constants)
 
-    def dump(self, with_scopes: bool = True, max_const_inline: int = 0) -> str:
+    def dump(self, with_scopes: bool = True) -> str:
         from .text import dump
 
         return dump(self, with_scopes=with_scopes)

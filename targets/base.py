@@ -24,6 +24,7 @@ class BuildOutput:
     files: list[str]  # artifact-relative paths written by the build
     form: str  # how the runtime loads it (runtime/forms.py)
     manifest: dict[str, Any] = field(default_factory=dict)  # target facts for the manifest
+    report: dict[str, Any] = field(default_factory=dict)  # build facts for the compile report
 
 
 class Target:

@@ -8,6 +8,7 @@ from typing import Any
 from tvm.target import codegen as llvm_info
 
 from ..codegen.build import build_relax, export_library
+from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from .base import BuildOutput, Target, Tool
 
@@ -23,8 +24,20 @@ class HostTarget(Target):
         # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
         return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu()}
 
+    def schedule(self) -> CPUScheduleConfig:
+        import tvm
+
+        bits = llvm_info.llvm_get_vector_width(tvm.target.Target(self.tvm_target()))
+        return CPUScheduleConfig(lanes=max(int(bits) // 32, 4))
+
     def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path) -> BuildOutput:
-        executable = build_relax(lowered, self.tvm_target())
+        stats = ScheduleStats()
+        executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats)
         export_library(executable, out_dir / LIBRARY, workdir)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
-                           manifest={"library": LIBRARY, "device": "cpu"})
+                           manifest={"library": LIBRARY, "device": "cpu"},
+                           report={"schedule": {"lanes": self.schedule().lanes,
+                                                "contractions": stats.contractions,
+                                                "reductions": stats.reductions,
+                                                "elementwise": stats.elementwise,
+                                                "fallbacks": stats.fallbacks}})

@@ -2,7 +2,8 @@
 
 Each block sums a 3x3 conv+BN, a 1x1 conv+BN and (when shapes allow) a BN identity branch, then
 applies ReLU; `repvgg` + `bn_fold` turn every block into one 3x3 conv. The A0 layout (stage
-depths 1-2-4-14-1) is kept; widths are scaled down for 28x28 inputs and CPU training.
+depths 1-2-4-14-1) is kept; widths (8-16-32-64-128) are scaled down for 28x28 inputs and
+minutes of CPU training.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ACBlock(nn.Module):
 
 
 class RepVGG(nn.Module):
-    def __init__(self, widths: tuple[int, ...] = (16, 32, 64, 128, 256),
+    def __init__(self, widths: tuple[int, ...] = (8, 16, 32, 64, 128),
                  depths: tuple[int, ...] = A0_DEPTHS, in_channels: int = 1, classes: int = 10):
         super().__init__()
         layers: list[nn.Module] = []
