@@ -20,6 +20,7 @@ import tvm
 from tvm import s_tir, tirx
 
 DATA_PAR, COMM_REDUCE = 0, 2
+OPAQUE = 8  # relax op_pattern of kernels written by hand in TIR
 PARALLEL_MIN_WORK = 4096  # below this many elements a parallel launch costs more than it saves
 
 
@@ -34,7 +35,8 @@ class ScheduleStats:
     contractions: int = 0
     reductions: int = 0
     elementwise: int = 0
-    fallbacks: list[str] = field(default_factory=list)
+    serial: list[str] = field(default_factory=list)  # blocks with a loop-carried dependence
+    fallbacks: list[str] = field(default_factory=list)  # functions left with default loops
 
 
 def schedule_module(mod: tvm.IRModule, cfg: CPUScheduleConfig,
@@ -49,6 +51,8 @@ def schedule_module(mod: tvm.IRModule, cfg: CPUScheduleConfig,
 
 def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
                    stats: ScheduleStats) -> tirx.PrimFunc:
+    if "op_pattern" in (func.attrs or {}) and int(func.attrs["op_pattern"]) == OPAQUE:
+        return func  # TVM's hand-written kernels (cumsum, sort) come with their own loops
     sch = s_tir.Schedule(func)
     try:
         for block in sch.get_child_blocks(sch.get_sblock("root")):
@@ -100,29 +104,44 @@ def _schedule_block(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     kinds = _iter_kinds(sch, block)
     if kinds is None:
         return
-    if COMM_REDUCE in kinds:
-        if _is_contraction(sch, block, kinds):
-            _schedule_contraction(sch, block, kinds, cfg)
-            stats.contractions += 1
-        else:
+    if COMM_REDUCE in kinds and _is_contraction(sch, block, kinds):
+        _schedule_contraction(sch, block, kinds, cfg)
+        stats.contractions += 1
+        return
+    try:
+        if COMM_REDUCE in kinds:
             _schedule_reduction(sch, block, kinds, stats)
-    else:
-        _schedule_elementwise(sch, block, cfg, stats)
+        else:
+            _schedule_elementwise(sch, block, cfg, stats)
+    except s_tir.ScheduleError:
+        # a scan (cumsum) carries a dependence along its loops: TIR refuses to parallelize
+        # or vectorize it, and its loops stay serial
+        stats.serial.append(sch.get(block).name_hint)
 
 
 def _is_contraction(sch: s_tir.Schedule, block, kinds: list[int]) -> bool:
     """Spatial loops first, reductions last, at least two spatial loops, two inputs multiplied
-    (matmul, conv), and the innermost spatial iterator indexes the last axis of the output."""
+    (matmul, conv), and a spatial iterator that walks some operand contiguously."""
     first_reduce = kinds.index(COMM_REDUCE)
     if first_reduce < 2 or any(k != COMM_REDUCE for k in kinds[first_reduce:]):
         return False
     stmt = sch.get(block)
     if len(stmt.reads) < 2 or len(stmt.writes) != 1:
         return False
-    write = stmt.writes[0]
-    last = write.region[-1].min
-    inner_var = stmt.iter_vars[first_reduce - 1].var
-    return isinstance(last, tirx.Var) and last.same_as(inner_var)
+    return _vector_axis(stmt, first_reduce) is not None
+
+
+def _vector_axis(stmt, first_reduce: int) -> int | None:
+    """The spatial iterator to vectorize: the one indexing the last (contiguous) axis of an
+    input (a matmul's output columns, a conv's output channels with an HWIO kernel), else the
+    one indexing the output's last axis."""
+    spatial = [it.var for it in stmt.iter_vars[:first_reduce]]
+    for region in list(stmt.reads) + list(stmt.writes):
+        last = region.region[-1].min
+        for pos, var in enumerate(spatial):
+            if isinstance(last, tirx.Var) and last.same_as(var):
+                return pos
+    return None
 
 
 def _tile_width(extent: int, lanes: int) -> int:
@@ -156,25 +175,42 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     loops = sch.get_loops(block)
     first_reduce = kinds.index(COMM_REDUCE)
     spatial, reduce = loops[:first_reduce], loops[first_reduce:]
-    j = spatial[-1]
-    # rows of the register tile: a conv's output channels (several reduction loops: channels
-    # and kernel window), a matmul's rows otherwise
-    i = spatial[1] if len(reduce) > 1 else spatial[-2]
-    outer = [lp for lp in spatial[:-1] if not lp.same_as(i)]
+    jpos = _vector_axis(sch.get(block), first_reduce)
+    j = spatial[jpos]
+    # rows of the register tile: for a conv (several reduction loops) the output width when
+    # vectorizing output channels, the output channels when vectorizing the width; for a
+    # matmul the output rows
+    if len(reduce) > 1:
+        i = spatial[-1] if jpos != len(spatial) - 1 else spatial[1]
+    else:
+        i = spatial[-2]
+    outer = [lp for lp in spatial if not (lp.same_as(i) or lp.same_as(j))]
     ext_i, ext_j = _extent(sch, i), _extent(sch, j)
     nj = _tile_width(ext_j, cfg.lanes)
     mi = min(cfg.rows, ext_i)
     io, ii = sch.split(i, [None, mi])
     jo, ji = sch.split(j, [None, nj])
-    sch.reorder(*outer, io, jo, *reduce, ii, ji)
+    # matmul: column panels outside row tiles, so one panel of the right operand stays in L1
+    # while every row tile streams past it; conv: the input rows are the panel, so the
+    # output-channel tiles go outside
+    conv = len(reduce) > 1
+    first, second = (io, jo) if conv else (jo, io)
+    sch.reorder(*outer, first, second, *reduce, ii, ji)
     acc = sch.cache_write(block, 0, "local")
-    sch.reverse_compute_at(acc, jo)
+    if jpos != len(spatial) - 1:
+        # the accumulator keeps the output's layout: move the vectorized axis last so the tile
+        # is whole vectors, not strided lanes
+        rank = len(spatial)
+        sch.transform_layout(block, ("write", 0), tirx.IndexMap.from_func(
+            lambda *idx: [idx[k] for k in range(rank) if k != jpos] + [idx[jpos]],
+            ndim=rank))
+    sch.reverse_compute_at(acc, second)
     # vectorize/unroll/parallel must precede decompose_reduction: afterwards the update block
     # has no init and TIR no longer proves the loop nest's dataflow compact
     sch.vectorize(ji)
     sch.unroll(ii)
     sch.vectorize(sch.get_loops(acc)[-1])
-    sch.parallel(sch.fuse(*outer, io, jo))
+    sch.parallel(sch.fuse(*outer, first, second) if conv else sch.fuse(*outer, first))
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
 
@@ -202,7 +238,7 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = _extent(sch, fused)
     # TVM cannot vectorize stores of bool (it widens them to int8 vectors and then rejects them)
-    vectorizable = all(str(w.buffer.dtype) != "bool" for w in sch.get(block).writes)
+    vectorizable = all(str(w.source.dtype) != "bool" for w in sch.get(block).writes)
     if total >= 4 * cfg.lanes and vectorizable:
         outer, inner = sch.split(fused, [None, cfg.lanes])
         sch.vectorize(inner)

@@ -240,6 +240,16 @@ def _lower_conv(bb, node, args):
     return _epilogue(bb, node, y)
 
 
+def _lower_conv_hwio(bb, node, args):
+    """conv whose kernel param is stored HWIO (output channels contiguous)."""
+    a = node.attrs
+    y = R.nn.conv2d(args[0], args[1], a["strides"], a["padding"], a["dilation"], a["groups"],
+                    kernel_layout="HWIO")
+    if len(args) == 3:
+        y = _add_channel_bias(bb, node, bb.emit(y), args[2])
+    return _epilogue(bb, node, y)
+
+
 def _lower_conv_transpose(bb, node, args):
     a = node.attrs
     fn = CONV_T_BY_RANK[_spatial(node)]
@@ -340,9 +350,28 @@ def _tensor_type(v: Value) -> relax.TensorType:
     return relax.TensorType(v.shape, v.dtype)
 
 
-def _linear_weight_only(v: Value) -> bool:
-    return bool(v.users) and all(u.op == "linear" and u.inputs[1] is v and
-                                 v not in u.inputs[:1] + u.inputs[2:] for u in v.users)
+def _weight_only(v: Value, op: str) -> bool:
+    return bool(v.users) and all(u.op == op and u.inputs[1] is v and
+                                 all(x is not v for x in u.inputs[:1] + u.inputs[2:])
+                                 for u in v.users)
+
+
+def _kernel_layout(v: Value) -> str:
+    """How a weight param is stored for the kernels that read it:
+    - "transposed": a linear weight as [in, out], so matmuls read output columns contiguously;
+    - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
+      output channels;
+    - "as-is" otherwise."""
+    if _weight_only(v, "linear"):
+        return "transposed"
+    if _weight_only(v, "conv") and len(v.shape) == 4 and all(
+            u.attrs["groups"] == 1 for u in v.users):
+        return "HWIO"
+    return "as-is"
+
+
+STORED_LAYOUT = {"transposed": lambda a: a.T, "HWIO": lambda a: a.transpose(2, 3, 1, 0),
+                 "as-is": lambda a: a}
 
 
 def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
@@ -354,9 +383,9 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
     if missing:
         raise CodegenError(f"no Relax lowering for op(s) {missing}")
     params = [c for c in graph.constants if c.type.size > inline_limit]
-    transposed = {id(c) for c in params if _linear_weight_only(c)}
-    arrays = [np.ascontiguousarray(c.data.T) if id(c) in transposed else c.data for c in params]
-    layouts = ["transposed" if id(c) in transposed else "as-is" for c in params]
+    layouts = [_kernel_layout(c) for c in params]
+    arrays = [np.ascontiguousarray(STORED_LAYOUT[lay](c.data)) for c, lay in zip(params, layouts)]
+    stored = {id(c): lay for c, lay in zip(params, layouts) if lay != "as-is"}
     bb = relax.BlockBuilder()
     env: dict[int, relax.Expr] = {}
     fn_inputs = [relax.Var(v.name, _tensor_type(v)) for v in graph.inputs]
@@ -371,7 +400,7 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():
             for node in graph.nodes:
-                _emit_node(bb, node, env, transposed)
+                _emit_node(bb, node, env, stored)
             outs = [env[id(v)] for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
@@ -380,11 +409,14 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
 
 
 def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
-               transposed: set[int]) -> None:
+               stored: dict[int, str]) -> None:
     args = [env[id(v)] for v in node.inputs]
     lowering = LOWERINGS[node.op]
-    if node.op == "linear" and id(node.inputs[1]) in transposed:
+    layout = stored.get(id(node.inputs[1])) if len(node.inputs) > 1 else None
+    if node.op == "linear" and layout == "transposed":
         lowering = _lower_linear_pretransposed
+    elif node.op == "conv" and layout == "HWIO":
+        lowering = _lower_conv_hwio
     try:
         expr = bb.emit(lowering(bb, node, args))
     except CodegenError:

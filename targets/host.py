@@ -27,8 +27,13 @@ class HostTarget(Target):
     def schedule(self) -> CPUScheduleConfig:
         import tvm
 
-        bits = llvm_info.llvm_get_vector_width(tvm.target.Target(self.tvm_target()))
-        return CPUScheduleConfig(lanes=max(int(bits) // 32, 4))
+        # float32 lanes from the CPU's features (LLVM's "vector width" reports 512 bits for
+        # AVX2-only parts, which would make every vector two registers wide)
+        target = tvm.target.Target(self.tvm_target())
+        for feature, lanes in (("avx512f", 16), ("avx2", 8), ("avx", 8), ("neon", 4)):
+            if llvm_info.llvm_cpu_has_features([feature], target):
+                return CPUScheduleConfig(lanes=lanes)
+        return CPUScheduleConfig(lanes=4)
 
     def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path) -> BuildOutput:
         stats = ScheduleStats()
@@ -40,4 +45,5 @@ class HostTarget(Target):
                                                 "contractions": stats.contractions,
                                                 "reductions": stats.reductions,
                                                 "elementwise": stats.elementwise,
+                                                "serial": stats.serial,
                                                 "fallbacks": stats.fallbacks}})
