@@ -57,12 +57,29 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
     try:
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             _pad_contraction(sch, block, cfg)
+        done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
+        while (found := _next_contraction(sch, done)) is not None:
+            done |= _schedule_contraction(sch, *found, cfg)
+            stats.contractions += 1
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            _schedule_block(sch, block, cfg, stats)
+            if sch.get(block).name_hint not in done:
+                _schedule_block(sch, block, cfg, stats)
         return sch.mod["main"]
     except Exception as e:  # noqa: BLE001 - a rule that does not fit: try the safe rules only
         stats.fallbacks.append(f"{name}: {type(e).__name__}")
         return _schedule_func_conservative(name, func, cfg, stats)
+
+
+def _next_contraction(sch: s_tir.Schedule, done: set[str]):
+    """The first contraction block not yet scheduled (the list is re-read each time because
+    inlining epilogues removes blocks)."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint in done:
+            continue
+        kinds = _iter_kinds(sch, block)
+        if kinds and COMM_REDUCE in kinds and _is_contraction(sch, block, kinds):
+            return block, kinds
+    return None
 
 
 def _schedule_func_conservative(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
@@ -103,10 +120,6 @@ def _schedule_block(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
                     stats: ScheduleStats) -> None:
     kinds = _iter_kinds(sch, block)
     if kinds is None:
-        return
-    if COMM_REDUCE in kinds and _is_contraction(sch, block, kinds):
-        _schedule_contraction(sch, block, kinds, cfg)
-        stats.contractions += 1
         return
     try:
         if COMM_REDUCE in kinds:
@@ -170,8 +183,31 @@ def _pad_contraction(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig) -> None
         pass
 
 
+def _inline_epilogue(sch: s_tir.Schedule, block) -> None:
+    """Pulls elementwise consumers (bias, activation, residual add) into the block that writes
+    the accumulator tile back, so they run on the tile while it is in cache."""
+    while True:
+        consumers = sch.get_consumers(block)
+        if len(consumers) != 1 or not _same_domain(sch, block, consumers[0]):
+            return
+        try:
+            sch.reverse_compute_inline(consumers[0])
+        except s_tir.ScheduleError:
+            return
+
+
+def _same_domain(sch: s_tir.Schedule, producer, consumer) -> bool:
+    """True when the consumer writes a buffer of the producer's output shape. A padded
+    matmul's slicing copy writes a smaller one, and inlining it would write out of bounds."""
+    def shape(block):
+        writes = sch.get(block).writes
+        return [tuple(int(d) for d in w.source.shape) for w in writes]
+
+    return len(shape(consumer)) == 1 and shape(consumer) == shape(producer)
+
+
 def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
-                          cfg: CPUScheduleConfig) -> None:
+                          cfg: CPUScheduleConfig) -> set[str]:
     loops = sch.get_loops(block)
     first_reduce = kinds.index(COMM_REDUCE)
     spatial, reduce = loops[:first_reduce], loops[first_reduce:]
@@ -197,6 +233,8 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     first, second = (io, jo) if conv else (jo, io)
     sch.reorder(*outer, first, second, *reduce, ii, ji)
     acc = sch.cache_write(block, 0, "local")
+    _inline_epilogue(sch, acc)
+    acc = sch.get_consumers(block)[0]  # inlining replaced the write-back block
     if jpos != len(spatial) - 1:
         # the accumulator keeps the output's layout: move the vectorized axis last so the tile
         # is whole vectors, not strided lanes
@@ -213,6 +251,7 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     sch.parallel(sch.fuse(*outer, first, second) if conv else sch.fuse(*outer, first))
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
+    return {sch.get(b).name_hint for b in (block, init, acc)}
 
 
 def _schedule_reduction(sch: s_tir.Schedule, block, kinds: list[int],

@@ -1,0 +1,67 @@
+"""The CPU schedule rules on the shapes that exercise their special paths, against the IR
+interpreter: padded rows (no vector width divides them) with fused epilogues, HWIO convs
+vectorized over output channels, grouped convs, scans left serial."""
+
+import numpy as np
+import pytest
+
+import honer
+from honer.ir import Graph, interpret
+
+RNG = np.random.default_rng(0)
+
+
+def check(g: Graph, arrays, tol=1e-4):
+    compiled = honer.compile(g, None, check=False)
+    want = interpret(g, arrays)
+    got = compiled.run(*arrays)
+    for w, o in zip(want, got):
+        np.testing.assert_allclose(o, w, rtol=tol, atol=tol)
+    return compiled.report["build"]["schedule"]
+
+
+def const(*shape):
+    return RNG.standard_normal(shape).astype(np.float32) * 0.2
+
+
+@pytest.mark.parametrize("rows,cols", [(197, 50), (7, 37), (64, 50257 // 64)])
+def test_padded_linear_with_bias_activation_and_residual(rows, cols):
+    g = Graph()
+    x = g.add_input("x", (rows, 24), "float32")
+    r = g.add_input("r", (rows, cols), "float32")
+    y = g.op("linear", x, g.add_const(const(cols, 24)), g.add_const(const(cols)),
+             activation="gelu")
+    g.set_outputs([g.op("add", y, r)])
+    stats = check(g, [const(rows, 24), const(rows, cols)])
+    assert stats["contractions"] == 1 and stats["fallbacks"] == []
+
+
+@pytest.mark.parametrize("size,channels,groups", [(4, 16, 1), (7, 24, 1), (9, 16, 4)])
+def test_convs_with_epilogues(size, channels, groups):
+    g = Graph()
+    x = g.add_input("x", (1, channels, size, size), "float32")
+    w = g.add_const(const(32, channels // groups, 3, 3))
+    y = g.op("conv", x, w, g.add_const(const(32)), strides=(1, 1), padding=(1, 1, 1, 1),
+             dilation=(1, 1), groups=groups, activation="relu")
+    g.set_outputs([y])
+    stats = check(g, [const(1, channels, size, size)])
+    assert stats["contractions"] == 1 and stats["fallbacks"] == []
+
+
+def test_batched_attention_scores_with_odd_sequence_length():
+    g = Graph()
+    q = g.add_input("q", (1, 3, 197, 64), "float32")
+    k = g.add_input("k", (1, 3, 197, 64), "float32")
+    v = g.add_input("v", (1, 3, 197, 64), "float32")
+    g.set_outputs([g.op("attention", q, k, v)])
+    stats = check(g, [const(1, 3, 197, 64) for _ in range(3)])
+    assert stats["fallbacks"] == []
+
+
+def test_cumsum_stays_correct():
+    g = Graph()
+    x = g.add_input("x", (2, 64), "int64")
+    g.set_outputs([g.op("cumsum", x, axis=1)])
+    arrays = [RNG.integers(0, 5, (2, 64)).astype(np.int64)]
+    compiled = honer.compile(g, None, check=False)
+    np.testing.assert_array_equal(compiled(*arrays), np.cumsum(arrays[0], axis=1))
