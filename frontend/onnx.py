@@ -21,6 +21,7 @@ from onnx import numpy_helper
 from ..errors import FrontendError, HonerError, IRError, UnsupportedOpError
 from ..ir import Graph, Value
 from ..ir.ops import get_schema
+from .registry import HandlerTable
 
 ONNX_DTYPES = {
     onnx.TensorProto.FLOAT: "float32", onnx.TensorProto.FLOAT16: "float16",
@@ -31,17 +32,9 @@ ONNX_DTYPES = {
 }
 FOLD_LIMIT = 1 << 26  # elements: bigger constant subgraphs stay in the graph
 
+HANDLERS = HandlerTable()
+handles = HANDLERS.handles
 Handler = Callable[["_Converter", onnx.NodeProto], Any]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*names: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        for name in names:
-            HANDLERS[name] = fn
-        return fn
-
-    return deco
 
 
 def from_onnx_file(path: Path, example_inputs: Sequence[Any] | None = None) -> Graph:

@@ -20,6 +20,7 @@ import torch.fx
 
 from ..errors import FrontendError, HonerError, UnsupportedOpError
 from ..ir import Graph, Value
+from .registry import HandlerTable
 
 TORCH_DTYPES = {
     torch.float32: "float32", torch.float16: "float16", torch.float64: "float64",
@@ -28,17 +29,9 @@ TORCH_DTYPES = {
 }
 KEEP_WHOLE = ("linear.default", "scaled_dot_product_attention.default")
 
+HANDLERS = HandlerTable()
+handles = HANDLERS.handles
 Handler = Callable[["_Converter", torch.fx.Node], Any]
-HANDLERS: dict[str, Handler] = {}
-
-
-def handles(*names: str) -> Callable[[Handler], Handler]:
-    def deco(fn: Handler) -> Handler:
-        for name in names:
-            HANDLERS[name] = fn
-        return fn
-
-    return deco
 
 
 # ---- entry points ----------------------------------------------------------------------------

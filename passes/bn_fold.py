@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from ..ir import Graph, Node
+from ..ir import Graph, Node, Value
 from .base import Calibration, PassReport, PassResult
 from .rewrite import new_weight, sole_user, where
 
@@ -70,13 +70,13 @@ def _weights(node: Node) -> tuple[np.ndarray, np.ndarray] | None:
     return w.astype(np.float64), b.astype(np.float64)
 
 
-def _rebuild(g: Graph, node: Node, w: np.ndarray, b: np.ndarray):
-    """Replaces `node` by the same op with new weight and bias, inserted at its place; returns
-    the new output (every user of the old one now reads it)."""
+def _rebuild(g: Graph, node: Node, w: np.ndarray, b: np.ndarray, x: Value | None = None):
+    """Replaces `node` by the same op with new weight and bias (and input `x`, if given),
+    inserted at its place; returns the new output (every user of the old one now reads it)."""
     wv = new_weight(g, w, node.inputs[1], "_folded")
     bv = new_weight(g, b, node.inputs[1], "_bias_folded")
-    new = g.add_node(node.op, [node.inputs[0], wv, bv], dict(node.attrs), node.scope,
-                     before=node)
+    new = g.add_node(node.op, [node.inputs[0] if x is None else x, wv, bv], dict(node.attrs),
+                     node.scope, before=node)
     g.replace_all_uses(node.output, new.output)
     return new.output
 
@@ -111,9 +111,5 @@ def _fold_into_consumer(g: Graph, bn: Node, nxt: Node) -> str | None:
     in_shape = (1, -1) + (1,) * (w.ndim - 2)
     w_new = w * scale.reshape(in_shape)
     b_new = b + (w * shift.reshape(in_shape)).reshape(w.shape[0], -1).sum(axis=1)
-    # the new consumer reads the batch_norm's input directly
-    new = g.add_node(nxt.op, [bn.inputs[0], new_weight(g, w_new, nxt.inputs[1], "_folded"),
-                              new_weight(g, b_new, nxt.inputs[1], "_bias_folded")],
-                     dict(nxt.attrs), nxt.scope, before=nxt)
-    g.replace_all_uses(nxt.output, new.output)
+    _rebuild(g, nxt, w_new, b_new, x=bn.inputs[0])  # reads the batch_norm's input directly
     return None

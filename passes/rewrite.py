@@ -14,25 +14,12 @@ def sole_user(graph: Graph, v: Value) -> Node | None:
     return v.users[0]
 
 
-def producer(v: Value, *ops: str) -> Node | None:
-    p = v.producer
-    return p if p is not None and (not ops or p.op in ops) else None
-
-
 def const(v: Value | None) -> np.ndarray | None:
     return None if v is None else v.data
 
 
-def all_const(values: list[Value]) -> bool:
-    return all(v.is_const for v in values)
-
-
 def where(node: Node) -> str:
     return f"{node.name} ({node.scope})" if node.scope else node.name
-
-
-def replace(graph: Graph, old: Value, new: Value) -> None:
-    graph.replace_all_uses(old, new)
 
 
 def new_weight(graph: Graph, array: np.ndarray, like: Value, suffix: str) -> Value:
