@@ -126,7 +126,6 @@ def compile(  # noqa: A001 - the public name users expect
     }
     if check and examples is not None and tgt.can_run_here():
         report["check"] = timed("check", lambda: _check(model, examples, captured, loaded))
-    report["seconds"] = timings
     return CompiledModel(loaded, graph, report, workdir)
 
 
