@@ -84,17 +84,11 @@ def _next_contraction(sch: s_tir.Schedule, done: set[str]):
 
 def _schedule_func_conservative(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
                                 stats: ScheduleStats) -> tirx.PrimFunc:
-    """Second attempt after a failure: only the safe elementwise/reduction rules."""
+    """Second attempt after a failure: only the elementwise and reduction rules."""
     sch = s_tir.Schedule(func)
     try:
         for block in sch.get_child_blocks(sch.get_sblock("root")):
-            kinds = _iter_kinds(sch, block)
-            if kinds is None:
-                continue
-            if COMM_REDUCE in kinds:
-                _schedule_reduction(sch, block, kinds, stats)
-            else:
-                _schedule_elementwise(sch, block, cfg, stats)
+            _schedule_block(sch, block, cfg, stats)
         return sch.mod["main"]
     except Exception:  # noqa: BLE001
         return func

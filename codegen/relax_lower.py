@@ -18,7 +18,7 @@ from tvm import relax
 
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
-from ..ir.ops import attention_scale
+from ..ir.ops import attention_scale, slice_indices
 
 R = relax.op
 Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
@@ -139,8 +139,6 @@ def _lower_concat(bb, node, args):
 def _lower_slice(bb, node, args):
     x_shape = node.inputs[0].shape
     axes, begins, ends, strides = [], [], [], []
-    from ..ir.ops import slice_indices
-
     for axis, s, e, st in zip(*(node.attrs[k] for k in ("axes", "starts", "ends", "steps"))):
         r = slice_indices(x_shape[axis % len(x_shape)], s, e, st)
         axes.append(axis % len(x_shape))

@@ -10,6 +10,7 @@ the `val` that torch recorded, so a mapping bug fails here rather than as wrong 
 from __future__ import annotations
 
 import math
+import operator
 import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -136,7 +137,7 @@ class _Converter:
         for node in fx.nodes:
             if node.op == "call_function" and self._key(node) not in HANDLERS:
                 problems.append((self._key(node), _location(node)))
-            elif node.op in ("call_module", "call_method", "get_attr") and node.op != "get_attr":
+            elif node.op in ("call_module", "call_method"):
                 problems.append((f"{node.op}:{node.target}", _location(node)))
         if problems:
             raise UnsupportedOpError("torch", problems)
@@ -144,7 +145,7 @@ class _Converter:
     @staticmethod
     def _key(node: torch.fx.Node) -> str:
         target = node.target
-        if target is __import__("operator").getitem:
+        if target is operator.getitem:
             return "getitem"
         return str(target).removeprefix("aten.") if str(target).startswith("aten.") else str(target)
 

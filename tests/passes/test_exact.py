@@ -165,11 +165,12 @@ def test_linear_fold_folds_affines_batchnorm_layerscale_and_chains():
     assert any("costs more than the two" in r for r in reasons)
 
 
-@pytest.mark.parametrize("name,groups", [("bert_minilm", 6), ("llama_smollm2", 4)])
-def test_qkv_merge_on_transformers(name, groups):
-    model, examples = ZOO[name](layers=2) if name == "llama_smollm2" else ZOO[name]()
-    if name == "llama_smollm2":
-        groups = 4  # 2 layers x (q/k/v + gate/up)
+@pytest.mark.parametrize("name,kwargs,groups", [
+    ("bert_minilm", {}, 6),  # 6 layers x q/k/v
+    ("llama_smollm2", {"layers": 2}, 4),  # 2 layers x (q/k/v + gate/up)
+])
+def test_qkv_merge_on_transformers(name, kwargs, groups):
+    model, examples = ZOO[name](**kwargs)
     _, optimized, reports, err = eager_vs_passes(model, examples, ["qkv_merge"])
     assert err <= REL
     assert reports["qkv_merge"].matches == groups
