@@ -95,9 +95,7 @@ def compile(  # noqa: A001 - the public name users expect
     def fill(tmp: Path) -> dict[str, Any]:
         build = timed("build", lambda: tgt.build(lowered, tmp, work))
         build_facts.update(build.report)
-        index = artifact.write_weights(tmp / artifact.WEIGHTS,
-                                       ((v.name, a) for v, a in zip(lowered.params,
-                                                                    lowered.param_arrays)))
+        index = artifact.write_weights(tmp / artifact.WEIGHTS, lowered.stored_params())
         for entry, layout in zip(index, lowered.param_layouts):
             entry["layout"] = layout
         (tmp / "graph.txt").write_text(graph.dump() + "\n")

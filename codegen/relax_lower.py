@@ -8,7 +8,7 @@ so compiled code stays small and weights live in the artifact's weight file. Sma
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,8 +28,13 @@ Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
 class LoweredModule:
     mod: tvm.IRModule
     params: list[Value]  # weights in the order `main` takes them after the inputs
-    param_arrays: list[np.ndarray]  # their data in the layout the kernels read
-    param_layouts: list[str]  # "as-is", or "transposed" for [in, out] linear weights
+    param_layouts: list[str]  # "as-is", "transposed" ([in, out] linear) or "HWIO" (conv)
+
+    def stored_params(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(name, data in the layout the kernels read), one weight at a time: the re-laid-out
+        copies are made on demand so a compile never holds a second copy of all weights."""
+        for v, layout in zip(self.params, self.param_layouts):
+            yield v.name, np.ascontiguousarray(STORED_LAYOUT[layout](v.data))
 
 
 def _const(value: Any, dtype: str) -> relax.Expr:
@@ -372,6 +377,11 @@ STORED_LAYOUT = {"transposed": lambda a: a.T, "HWIO": lambda a: a.transpose(2, 3
                  "as-is": lambda a: a}
 
 
+def _stored_shape(v: Value, layout: str) -> tuple[int, ...]:
+    # a zero-stride view stands in for the data: the same transpose, no memory
+    return STORED_LAYOUT[layout](np.broadcast_to(np.zeros((), v.dtype), v.shape)).shape
+
+
 def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
     """Builds the Relax module for `graph`; weights above `inline_limit` elements become params.
 
@@ -382,13 +392,13 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
         raise CodegenError(f"no Relax lowering for op(s) {missing}")
     params = [c for c in graph.constants if c.type.size > inline_limit]
     layouts = [_kernel_layout(c) for c in params]
-    arrays = [np.ascontiguousarray(STORED_LAYOUT[lay](c.data)) for c, lay in zip(params, layouts)]
+    stored_shapes = [_stored_shape(c, lay) for c, lay in zip(params, layouts)]
     stored = {id(c): lay for c, lay in zip(params, layouts) if lay != "as-is"}
     bb = relax.BlockBuilder()
     env: dict[int, relax.Expr] = {}
     fn_inputs = [relax.Var(v.name, _tensor_type(v)) for v in graph.inputs]
-    fn_params = [relax.Var(v.name, relax.TensorType(a.shape, v.dtype))
-                 for v, a in zip(params, arrays)]
+    fn_params = [relax.Var(v.name, relax.TensorType(shape, v.dtype))
+                 for v, shape in zip(params, stored_shapes)]
     for v, var in zip(list(graph.inputs) + params, fn_inputs + fn_params):
         env[id(v)] = var
     for c in graph.constants:
@@ -403,7 +413,7 @@ def lower(graph: Graph, inline_limit: int = 16) -> LoweredModule:
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
         bb.emit_func_output(out)
-    return LoweredModule(bb.get(), params, arrays, layouts)
+    return LoweredModule(bb.get(), params, layouts)
 
 
 def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],

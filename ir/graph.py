@@ -24,10 +24,28 @@ DTYPE_SHORT = {
 }
 
 
+# No real tensor comes near this; bigger sizes are corrupt models (and would overflow int64
+# byte counts in numpy and TVM), so they are refused where a type is made.
+MAX_TENSOR_BYTES = 1 << 40
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8, "int64": 8, "int32": 4,
+            "int16": 2, "int8": 1, "uint8": 1, "bool": 1}
+
+
 @dataclass(frozen=True)
 class TensorType:
     shape: tuple[int, ...]
     dtype: str
+
+    def __post_init__(self) -> None:
+        if any(not isinstance(d, int | np.integer) or d < 0 for d in self.shape):
+            raise IRError(f"invalid shape {list(self.shape)}: dimensions must be integers >= 0")
+        nbytes = ITEMSIZE.get(self.dtype, 8)
+        for d in self.shape:
+            nbytes *= int(d)
+        if nbytes > MAX_TENSOR_BYTES:
+            raise IRError(f"a {self.dtype} tensor of shape {list(self.shape)} would take "
+                          f"{nbytes:.3g} bytes (limit {MAX_TENSOR_BYTES:.3g}); the model's "
+                          "sizes are corrupt")
 
     def __str__(self) -> str:
         return f"{DTYPE_SHORT.get(self.dtype, self.dtype)}[{','.join(map(str, self.shape))}]"

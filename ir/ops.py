@@ -551,12 +551,19 @@ def _conv_out(size: int, k: int, s: int, p0: int, p1: int, d: int, ceil: bool = 
     return out
 
 
+WINDOW_LIMIT = 1 << 31  # strides, kernels, dilations and pads beyond this are corrupt models
+
+
 def _spatial_attrs(attrs: dict[str, Any], nsp: int, op: str, keys: Sequence[str]) -> None:
     for key in keys:
         want = 2 * nsp if key == "padding" else nsp
         if len(attrs[key]) != want:
             raise IRError(f"{op}: attribute {key} needs {want} values for {nsp}-D, got "
                           f"{attrs[key]}")
+        low = 0 if key in ("padding", "output_padding") else 1
+        if any(not low <= int(v) < WINDOW_LIMIT for v in attrs[key]):
+            raise IRError(f"{op}: attribute {key} = {list(attrs[key])} is out of range "
+                          f"({low}..{WINDOW_LIMIT - 1})")
 
 
 def _conv_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
@@ -700,7 +707,8 @@ def _window_axes(x: np.ndarray) -> tuple[int, ...]:
 
 
 def _max_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:
-    return _pool_windows(a, x, -np.inf).max(axis=_window_axes(x)).astype(x.dtype)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min  # integer pools too
+    return _pool_windows(a, x, lowest).max(axis=_window_axes(x)).astype(x.dtype)
 
 
 def _avg_pool_ref(a: dict[str, Any], x: np.ndarray) -> np.ndarray:

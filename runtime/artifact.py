@@ -46,16 +46,18 @@ def write_weights(path: Path, tensors: Iterable[tuple[str, np.ndarray]]) -> list
                 data = data.astype(data.dtype.newbyteorder("<"))
             index.append({"name": name, "dtype": str(data.dtype), "shape": list(data.shape),
                           "offset": f.tell(), "nbytes": int(data.nbytes)})
-            f.write(data.tobytes(order="C"))
+            f.write(memoryview(data).cast("B"))  # no temporary copy of big tensors
     return index
 
 
 def read_weights(path: Path, index: list[dict[str, Any]]) -> list[np.ndarray]:
-    """Maps the weight file read-only; arrays are views, so nothing is copied here."""
+    """Maps the weight file copy-on-write: arrays are views of the page cache (nothing is
+    copied, and processes loading the same artifact share the pages); writable views, because
+    DLPack cannot hand read-only memory to a runtime, but writes never reach the file."""
     size = path.stat().st_size
     if size == 0:
         return [np.zeros(t["shape"], dtype=t["dtype"]) for t in index]
-    mm = np.memmap(path, dtype=np.uint8, mode="r")
+    mm = np.memmap(path, dtype=np.uint8, mode="c")
     out = []
     for t in index:
         dtype = np.dtype(t["dtype"])

@@ -112,7 +112,7 @@ def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarra
     device = runtime.device(manifest["target"]["device"], 0)
     lib = runtime.load_module(str(path / manifest["target"]["library"]))
     vm = tvm.relax.VirtualMachine(lib, device)
-    params = [runtime.tensor(w, device) for w in weights]  # the one copy of the weights
+    params = [_as_tvm_tensor(runtime, w, device) for w in weights]
     main = vm["main"]
 
     def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
@@ -122,6 +122,13 @@ def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarra
         return [r.numpy() for r in result]
 
     return run
+
+
+def _as_tvm_tensor(runtime: Any, array: np.ndarray, device: Any) -> Any:
+    """Weights on the CPU are the mapped file itself (zero copy); other devices get one copy."""
+    if device.dlpack_device_type() == 1 and array.size:  # kDLCPU
+        return runtime.from_dlpack(array)
+    return runtime.tensor(array, device)
 
 
 FORMS: dict[str, Callable[[Path, dict[str, Any], list[np.ndarray]], Callable]] = {

@@ -87,3 +87,10 @@ def test_exported_program_is_accepted():
     ep = torch.export.export(Net().eval(), (torch.randn(2, 8),))
     g = capture(ep)
     assert [v.shape for v in g.inputs] == [(2, 8)]
+
+
+def test_dynamic_shapes_are_a_clear_error():
+    ep = torch.export.export(Net().eval(), (torch.randn(2, 8),),
+                             dynamic_shapes=({0: torch.export.Dim("batch")},))
+    with pytest.raises(FrontendError, match="dynamic dimension"):
+        capture(ep)
