@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from .harness import RESULTS, environment
+from .harness import save
 
 ONNX_TEST_DATA = Path(onnx.__file__).parent / "backend" / "test" / "data"
 SEED_SUITES = ("pytorch-operator", "pytorch-converted", "simple", "light")
@@ -369,9 +369,8 @@ def main(argv: list[str] | None = None) -> None:
     start = time.time()
     summary = fuzz(args.cases, args.seed, args.timeout, keep=args.keep)
     record = {"summary": summary.to_json(), "seconds": round(time.time() - start, 1),
-              "seed": args.seed, "seed_models": len(seed_models()), **environment()}
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "fuzz.json").write_text(json.dumps(record, indent=1) + "\n")
+              "seed": args.seed, "seed_models": len(seed_models())}
+    save("fuzz", record)
     print(json.dumps(summary.to_json()["outcomes"]), f"{summary.cases} cases,",
           f"{record['seconds']} s")
     for f in summary.findings[:30]:

@@ -7,6 +7,10 @@ every file's sha256 is in the manifest and is checked before anything is loaded.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import fcntl
 import hashlib
 import json
 import os
@@ -74,7 +78,7 @@ def write_artifact(dest: Path, fill: Callable[[Path], dict[str, Any]]) -> Path:
     body; hashes are added here, then the directory is renamed into place."""
     dest = Path(dest).absolute()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=_scratch_prefix(dest, "tmp"), dir=dest.parent))
     try:
         manifest = fill(tmp)
         manifest = {"schema": SCHEMA, **manifest}
@@ -114,16 +118,84 @@ def _fsync_tree(root: Path) -> None:
                 os.fsync(f.fileno())
 
 
+def _scratch_prefix(dest: Path, kind: str) -> str:
+    # the writer's pid in the name lets a later writer remove what a killed one left behind
+    return f".{dest.name}.{kind}-{os.getpid()}-"
+
+
 def _swap_into_place(tmp: Path, dest: Path) -> None:
-    if dest.exists() or dest.is_symlink():
+    """Puts `tmp` at `dest`. Writers of one destination take turns (a lock file beside it);
+    an existing artifact is exchanged atomically, so readers always see a whole artifact."""
+    with _locked(dest.parent / f".{dest.name}.lock"):
+        _remove_abandoned(dest)
+        if not (dest.exists() or dest.is_symlink()):
+            os.rename(tmp, dest)
+            return
         if not (dest / MANIFEST).exists() and dest.is_dir() and any(dest.iterdir()):
             raise ArtifactError(f"{dest} exists and is not a honer artifact; not replacing it")
-        old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+        if _exchange(tmp, dest):  # tmp now holds the previous artifact
+            shutil.rmtree(tmp, ignore_errors=True)
+            return
+        # no atomic exchange here: a crash between the renames leaves no artifact at dest
+        # (never a partial one); the old one is then removed by the next writer
+        old = Path(tempfile.mkdtemp(prefix=_scratch_prefix(dest, "old"), dir=dest.parent))
         os.rename(dest, old / "a")
         os.rename(tmp, dest)
         shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.rename(tmp, dest)
+
+
+@contextlib.contextmanager
+def _locked(lock_path: Path):
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if we are killed
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _remove_abandoned(dest: Path) -> None:
+    """Scratch directories of writers that died (killed mid-compile)."""
+    for kind in ("tmp", "old"):
+        for p in dest.parent.glob(f".{glob_escape(dest.name)}.{kind}-*-*"):
+            pid = p.name[len(f".{dest.name}.{kind}-"):].split("-", 1)[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Linux renameat2(RENAME_EXCHANGE): swaps two paths atomically. False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p,
+                          ctypes.c_uint]
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, f"exchanging {a} and {b}: {os.strerror(err)}")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:

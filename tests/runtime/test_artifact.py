@@ -125,3 +125,25 @@ def test_loading_imports_neither_torch_nor_onnx(saved):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env={**os.environ}, timeout=120)
     assert "IMPORTED [] (4, 3)" in out.stdout, out.stderr
+
+
+LOAD_AND_MEASURE = """
+import sys, numpy as np, honer
+def anon():
+    return int(next(l for l in open("/proc/self/status") if l.startswith("RssAnon")).split()[1])
+honer.load(sys.argv[1])  # warm the runtime's own allocations
+before = anon()
+m = honer.load(sys.argv[1])
+m(np.ones((1, 2048), np.float32))
+print((anon() - before) * 1024)
+"""
+
+
+def test_loading_maps_the_weights_instead_of_copying_them(tmp_path):
+    model = nn.Linear(2048, 4096).eval()  # 32 MiB of weights
+    path = honer.compile(model, (torch.randn(1, 2048),), check=False).save(tmp_path / "a")
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_MEASURE, str(path)],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    copied = int(out.stdout.strip().splitlines()[-1])
+    assert copied < 8 << 20, f"loading allocated {copied / 2**20:.1f} MiB of anonymous memory"
