@@ -32,6 +32,14 @@ def compile(*args: Any, **kwargs: Any) -> Any:  # noqa: A001
     return _compile(*args, **kwargs)
 
 
-__all__ = ["compile", "load", "LoadedModel", "HonerError", "UnsupportedOpError",
+def __getattr__(name: str) -> Any:
+    if name == "TuneConfig":  # tuning settings for compile(tune=...); imports TVM
+        from .codegen.tuning import TuneConfig
+
+        return TuneConfig
+    raise AttributeError(f"module 'honer' has no attribute {name!r}")
+
+
+__all__ = ["compile", "TuneConfig", "load", "LoadedModel", "HonerError", "UnsupportedOpError",
            "FrontendError", "IRError", "PassError", "CodegenError", "ToolchainError",
            "BuildError", "ArtifactError", "InputError"]

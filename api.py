@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from .ir import Graph, interpret, verify
 from .passes.base import Calibration
 from .runtime import artifact
 from .runtime.loader import LoadedModel, load
+
+if TYPE_CHECKING:
+    from .codegen.tuning import TuneConfig
 
 SCHEMA_REPORT = "honer.report/1"
 
@@ -56,8 +59,13 @@ def compile(  # noqa: A001 - the public name users expect
     calibration: Sequence[Sequence[np.ndarray]] | None = None,
     check: bool = True,
     progress: Callable[[str], None] | None = None,
+    tune: TuneConfig | None = None,
 ) -> CompiledModel:
     """Captures, optimizes, builds and packages `model` for `target`.
+
+    `tune` tunes the kernels with MetaSchedule for up to `tune.budget_s` seconds (kernels
+    already in `tune.database` are reused, budget 0 only reads it) and builds each kernel with
+    whichever of tuned and rule schedules measured faster.
 
     `check` runs the compiled model once on the example inputs and records the max error
     against the reference (PyTorch eager for torch models, the IR interpreter otherwise).
@@ -86,6 +94,9 @@ def compile(  # noqa: A001 - the public name users expect
     graph, pass_reports = timed("passes", lambda: passes_mod.run_pipeline(graph, passes, calib,
                                                                           say))
     lowered = timed("lower", lambda: lower(graph))
+    tuning = None
+    if tune is not None and tune.budget_s > 0:
+        tuning = timed("tune", lambda: tgt.tune(lowered, tune, say))
     workdir = tempfile.TemporaryDirectory(prefix="honer-")
     work = Path(workdir.name)
     out_dir = work / "artifact"
@@ -93,7 +104,7 @@ def compile(  # noqa: A001 - the public name users expect
     build_facts: dict[str, Any] = {}
 
     def fill(tmp: Path) -> dict[str, Any]:
-        build = timed("build", lambda: tgt.build(lowered, tmp, work))
+        build = timed("build", lambda: tgt.build(lowered, tmp, work, tune))
         build_facts.update(build.report)
         index = artifact.write_weights(tmp / artifact.WEIGHTS, lowered.stored_params())
         for entry, layout in zip(index, lowered.param_layouts):
@@ -119,6 +130,7 @@ def compile(  # noqa: A001 - the public name users expect
         "passes": [r.to_json() for r in pass_reports],
         "seconds": timings,
         "build": build_facts,
+        **({"tuning": tuning} if tuning is not None else {}),
         "artifact_bytes": {rel: (out_dir / rel).stat().st_size
                            for rel in loaded.manifest["files"]},
     }

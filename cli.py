@@ -73,22 +73,48 @@ def read_arrays(paths: Sequence[str]) -> list[np.ndarray] | dict[str, np.ndarray
     return out
 
 
-def cmd_compile(args: argparse.Namespace) -> int:
-    from .api import compile as honer_compile
+DEFAULT_TUNING_DB = Path.home() / ".cache" / "honer" / "tuning"
 
+
+def _model_and_examples(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.model.endswith(".onnx"):
-        model: Any = args.model
         examples = read_arrays(args.inputs) if args.inputs else None
         if isinstance(examples, dict):
             examples = list(examples.values())
-    else:
-        model, examples = load_factory(args.model)
+        return args.model, examples
+    return load_factory(args.model)
+
+
+def parse_seconds(text: str) -> float:
+    """'90', '90s', '20m' or '1h' -> seconds."""
+    units = {"s": 1, "m": 60, "h": 3600}
+    scale = units.get(text[-1:], 1)
+    number = text[:-1] if text[-1:] in units else text
+    try:
+        seconds = float(number) * scale
+    except ValueError:
+        raise InputError(f"--budget {text!r}: expected seconds, e.g. 90, 90s, 20m or 1h") \
+            from None
+    if seconds < 0:
+        raise InputError(f"--budget {text!r} is negative")
+    return seconds
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    from .api import compile as honer_compile
+    from .codegen.tuning import TuneConfig
+
+    model, examples = _model_and_examples(args)
     passes = [p for p in (args.passes or "").split(",") if p]
+    tune = None
+    if args.command == "tune" or args.tuning_db:
+        budget = parse_seconds(args.budget) if args.command == "tune" else 0.0
+        tune = TuneConfig(Path(args.tuning_db or DEFAULT_TUNING_DB), budget_s=budget)
     compiled = honer_compile(model, examples, target=args.target, passes=passes,
-                             progress=_progress())
-    out = compiled.save(args.output)
+                             progress=_progress(), tune=tune)
     print(format_report(compiled.report))
-    print(f"wrote {out}")
+    if args.output:
+        print(f"wrote {compiled.save(args.output)}")
     return 0
 
 
@@ -105,6 +131,15 @@ def format_report(report: dict[str, Any]) -> str:
                                               report["seconds"].items()))
     lines.append("artifact     " + ", ".join(f"{k} {v / 1e3:.1f} kB" for k, v in
                                               report["artifact_bytes"].items()))
+    if "tuning" in report:
+        t = report["tuning"]
+        kept = [k["kept"] for k in t["kernels"]]
+        lines.append(f"tuning       {len(kept)} kernels tuned in {t['seconds']:.0f} s "
+                     f"({kept.count('tuned')} faster than the rules, kept), {t['reused']} "
+                     "reused from the database")
+    if report["build"].get("schedule", {}).get("tuned"):
+        lines.append(f"schedules    {report['build']['schedule']['tuned']} kernels from the "
+                     "tuning database, the rest from the rules")
     if "check" in report:
         c = report["check"]
         lines.append(f"check        max error {c['max_scaled_error']:.2e} of output scale vs "
@@ -211,6 +246,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated pass specs, e.g. dce")
     p.add_argument("--inputs", nargs="+", help="example inputs (.npz or .npy files), for ONNX "
                                                "models with symbolic dimensions")
+    p.add_argument("--tuning-db", help="take tuned kernels from this database (see `tune`)")
+    p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database "
+                                    "that later compiles reuse")
+    p.add_argument("model", help="model.onnx, or path/to/file.py:factory")
+    p.add_argument("--target", default="host")
+    p.add_argument("--budget", default="20m", help="time budget: 90s, 20m, 1h (default 20m)")
+    p.add_argument("--tuning-db", help=f"database directory (default {DEFAULT_TUNING_DB})")
+    p.add_argument("-o", "--output", help="also write the tuned artifact here")
+    p.add_argument("--passes", help="comma-separated pass specs, as for compile")
+    p.add_argument("--inputs", nargs="+", help="example inputs, as for compile")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("run", help="run an artifact on inputs from .npy/.npz files")
     p.add_argument("artifact")

@@ -5,35 +5,44 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from ..errors import BuildError
-from .cpu_schedule import CPUScheduleConfig, ScheduleStats, schedule_module
+from .cpu_schedule import CPUScheduleConfig, ScheduleStats, is_opaque, schedule_module
 from .relax_lower import LoweredModule
+from .tuning import TuneConfig, TunedKernels, TuneReport, tune_kernels
 
 
 def tvm_version() -> str:
     return str(tvm.__version__)
 
 
-def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig,
-                 stats: ScheduleStats) -> tvm.transform.Pass:
-    """TVM's CPU pipeline with honer's schedule rules between fusion and lowering."""
+def _pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+    """Up to fused, legalized kernels: what the schedule rules and the tuner both see."""
+    from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
+
+    return cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+
+
+def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: ScheduleStats,
+                 tuned: TunedKernels | None = None) -> tvm.transform.Pass:
+    """TVM's CPU pipeline with honer's schedules (tuned where the database has a faster one,
+    rules otherwise) between fusion and lowering."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="HonerCPUSchedule")
     def apply_rules(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
-        return schedule_module(mod, cfg, stats)
+        return schedule_module(mod, cfg, stats, tuned.schedule if tuned else None)
 
     @tvm.transform.module_pass(opt_level=0, name="HonerCPUPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
-            passes = (cpu_generic.library_dispatch_passes(target)
-                      + cpu_generic.legalize_passes(target) + [apply_rules]
+            passes = (_pre_schedule_passes(target) + [apply_rules]
                       + cpu_generic.dataflow_lower_passes(target)
                       + cpu_generic.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
@@ -41,13 +50,33 @@ def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig,
     return pipeline
 
 
+def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any]) -> dict[str, tirx.PrimFunc]:
+    """The model's kernels as the schedule step receives them (name -> PrimFunc)."""
+    target = tvm.target.Target(tvm_target)
+    with target:
+        mod = tvm.transform.Sequential(_pre_schedule_passes(target))(lowered.mod)
+    return {gv.name_hint: f for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc) and not is_opaque(f)}
+
+
+def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUScheduleConfig,
+             tune: TuneConfig, progress: Callable[[str], None]) -> TuneReport:
+    """MetaSchedule over the model's kernels, compared kernel by kernel with the rules."""
+    def rules(func: tirx.PrimFunc) -> tirx.PrimFunc:
+        return schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
+
+    return tune_kernels(fused_kernels(lowered, tvm_target), tvm.target.Target(tvm_target),
+                        rules, tune, progress)
+
+
 def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any],
                 schedule: CPUScheduleConfig | None = None,
-                stats: ScheduleStats | None = None) -> relax.VMExecutable:
-    """Compiles the Relax module; with `schedule`, through honer's CPU schedule rules."""
+                stats: ScheduleStats | None = None,
+                tuned: TunedKernels | None = None) -> relax.VMExecutable:
+    """Compiles the Relax module; with `schedule`, through honer's CPU schedules."""
     target = tvm.target.Target(tvm_target)
     stats = stats if stats is not None else ScheduleStats()
-    pipeline = "default" if schedule is None else cpu_pipeline(target, schedule, stats)
+    pipeline = "default" if schedule is None else cpu_pipeline(target, schedule, stats, tuned)
     try:
         with target:
             return relax.build(lowered.mod, target=target, relax_pipeline=pipeline)

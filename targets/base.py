@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ToolchainError
+from ..errors import HonerError, ToolchainError
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,13 @@ class Target:
         if missing:
             raise ToolchainError(missing[0].name, missing[0].hint)
 
-    def build(self, lowered: Any, out_dir: Path, workdir: Path) -> BuildOutput:
+    def build(self, lowered: Any, out_dir: Path, workdir: Path,
+              tuning: Any = None) -> BuildOutput:
+        """`tuning` (a codegen.tuning.TuneConfig) names the database to take schedules from."""
         raise NotImplementedError
+
+    def tune(self, lowered: Any, cfg: Any, progress: Callable[[str], None]) -> dict[str, Any]:
+        raise HonerError(f"target '{self.name}' has no tuner; compile without tune=")
 
     def can_run_here(self) -> bool:
         return True

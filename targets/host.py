@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from tvm.target import codegen as llvm_info
 
-from ..codegen.build import build_relax, export_library
+from ..codegen.build import build_relax, export_library, tune_cpu
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
+from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from .base import BuildOutput, Target, Tool
 
 LIBRARY = "model.so"
@@ -22,7 +25,9 @@ class HostTarget(Target):
 
     def tvm_target(self) -> dict[str, Any]:
         # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
-        return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu()}
+        # num-cores: MetaSchedule sizes parallel loops by it (and refuses CPU targets without)
+        return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu(),
+                "num-cores": len(os.sched_getaffinity(0))}
 
     def schedule(self) -> CPUScheduleConfig:
         import tvm
@@ -35,9 +40,18 @@ class HostTarget(Target):
                 return CPUScheduleConfig(lanes=lanes)
         return CPUScheduleConfig(lanes=4)
 
-    def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path) -> BuildOutput:
+    def tune(self, lowered: LoweredModule, cfg: TuneConfig,
+             progress: Callable[[str], None]) -> dict[str, Any]:
+        return tune_cpu(lowered, self.tvm_target(), self.schedule(), cfg, progress).to_json()
+
+    def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path,
+              tuning: TuneConfig | None = None) -> BuildOutput:
+        import tvm
+
         stats = ScheduleStats()
-        executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats)
+        tuned = TunedKernels(TuningDatabase(tuning.database),
+                             tvm.target.Target(self.tvm_target())) if tuning else None
+        executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats, tuned)
         export_library(executable, out_dir / LIBRARY, workdir)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
                            manifest={"library": LIBRARY, "device": "cpu"},
@@ -45,5 +59,6 @@ class HostTarget(Target):
                                                 "contractions": stats.contractions,
                                                 "reductions": stats.reductions,
                                                 "elementwise": stats.elementwise,
+                                                "tuned": stats.tuned,
                                                 "serial": stats.serial,
                                                 "fallbacks": stats.fallbacks}})
