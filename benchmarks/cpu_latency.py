@@ -36,7 +36,7 @@ def onnx_session(model, examples, threads: int):
     return lambda: sess.run(None, feeds)
 
 
-def bench_model(key: str, batch: int, threads: int, runs: int) -> dict:
+def bench_model(key: str, batch: int, threads: int, runs: int, tune=None) -> dict:
     import torch
 
     import honer
@@ -44,7 +44,7 @@ def bench_model(key: str, batch: int, threads: int, runs: int) -> dict:
     from honer.tests.models.zoo import ZOO
 
     model, examples = ZOO[MODELS[key]](batch=batch)
-    compiled = honer.compile(model, examples)
+    compiled = honer.compile(model, examples, tune=tune, progress=print if tune else None)
     arrays = [e.numpy() for e in examples]
     work = flops(compiled.graph)
     peers = {"honer": lambda: compiled(*arrays), "onnxruntime": onnx_session(model, examples,
@@ -59,6 +59,7 @@ def bench_model(key: str, batch: int, threads: int, runs: int) -> dict:
             "max_error": compiled.report["check"]["max_scaled_error"],
             "compile_seconds": sum(compiled.report["seconds"].values()),
             "schedule": compiled.report["build"].get("schedule"),
+            "tuning": compiled.report.get("tuning"),
             "median_ms": {k: t.median_ms for k, t in timings.items()},
             "honer_gflops": work / 1e9 / (honer_ms / 1e3),
             "ratio_vs_onnxruntime": honer_ms / timings["onnxruntime"].median_ms,
@@ -72,14 +73,25 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--tuning-db", help="tune into / reuse this database (rules only if "
+                                            "not given)")
+    parser.add_argument("--tune-budget", type=float, default=1200.0,
+                        help="tuning seconds per model and batch (with --tuning-db)")
     args = parser.parse_args()
     harness.pin_threads(args.threads)
+    tune = None
+    if args.tuning_db:
+        from honer.codegen.tuning import TuneConfig
+
+        tune = TuneConfig(args.tuning_db, budget_s=args.tune_budget)
     rows = []
     for key in args.models:
         for batch in args.batches:
-            rows.append(bench_model(key, batch, args.threads, args.runs))
+            rows.append(bench_model(key, batch, args.threads, args.runs, tune))
             print(rows[-1], flush=True)
-    path = harness.save("cpu_latency", {"threads": args.threads, "rows": rows})
+    name = "cpu_latency_tuned" if tune else "cpu_latency"
+    path = harness.save(name, {"threads": args.threads, "rows": rows,
+                               "tune_budget_s": args.tune_budget if tune else 0})
     table = [[r["model"], r["batch"], r["median_ms"]["honer"], r["median_ms"]["onnxruntime"],
               r["median_ms"]["torch eager"], r["median_ms"]["torch.compile"],
               r["ratio_vs_onnxruntime"], r["honer_gflops"]] for r in rows]

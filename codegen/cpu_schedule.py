@@ -218,6 +218,18 @@ def _same_domain(sch: s_tir.Schedule, producer, consumer) -> bool:
     return len(shape(consumer)) == 1 and shape(consumer) == shape(producer)
 
 
+def _row_axis(sch: s_tir.Schedule, spatial: list, jpos: int, cfg: CPUScheduleConfig):
+    """The matmul's row loop: the one just outside the columns, unless it is too short to fill
+    a register tile (a [tokens, 1, features] matmul from a sequence-first attention), then the
+    longest other spatial loop."""
+    if jpos != len(spatial) - 1 or len(spatial) < 2:
+        return spatial[-2]
+    i = spatial[-2]
+    if _extent(sch, i) >= cfg.rows:
+        return i
+    return max(spatial[:-1], key=lambda lp: _extent(sch, lp))
+
+
 def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
                           cfg: CPUScheduleConfig) -> set[str]:
     loops = sch.get_loops(block)
@@ -231,7 +243,7 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     if len(reduce) > 1:
         i = spatial[-1] if jpos != len(spatial) - 1 else spatial[1]
     else:
-        i = spatial[-2]
+        i = _row_axis(sch, spatial, jpos, cfg)
     outer = [lp for lp in spatial if not (lp.same_as(i) or lp.same_as(j))]
     ext_i, ext_j = _extent(sch, i), _extent(sch, j)
     nj = _tile_width(ext_j, cfg.lanes)

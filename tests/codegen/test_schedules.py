@@ -65,3 +65,23 @@ def test_cumsum_stays_correct():
     arrays = [RNG.integers(0, 5, (2, 64)).astype(np.int64)]
     compiled = honer.compile(g, None, check=False)
     np.testing.assert_array_equal(compiled(*arrays), np.cumsum(arrays[0], axis=1))
+
+
+def test_sequence_first_projection_tiles_over_tokens_not_the_unit_batch():
+    """[tokens, 1, features] @ W, as torch's MultiheadAttention computes its projections: the
+    register tile must run over the 197 tokens (it once ran over the batch axis of 1)."""
+    import tvm
+
+    from honer.codegen.build import fused_kernels
+    from honer.codegen.cpu_schedule import CPUScheduleConfig, schedule_module
+    from honer.codegen.relax_lower import lower
+
+    g = Graph()
+    x = g.add_input("x", (197, 1, 48), "float32")
+    g.set_outputs([g.op("linear", x, g.add_const(const(96, 48)), g.add_const(const(96)))])
+    stats = check(g, [const(197, 1, 48)])
+    assert stats["contractions"] == 1 and stats["fallbacks"] == []
+    (kernel,) = fused_kernels(lower(g), {"kind": "llvm"}).values()
+    cfg = CPUScheduleConfig(lanes=8, rows=4)
+    script = schedule_module(tvm.IRModule({"main": kernel}), cfg)["main"].script()
+    assert "T.unroll(T.int64(4))" in script  # four token rows per tile
