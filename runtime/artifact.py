@@ -28,6 +28,8 @@ SCHEMA = "honer.artifact/1"
 MANIFEST = "manifest.json"
 WEIGHTS = "weights.bin"
 ALIGN = 64
+WEIGHT_DTYPES = frozenset({"float16", "float32", "float64", "int8", "int16", "int32", "int64",
+                           "uint8", "bool"})
 
 
 def sha256_file(path: Path) -> str:
@@ -64,6 +66,9 @@ def read_weights(path: Path, index: list[dict[str, Any]]) -> list[np.ndarray]:
     mm = np.memmap(path, dtype=np.uint8, mode="c")
     out = []
     for t in index:
+        if t["dtype"] not in WEIGHT_DTYPES:  # never "object": that would read pointers
+            raise ArtifactError(f"weight '{t['name']}' has dtype {t['dtype']!r}; artifacts "
+                                f"hold {sorted(WEIGHT_DTYPES)}")
         dtype = np.dtype(t["dtype"])
         count = int(np.prod(t["shape"], dtype=np.int64))
         if t["offset"] + count * dtype.itemsize > size or count * dtype.itemsize != t["nbytes"]:

@@ -79,14 +79,49 @@ def load(path: str | Path) -> LoadedModel:
     """Checks the manifest and every file hash, then opens the compiled code."""
     path = Path(path)
     manifest = read_manifest(path)
-    form = manifest.get("target", {}).get("form")
+    _check_structure(path, manifest)
+    form = manifest["target"].get("form")
     opener = FORMS.get(form)
     if opener is None:
         raise ArtifactError(f"{path}: unknown artifact form {form!r}; this runtime knows "
                             f"{sorted(FORMS)}")
-    weights = read_weights(path / WEIGHTS, manifest["weights"]) if manifest.get("weights") \
-        else []
+    weights = read_weights(listed_file(path, manifest, WEIGHTS), manifest["weights"]) \
+        if manifest.get("weights") else []
     return LoadedModel(path, manifest, opener(path, manifest, weights))
+
+
+def _check_structure(path: Path, manifest: dict[str, Any]) -> None:
+    """The fields the runtime reads, with their types, so a hand-edited manifest is refused
+    with a message instead of failing somewhere inside the loader."""
+    def fail(what: str) -> None:
+        raise ArtifactError(f"{path}: malformed manifest: {what}")
+
+    if not isinstance(manifest.get("target"), dict):
+        fail("'target' must be an object")
+    for key in ("inputs", "outputs"):
+        specs = manifest.get(key)
+        if not isinstance(specs, list) or not all(
+                isinstance(s, dict) and isinstance(s.get("name"), str)
+                and isinstance(s.get("dtype"), str) and isinstance(s.get("shape"), list)
+                and all(isinstance(d, int) and d >= 0 for d in s["shape"]) for s in specs):
+            fail(f"'{key}' must be a list of {{name, shape, dtype}}")
+    weights = manifest.get("weights", [])
+    if not isinstance(weights, list) or not all(
+            isinstance(w, dict) and isinstance(w.get("name"), str)
+            and isinstance(w.get("dtype"), str) and isinstance(w.get("shape"), list)
+            and all(isinstance(d, int) and d >= 0 for d in w["shape"])
+            and isinstance(w.get("offset"), int) and w["offset"] >= 0
+            and isinstance(w.get("nbytes"), int) for w in weights):
+        fail("'weights' must be a list of {name, dtype, shape, offset, nbytes}")
+
+
+def listed_file(path: Path, manifest: dict[str, Any], rel: Any) -> Path:
+    """Only files the manifest hashes (and read_manifest checked) are ever opened: a manifest
+    naming its library as '../elsewhere.so' must not get that library loaded."""
+    if not isinstance(rel, str) or rel not in manifest["files"]:
+        raise ArtifactError(f"{path}: the manifest names {rel!r} to load, which is not one of "
+                            "its hashed files")
+    return path / rel
 
 
 def _import_tvm_runtime() -> Any:
@@ -110,7 +145,7 @@ def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarra
     tvm = _import_tvm_runtime()
     runtime = tvm.runtime
     device = runtime.device(manifest["target"]["device"], 0)
-    lib = runtime.load_module(str(path / manifest["target"]["library"]))
+    lib = runtime.load_module(str(listed_file(path, manifest, manifest["target"]["library"])))
     vm = tvm.relax.VirtualMachine(lib, device)
     params = [_as_tvm_tensor(runtime, w, device) for w in weights]
     main = vm["main"]

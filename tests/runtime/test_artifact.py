@@ -81,6 +81,19 @@ def test_manifest_attacks_are_refused(saved, tmp_path):
     edit_manifest(path, lambda m: m["files"].update({"../../etc/passwd": "0" * 64}))
     with pytest.raises(ArtifactError, match="outside the artifact"):
         honer.load(path)
+    path = copy_of(saved, tmp_path / "c")
+    edit_manifest(path, lambda m: m["target"].update(library="../elsewhere/model.so"))
+    with pytest.raises(ArtifactError, match="not one of its hashed files"):
+        honer.load(path)
+    for k, (change, message) in enumerate([
+            (lambda m: m["weights"][0].update(dtype="object"), "dtype 'object'"),
+            (lambda m: m["weights"][0].update(offset=-8), "malformed manifest: 'weights'"),
+            (lambda m: m.pop("inputs"), "malformed manifest: 'inputs'"),
+            (lambda m: m.update(target=[]), "malformed manifest: 'target'")]):
+        path = copy_of(saved, tmp_path / f"d{k}")
+        edit_manifest(path, change)
+        with pytest.raises(ArtifactError, match=message):
+            honer.load(path)
     (path / "manifest.json").write_text("{not json")
     with pytest.raises(ArtifactError, match="not valid JSON"):
         honer.load(path)
