@@ -1,7 +1,9 @@
 """MetaSchedule tuning under a time budget, with a persistent database that compiles reuse.
 
 Each fused kernel of a model (the PrimFuncs honer's CPU rules would schedule) is a task.
-Tasks are tuned one at a time, biggest first, in rounds of `trials_per_round` MetaSchedule
+Every task is first timed under the rules; tasks are tuned one at a time in the order of the
+time they take in the model (rule time x occurrences; those under `min_share` are left to the
+rules), in rounds of `trials_per_round` MetaSchedule
 trials until the budget is spent. After each task, the best tuned schedule and honer's rule
 schedule are timed side by side here, and the database keeps both figures: a compile uses the
 tuned schedule only where it was measured faster, so tuning never makes a kernel slower.
@@ -45,6 +47,7 @@ class TuneConfig:
     budget_s: float = 600.0  # wall-clock seconds for the whole model
     trials_per_round: int = 32  # MetaSchedule trials per round on one kernel
     rounds_per_kernel: int = 4  # a kernel gets at most this many rounds per tune
+    min_share: float = 0.01  # kernels below this share of the model's kernel time are left out
 
 
 # ---- the database --------------------------------------------------------------------------
@@ -155,10 +158,12 @@ class KernelResult:
 class TuneReport:
     seconds: float = 0.0
     reused: int = 0  # kernels already in the database
+    skipped: int = 0  # kernels below min_share of the kernel time, left to the rules
     kernels: list[KernelResult] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return {"seconds": round(self.seconds, 1), "reused": self.reused,
+                "skipped": self.skipped,
                 "kernels": [{"name": k.name, "trials": k.trials, "rules_ms": k.rules_ms,
                              "tuned_ms": k.tuned_ms, "kept": k.kept} for k in self.kernels]}
 
@@ -195,19 +200,25 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     known = {_key(e) for e in database.entries()}
     report = TuneReport()
     todo = []
-    for name, func in _unique(funcs).items():
+    for name, (func, count) in _unique(funcs).items():
         entry_key = _key({"target": _target_key(target),
                           "workload": ms.database.Workload(_as_module(func)).as_json()})
         if entry_key in known:
             report.reused += 1
         else:
-            todo.append((name, func))
-    todo.sort(key=lambda nf: -_flops(nf[1]))  # the biggest kernels first
-    for k, (name, func) in enumerate(todo):
+            todo.append((name, func, count, measure_kernel(rules(func), target)))
+    # where the time goes under the rules: rule time x how many calls share the kernel
+    todo.sort(key=lambda t: -t[2] * t[3])
+    total = sum(count * ms_ for _, _, count, ms_ in todo)
+    worth = [t for t in todo if t[2] * t[3] >= cfg.min_share * total]
+    report.skipped = len(todo) - len(worth)
+    for k, (name, func, count, rules_ms) in enumerate(worth):
         if not budget.allows_round():
             break
-        progress(f"tuning kernel {k + 1}/{len(todo)} {name} ({budget.left():.0f} s left)")
-        result, entry = _tune_one(name, func, target, rules, cfg, budget)
+        progress(f"tuning kernel {k + 1}/{len(worth)} {name} (x{count}, "
+                 f"{100 * count * rules_ms / total:.0f}% of kernel time; "
+                 f"{budget.left():.0f} s left)")
+        result, entry = _tune_one(name, func, target, rules_ms, cfg, budget)
         report.kernels.append(result)
         database.merge([entry])  # saved as we go: an interrupted tune keeps what it found
         progress(f"  {name}: rules {result.rules_ms:.3f} ms, tuned "
@@ -216,9 +227,8 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     return report
 
 
-def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
-              rules: Callable[[tirx.PrimFunc], tirx.PrimFunc], cfg: TuneConfig,
-              budget: _Budget) -> tuple[KernelResult, dict[str, Any]]:
+def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target, rules_ms: float,
+              cfg: TuneConfig, budget: _Budget) -> tuple[KernelResult, dict[str, Any]]:
     ms = _meta_schedule()
     mod = _as_module(func)
     memory = ms.database.MemoryDatabase()
@@ -237,7 +247,6 @@ def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
                               builder=ms.builder.LocalBuilder(f_build=build_candidate),
                               runner="local", database=memory)
     record = _best(memory, mod, target)
-    rules_ms = measure_kernel(rules(func), target)
     tuned_ms = None
     if record is not None:
         sch = memory.query_schedule(mod, target, workload_name="main")
@@ -314,19 +323,17 @@ def _as_module(func: tirx.PrimFunc) -> tvm.IRModule:
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
-def _unique(funcs: dict[str, tirx.PrimFunc]) -> dict[str, tirx.PrimFunc]:
-    out: dict[str, tirx.PrimFunc] = {}
+def _unique(funcs: dict[str, tirx.PrimFunc]) -> dict[str, tuple[tirx.PrimFunc, int]]:
+    """Structurally distinct kernels (the same layer repeated is one), with their counts."""
+    out: dict[str, tuple[tirx.PrimFunc, int]] = {}
     for name, func in sorted(funcs.items()):
-        if not any(tvm_ffi.structural_equal(func, seen) for seen in out.values()):
-            out[name] = func
+        same = next((n for n, (seen, _) in out.items()
+                     if tvm_ffi.structural_equal(func, seen)), None)
+        if same is None:
+            out[name] = (func, 1)
+        else:
+            out[same] = (out[same][0], out[same][1] + 1)
     return out
-
-
-def _flops(func: tirx.PrimFunc) -> float:
-    try:
-        return float(tvm.tirx.analysis.estimate_tir_flops(_as_module(func)))
-    except Exception:  # noqa: BLE001 - an estimate only orders the work
-        return 0.0
 
 
 def _fmt(x: float | None) -> str:
