@@ -50,13 +50,33 @@ def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: Sched
     return pipeline
 
 
-def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any]) -> dict[str, tirx.PrimFunc]:
-    """The model's kernels as the schedule step receives them (name -> PrimFunc)."""
+def _fused_module(lowered: LoweredModule, tvm_target: dict[str, Any]) -> tvm.IRModule:
     target = tvm.target.Target(tvm_target)
     with target:
-        mod = tvm.transform.Sequential(_pre_schedule_passes(target))(lowered.mod)
+        return tvm.transform.Sequential(_pre_schedule_passes(target))(lowered.mod)
+
+
+def _kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
     return {gv.name_hint: f for gv, f in mod.functions.items()
             if isinstance(f, tirx.PrimFunc) and not is_opaque(f)}
+
+
+def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
+    """How often `main` calls each kernel (one kernel serves every identical layer)."""
+    counts: dict[str, int] = {}
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    for block in mod["main"].body.blocks:
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and value.op.same_as(call_tir):
+                name = value.args[0].name_hint
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any]) -> dict[str, tirx.PrimFunc]:
+    """The model's kernels as the schedule step receives them (name -> PrimFunc)."""
+    return _kernels(_fused_module(lowered, tvm_target))
 
 
 def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUScheduleConfig,
@@ -65,8 +85,9 @@ def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUSchedul
     def rules(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
 
-    return tune_kernels(fused_kernels(lowered, tvm_target), tvm.target.Target(tvm_target),
-                        rules, tune, progress)
+    mod = _fused_module(lowered, tvm_target)
+    return tune_kernels(_kernels(mod), tvm.target.Target(tvm_target), rules, tune, progress,
+                        _call_counts(mod))
 
 
 def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any],

@@ -191,8 +191,10 @@ class _Budget:
 
 def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
                  rules: Callable[[tirx.PrimFunc], tirx.PrimFunc], cfg: TuneConfig,
-                 progress: Callable[[str], None] = lambda msg: None) -> TuneReport:
-    """Tunes the kernels in `funcs` (name -> unscheduled PrimFunc) not yet in the database."""
+                 progress: Callable[[str], None] = lambda msg: None,
+                 calls: dict[str, int] | None = None) -> TuneReport:
+    """Tunes the kernels in `funcs` (name -> unscheduled PrimFunc) not yet in the database;
+    `calls` says how often the model calls each (once each if not given)."""
     ms = _meta_schedule()
     start = time.monotonic()
     budget = _Budget(cfg.budget_s)
@@ -200,13 +202,13 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     known = {_key(e) for e in database.entries()}
     report = TuneReport()
     todo = []
-    for name, (func, count) in _unique(funcs).items():
+    for name, (func, count) in _unique(funcs, calls or {}).items():
         entry_key = _key({"target": _target_key(target),
                           "workload": ms.database.Workload(_as_module(func)).as_json()})
         if entry_key in known:
             report.reused += 1
         else:
-            todo.append((name, func, count, measure_kernel(rules(func), target)))
+            todo.append((name, func, count, measure_kernel(rules(func), target)))  # to rank
     # where the time goes under the rules: rule time x how many calls share the kernel
     todo.sort(key=lambda t: -t[2] * t[3])
     total = sum(count * ms_ for _, _, count, ms_ in todo)
@@ -218,7 +220,7 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
         progress(f"tuning kernel {k + 1}/{len(worth)} {name} (x{count}, "
                  f"{100 * count * rules_ms / total:.0f}% of kernel time; "
                  f"{budget.left():.0f} s left)")
-        result, entry = _tune_one(name, func, target, rules_ms, cfg, budget)
+        result, entry = _tune_one(name, func, target, rules(func), cfg, budget)
         report.kernels.append(result)
         database.merge([entry])  # saved as we go: an interrupted tune keeps what it found
         progress(f"  {name}: rules {result.rules_ms:.3f} ms, tuned "
@@ -227,8 +229,9 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     return report
 
 
-def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target, rules_ms: float,
-              cfg: TuneConfig, budget: _Budget) -> tuple[KernelResult, dict[str, Any]]:
+def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
+              by_rules: tirx.PrimFunc, cfg: TuneConfig,
+              budget: _Budget) -> tuple[KernelResult, dict[str, Any]]:
     ms = _meta_schedule()
     mod = _as_module(func)
     memory = ms.database.MemoryDatabase()
@@ -250,7 +253,9 @@ def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target, rules_m
     tuned_ms = None
     if record is not None:
         sch = memory.query_schedule(mod, target, workload_name="main")
-        tuned_ms = measure_kernel(sch.mod["main"], target)
+        rules_ms, tuned_ms = compare_kernels(by_rules, sch.mod["main"], target)
+    else:
+        rules_ms = measure_kernel(by_rules, target)
     entry = {"target": _target_key(target), "workload": ms.database.Workload(mod).as_json(),
              "record": record.as_json() if record is not None else None,
              "rules_ms": rules_ms, "tuned_ms": tuned_ms if tuned_ms is not None else float("inf"),
@@ -273,6 +278,17 @@ def build_candidate(mod: tvm.IRModule, target: tvm.target.Target, _params: Any) 
 
     mod = RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod)
     return tvm_build(mod, target=target)
+
+
+def compare_kernels(a: tirx.PrimFunc, b: tirx.PrimFunc, target: tvm.target.Target,
+                    rounds: int = 3) -> tuple[float, float]:
+    """Best-of-`rounds` milliseconds of two schedules of one kernel, measured alternately so a
+    machine that gets busy meanwhile slows both alike instead of favouring one."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for _ in range(rounds):
+        for func, out in ((a, times[0]), (b, times[1])):
+            out.append(measure_kernel(func, target))
+    return min(times[0]), min(times[1])
 
 
 def measure_kernel(func: tirx.PrimFunc, target: tvm.target.Target, repeat: int = 7) -> float:
@@ -323,16 +339,18 @@ def _as_module(func: tirx.PrimFunc) -> tvm.IRModule:
     return tvm.IRModule({"main": func.with_attr("global_symbol", "main")})
 
 
-def _unique(funcs: dict[str, tirx.PrimFunc]) -> dict[str, tuple[tirx.PrimFunc, int]]:
-    """Structurally distinct kernels (the same layer repeated is one), with their counts."""
+def _unique(funcs: dict[str, tirx.PrimFunc],
+            calls: dict[str, int]) -> dict[str, tuple[tirx.PrimFunc, int]]:
+    """Structurally distinct kernels, each with the number of calls it serves."""
     out: dict[str, tuple[tirx.PrimFunc, int]] = {}
     for name, func in sorted(funcs.items()):
+        n_calls = max(calls.get(name, 1), 1)
         same = next((n for n, (seen, _) in out.items()
                      if tvm_ffi.structural_equal(func, seen)), None)
         if same is None:
-            out[name] = (func, 1)
+            out[name] = (func, n_calls)
         else:
-            out[same] = (out[same][0], out[same][1] + 1)
+            out[same] = (out[same][0], out[same][1] + n_calls)
     return out
 
 
