@@ -22,11 +22,14 @@ def tvm_version() -> str:
     return str(tvm.__version__)
 
 
-def _pre_schedule_passes(target: tvm.target.Target) -> list[tvm.transform.Pass]:
+def _pre_schedule_passes(target: tvm.target.Target,
+                         cfg: CPUScheduleConfig) -> list[tvm.transform.Pass]:
     """Up to fused, legalized kernels: what the schedule rules and the tuner both see."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
-    return cpu_generic.library_dispatch_passes(target) + cpu_generic.legalize_passes(target)
+    fast_math = [relax.transform.FastMathTransform()] if cfg.fast_math else []
+    return (fast_math + cpu_generic.library_dispatch_passes(target)
+            + cpu_generic.legalize_passes(target))
 
 
 def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: ScheduleStats,
@@ -42,7 +45,7 @@ def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: Sched
     @tvm.transform.module_pass(opt_level=0, name="HonerCPUPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
-            passes = (_pre_schedule_passes(target) + [apply_rules]
+            passes = (_pre_schedule_passes(target, cfg) + [apply_rules]
                       + cpu_generic.dataflow_lower_passes(target)
                       + cpu_generic.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
@@ -50,10 +53,11 @@ def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: Sched
     return pipeline
 
 
-def _fused_module(lowered: LoweredModule, tvm_target: dict[str, Any]) -> tvm.IRModule:
+def _fused_module(lowered: LoweredModule, tvm_target: dict[str, Any],
+                  cfg: CPUScheduleConfig) -> tvm.IRModule:
     target = tvm.target.Target(tvm_target)
     with target:
-        return tvm.transform.Sequential(_pre_schedule_passes(target))(lowered.mod)
+        return tvm.transform.Sequential(_pre_schedule_passes(target, cfg))(lowered.mod)
 
 
 def _kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
@@ -74,9 +78,10 @@ def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
     return counts
 
 
-def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any]) -> dict[str, tirx.PrimFunc]:
+def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any],
+                  cfg: CPUScheduleConfig | None = None) -> dict[str, tirx.PrimFunc]:
     """The model's kernels as the schedule step receives them (name -> PrimFunc)."""
-    return _kernels(_fused_module(lowered, tvm_target))
+    return _kernels(_fused_module(lowered, tvm_target, cfg or CPUScheduleConfig()))
 
 
 def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUScheduleConfig,
@@ -85,7 +90,7 @@ def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUSchedul
     def rules(func: tirx.PrimFunc) -> tirx.PrimFunc:
         return schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
 
-    mod = _fused_module(lowered, tvm_target)
+    mod = _fused_module(lowered, tvm_target, cfg)
     return tune_kernels(_kernels(mod), tvm.target.Target(tvm_target), rules, tune, progress,
                         _call_counts(mod))
 

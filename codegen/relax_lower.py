@@ -71,8 +71,14 @@ def _lower_composite_unary(bb: relax.BlockBuilder, node: Node, x: relax.Expr) ->
     match node.op:
         case "reciprocal":
             return R.divide(one, x)
-        case "gelu":
-            return R.nn.gelu_tanh(x) if a["approximate"] == "tanh" else R.nn.gelu(x)
+        case "gelu":  # spelled out so the fast-math pass can reach its erf / tanh
+            half = _const(0.5, dt)
+            if a["approximate"] == "tanh":
+                cube = R.multiply(_const(0.044715, dt), R.multiply(x, R.multiply(x, x)))
+                inner = R.multiply(_const(np.sqrt(2 / np.pi), dt), R.add(x, cube))
+                return R.multiply(R.multiply(half, x), R.add(one, R.tanh(inner)))
+            erf = R.erf(R.multiply(x, _const(1 / np.sqrt(2), dt)))
+            return R.multiply(x, R.add(half, R.multiply(half, erf)))
         case "softplus":  # log(1 + e^x) computed stably as max(x, 0) + log1p(e^-|x|)
             return R.add(R.maximum(x, zero), R.log(R.add(one, R.exp(R.negative(R.abs(x))))))
         case "softsign":
