@@ -17,7 +17,6 @@ once, or killed halfway, never leave it corrupt.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import importlib.util
 import json
 import os
@@ -36,6 +35,7 @@ import tvm_ffi
 from tvm import tirx
 
 from ..errors import BuildError, HonerError
+from ..runtime.artifact import file_lock
 
 SCHEMA = "honer.tuning/1"
 DB_FILE = "tuning.json"
@@ -60,12 +60,9 @@ class TuningDatabase:
     def __init__(self, path: str | Path):
         self.path = Path(path)
 
-    @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
         self.path.mkdir(parents=True, exist_ok=True)
-        with open(self.path / ".lock", "a") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)  # released on close, also when the process dies
-            yield
+        return file_lock(self.path / ".lock")
 
     def _read(self) -> list[dict[str, Any]]:
         file = self.path / DB_FILE
@@ -118,24 +115,17 @@ class TunedKernels:
         ms = _meta_schedule()
         self.target = target
         self._db = ms.database.MemoryDatabase()
-        self.used = 0
         key = _target_key(target)
         for e in database.entries():
-            if e["target"] == key and e["record"] is not None and e["tuned_ms"] < e["rules_ms"]:
+            if e["target"] == key and e["tuned_ms"] is not None and e["tuned_ms"] < e["rules_ms"]:
                 workload = ms.database.Workload.from_json(e["workload"])
                 self._db.commit_workload(workload.mod)
                 self._db.commit_tuning_record(
                     ms.database.TuningRecord.from_json(e["record"], workload))
 
-    def __len__(self) -> int:
-        return len(self._db)
-
     def schedule(self, func: tirx.PrimFunc) -> tirx.PrimFunc | None:
         sch = self._db.query_schedule(_as_module(func), self.target, workload_name="main")
-        if sch is None:
-            return None
-        self.used += 1
-        return sch.mod["main"]
+        return None if sch is None else sch.mod["main"]
 
 
 # ---- tuning -------------------------------------------------------------------------------
@@ -168,6 +158,19 @@ class TuneReport:
                              "tuned_ms": k.tuned_ms, "kept": k.kept} for k in self.kernels]}
 
 
+@dataclass
+class _Task:
+    name: str
+    func: tirx.PrimFunc  # unscheduled
+    by_rules: tirx.PrimFunc  # the same kernel under honer's rules
+    calls: int  # how often the model runs it
+    rules_ms: float
+
+    @property
+    def cost_ms(self) -> float:
+        return self.calls * self.rules_ms
+
+
 class _Budget:
     """Wall-clock budget: a round starts only if the time left fits a round as long as the
     longest one so far, so tuning ends close to the budget instead of one round past it."""
@@ -180,7 +183,7 @@ class _Budget:
         return self.deadline - time.monotonic()
 
     def allows_round(self) -> bool:
-        return self.left() > max(self.longest_round, 0.0)
+        return self.left() > self.longest_round
 
     @contextlib.contextmanager
     def round(self) -> Iterator[None]:
@@ -202,38 +205,38 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     known = {_key(e) for e in database.entries()}
     report = TuneReport()
     todo = []
-    for name, (func, count) in _unique(funcs, calls or {}).items():
+    for name, (func, calls_) in _unique(funcs, calls or {}).items():
         entry_key = _key({"target": _target_key(target),
                           "workload": ms.database.Workload(_as_module(func)).as_json()})
         if entry_key in known:
             report.reused += 1
-        else:
-            todo.append((name, func, count, measure_kernel(rules(func), target)))  # to rank
-    # where the time goes under the rules: rule time x how many calls share the kernel
-    todo.sort(key=lambda t: -t[2] * t[3])
-    total = sum(count * ms_ for _, _, count, ms_ in todo)
-    worth = [t for t in todo if t[2] * t[3] >= cfg.min_share * total]
+            continue
+        by_rules = rules(func)
+        todo.append(_Task(name, func, by_rules, calls_, measure_kernel(by_rules, target)))
+    # tune where the time goes under the rules; kernels below min_share are not worth a round
+    todo.sort(key=lambda t: -t.cost_ms)
+    total = sum(t.cost_ms for t in todo)
+    worth = [t for t in todo if t.cost_ms >= cfg.min_share * total]
     report.skipped = len(todo) - len(worth)
-    for k, (name, func, count, rules_ms) in enumerate(worth):
+    for k, task in enumerate(worth):
         if not budget.allows_round():
             break
-        progress(f"tuning kernel {k + 1}/{len(worth)} {name} (x{count}, "
-                 f"{100 * count * rules_ms / total:.0f}% of kernel time; "
+        progress(f"tuning kernel {k + 1}/{len(worth)} {task.name} (x{task.calls}, "
+                 f"{100 * task.cost_ms / total:.0f}% of kernel time; "
                  f"{budget.left():.0f} s left)")
-        result, entry = _tune_one(name, func, target, rules(func), cfg, budget)
+        result, entry = _tune_one(task, target, cfg, budget)
         report.kernels.append(result)
         database.merge([entry])  # saved as we go: an interrupted tune keeps what it found
-        progress(f"  {name}: rules {result.rules_ms:.3f} ms, tuned "
+        progress(f"  {task.name}: rules {result.rules_ms:.3f} ms, tuned "
                  f"{_fmt(result.tuned_ms)} ms after {result.trials} trials -> {result.kept}")
     report.seconds = time.monotonic() - start
     return report
 
 
-def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
-              by_rules: tirx.PrimFunc, cfg: TuneConfig,
+def _tune_one(task: _Task, target: tvm.target.Target, cfg: TuneConfig,
               budget: _Budget) -> tuple[KernelResult, dict[str, Any]]:
     ms = _meta_schedule()
-    mod = _as_module(func)
+    mod = _as_module(task.func)
     memory = ms.database.MemoryDatabase()
     trials = 0
     with tempfile.TemporaryDirectory(prefix="honer-tune-") as work:
@@ -242,7 +245,7 @@ def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
                 break
             trials += cfg.trials_per_round
             context = ms.TuneContext(mod=mod, target=target, space_generator="post-order-apply",
-                                     search_strategy="evolutionary", task_name=name,
+                                     search_strategy="evolutionary", task_name=task.name,
                                      num_threads="physical")
             with budget.round(), _quiet():
                 ms.tune_tasks(tasks=[context], task_weights=[1.0], work_dir=work,
@@ -253,14 +256,13 @@ def _tune_one(name: str, func: tirx.PrimFunc, target: tvm.target.Target,
     tuned_ms = None
     if record is not None:
         sch = memory.query_schedule(mod, target, workload_name="main")
-        rules_ms, tuned_ms = compare_kernels(by_rules, sch.mod["main"], target)
+        rules_ms, tuned_ms = compare_kernels(task.by_rules, sch.mod["main"], target)
     else:
-        rules_ms = measure_kernel(by_rules, target)
+        rules_ms = task.rules_ms
     entry = {"target": _target_key(target), "workload": ms.database.Workload(mod).as_json(),
              "record": record.as_json() if record is not None else None,
-             "rules_ms": rules_ms, "tuned_ms": tuned_ms if tuned_ms is not None else float("inf"),
-             "trials": trials}
-    return KernelResult(name, trials, rules_ms, tuned_ms), entry
+             "rules_ms": rules_ms, "tuned_ms": tuned_ms, "trials": trials}
+    return KernelResult(task.name, trials, rules_ms, tuned_ms), entry
 
 
 def _best(memory: Any, mod: tvm.IRModule, target: tvm.target.Target) -> Any:
@@ -284,15 +286,22 @@ def compare_kernels(a: tirx.PrimFunc, b: tirx.PrimFunc, target: tvm.target.Targe
                     rounds: int = 3) -> tuple[float, float]:
     """Best-of-`rounds` milliseconds of two schedules of one kernel, measured alternately so a
     machine that gets busy meanwhile slows both alike instead of favouring one."""
+    timers = (_kernel_timer(a, target), _kernel_timer(b, target))
     times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        for func, out in ((a, times[0]), (b, times[1])):
-            out.append(measure_kernel(func, target))
+        for timer, out in zip(timers, times):
+            out.append(timer())
     return min(times[0]), min(times[1])
 
 
-def measure_kernel(func: tirx.PrimFunc, target: tvm.target.Target, repeat: int = 7) -> float:
+def measure_kernel(func: tirx.PrimFunc, target: tvm.target.Target) -> float:
     """Median milliseconds of one call of `func` on random inputs, built here."""
+    return _kernel_timer(func, target)()
+
+
+def _kernel_timer(func: tirx.PrimFunc, target: tvm.target.Target,
+                  repeat: int = 7) -> Callable[[], float]:
+    """Builds `func` once; the returned function times it (median ms) on random inputs."""
     ms = _meta_schedule()
     try:
         lib = tvm.tirx.build(_as_module(func), target=target)
@@ -306,7 +315,7 @@ def measure_kernel(func: tirx.PrimFunc, target: tvm.target.Target, repeat: int =
         data = rng.standard_normal(shape) if "float" in dtype else rng.integers(0, 2, shape)
         args.append(tvm.runtime.tensor(np.asarray(data).astype(dtype), dev))
     timer = lib.time_evaluator("main", dev, number=1, repeat=repeat, min_repeat_ms=40)
-    return float(np.median(timer(*args).results)) * 1e3
+    return lambda: float(np.median(timer(*args).results)) * 1e3
 
 
 # ---- helpers ------------------------------------------------------------------------------

@@ -11,12 +11,13 @@ import contextlib
 import ctypes
 import errno
 import fcntl
+import glob
 import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +132,7 @@ def _scratch_prefix(dest: Path, kind: str) -> str:
 def _swap_into_place(tmp: Path, dest: Path) -> None:
     """Puts `tmp` at `dest`. Writers of one destination take turns (a lock file beside it);
     an existing artifact is exchanged atomically, so readers always see a whole artifact."""
-    with _locked(dest.parent / f".{dest.name}.lock"):
+    with file_lock(dest.parent / f".{dest.name}.lock"):
         _remove_abandoned(dest)
         if not (dest.exists() or dest.is_symlink()):
             os.rename(tmp, dest)
@@ -150,9 +151,11 @@ def _swap_into_place(tmp: Path, dest: Path) -> None:
 
 
 @contextlib.contextmanager
-def _locked(lock_path: Path):
+def file_lock(lock_path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (flock on `lock_path`, created if missing); the
+    kernel releases it when the holder exits, also when it is killed."""
     with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if we are killed
+        fcntl.flock(f, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -162,23 +165,19 @@ def _locked(lock_path: Path):
 def _remove_abandoned(dest: Path) -> None:
     """Scratch directories of writers that died (killed mid-compile)."""
     for kind in ("tmp", "old"):
-        for p in dest.parent.glob(f".{glob_escape(dest.name)}.{kind}-*-*"):
+        for p in dest.parent.glob(f".{glob.escape(dest.name)}.{kind}-*-*"):
             pid = p.name[len(f".{dest.name}.{kind}-"):].split("-", 1)[0]
             if pid.isdigit() and not _alive(int(pid)):
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
 def _alive(pid: int) -> bool:
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0 only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, and someone else's
+        pass
     return True
 
 

@@ -63,3 +63,20 @@ def test_usage_errors_exit_2_and_targets_lists_the_host():
     assert honer("frobnicate").returncode == 2
     r = honer("targets")
     assert r.returncode == 0 and "host" in r.stdout and "toolchain: ready" in r.stdout
+
+
+@pytest.mark.parametrize("text,seconds", [("90", 90), ("90s", 90), ("20m", 1200), ("1h", 3600),
+                                          ("0", 0)])
+def test_tuning_budgets_parse(text, seconds):
+    from honer.cli import parse_seconds
+
+    assert parse_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["soon", "5x", "-3m", ""])
+def test_bad_tuning_budgets_are_refused_with_the_accepted_forms(text):
+    from honer.cli import parse_seconds
+    from honer.errors import InputError
+
+    with pytest.raises(InputError, match="--budget"):
+        parse_seconds(text)
