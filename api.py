@@ -106,7 +106,8 @@ def compile(  # noqa: A001 - the public name users expect
     def fill(tmp: Path) -> dict[str, Any]:
         build = timed("build", lambda: tgt.build(lowered, tmp, work, tune))
         build_facts.update(build.report)
-        index = artifact.write_weights(tmp / artifact.WEIGHTS, lowered.stored_params())
+        index = artifact.write_weights(tmp / artifact.WEIGHTS,
+                                       lowered.stored_params(build.weight_dtypes))
         for entry, layout in zip(index, lowered.param_layouts):
             entry["layout"] = layout
         (tmp / "graph.txt").write_text(graph.dump() + "\n")
@@ -122,7 +123,7 @@ def compile(  # noqa: A001 - the public name users expect
         }
 
     artifact.write_artifact(out_dir, fill)
-    loaded = load(out_dir)
+    loaded = load(out_dir, lazy=not tgt.can_run_here())
     report = {
         "schema": SCHEMA_REPORT,
         "target": tgt.name,

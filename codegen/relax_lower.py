@@ -8,7 +8,7 @@ so compiled code stays small and weights live in the artifact's weight file. Sma
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,11 +30,17 @@ class LoweredModule:
     params: list[Value]  # weights in the order `main` takes them after the inputs
     param_layouts: list[str]  # "as-is", "transposed" ([in, out] linear) or "HWIO" (conv)
 
-    def stored_params(self) -> Iterator[tuple[str, np.ndarray]]:
+    def stored_params(self, dtypes: Mapping[int, str] | None = None
+                      ) -> Iterator[tuple[str, np.ndarray]]:
         """(name, data in the layout the kernels read), one weight at a time: the re-laid-out
-        copies are made on demand so a compile never holds a second copy of all weights."""
-        for v, layout in zip(self.params, self.param_layouts):
-            yield v.name, np.ascontiguousarray(STORED_LAYOUT[layout](v.data))
+        copies are made on demand so a compile never holds a second copy of all weights.
+        `dtypes` gives the stored dtype of weights the build narrowed (index -> dtype)."""
+        dtypes = dtypes or {}
+        for i, (v, layout) in enumerate(zip(self.params, self.param_layouts)):
+            data = STORED_LAYOUT[layout](v.data)
+            if i in dtypes:
+                data = data.astype(dtypes[i])
+            yield v.name, np.ascontiguousarray(data)
 
 
 def _const(value: Any, dtype: str) -> relax.Expr:

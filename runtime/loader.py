@@ -6,6 +6,7 @@ through TVM's runtime (imported lazily, only when such an artifact is loaded).
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -20,12 +21,21 @@ from .artifact import WEIGHTS, read_manifest, read_weights
 class LoadedModel:
     """A loaded artifact: call it with numpy arrays (positional or by input name)."""
 
-    def __init__(self, path: Path, manifest: dict[str, Any], run: Callable[..., list]):
+    def __init__(self, path: Path, manifest: dict[str, Any],
+                 open_code: Callable[[], Callable[..., list]], lazy: bool = False):
         self.path = path
         self.manifest = manifest
-        self._run = run
+        self._open_code = open_code
+        self._compiled: Callable[..., list] | None = None if lazy else open_code()
         self.input_specs = manifest["inputs"]
         self.output_specs = manifest["outputs"]
+
+    @property
+    def compiled(self) -> Callable[..., list]:
+        """The opened compiled code (opened now if the load was lazy)."""
+        if self._compiled is None:
+            self._compiled = self._open_code()
+        return self._compiled
 
     @property
     def input_names(self) -> list[str]:
@@ -37,7 +47,8 @@ class LoadedModel:
 
     def run(self, *inputs: np.ndarray, **named: np.ndarray) -> list[np.ndarray]:
         """Always returns the list of outputs."""
-        return self._run(self._check(inputs, named))
+        arrays = self._check(inputs, named)
+        return self.compiled(arrays)  # a lazy load opens the code here, on first use
 
     def __call__(self, *inputs: np.ndarray, **named: np.ndarray) -> np.ndarray | list:
         outs = self.run(*inputs, **named)
@@ -75,8 +86,9 @@ class LoadedModel:
         return arrays
 
 
-def load(path: str | Path) -> LoadedModel:
-    """Checks the manifest and every file hash, then opens the compiled code."""
+def load(path: str | Path, lazy: bool = False) -> LoadedModel:
+    """Checks the manifest and every file hash, then opens the compiled code (with `lazy`, at
+    the first run: how a compile inspects an artifact built for a device this machine lacks)."""
     path = Path(path)
     manifest = read_manifest(path)
     _check_structure(path, manifest)
@@ -87,7 +99,7 @@ def load(path: str | Path) -> LoadedModel:
                             f"{sorted(FORMS)}")
     weights = read_weights(listed_file(path, manifest, WEIGHTS), manifest["weights"]) \
         if manifest.get("weights") else []
-    return LoadedModel(path, manifest, opener(path, manifest, weights))
+    return LoadedModel(path, manifest, lambda: opener(path, manifest, weights), lazy)
 
 
 def _check_structure(path: Path, manifest: dict[str, Any]) -> None:
@@ -133,6 +145,7 @@ def _import_tvm_runtime() -> Any:
     try:
         import tvm
         import tvm.runtime
+        import tvm.runtime.vm
     except ImportError as e:
         raise ArtifactError("this artifact runs on TVM's runtime; install apache-tvm") from e
     finally:
@@ -143,20 +156,111 @@ def _import_tvm_runtime() -> Any:
 
 def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
     tvm = _import_tvm_runtime()
-    runtime = tvm.runtime
-    device = runtime.device(manifest["target"]["device"], 0)
-    lib = runtime.load_module(str(listed_file(path, manifest, manifest["target"]["library"])))
-    vm = tvm.relax.VirtualMachine(lib, device)
-    params = [_as_tvm_tensor(runtime, w, device) for w in weights]
-    main = vm["main"]
+    return _run_on_vm(tvm, path, manifest, weights, tvm.runtime.device("cpu", 0))
 
-    def run(inputs: list[np.ndarray]) -> list[np.ndarray]:
-        result = main(*[runtime.tensor(x, device) for x in inputs], *params)
-        if isinstance(result, runtime.Tensor):
+
+def _open_relax_vm_cuda(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
+    """The same VM on the first CUDA GPU, with the kernels nvcc compiled at build time."""
+    tvm = _import_tvm_runtime()
+    cuda = manifest["target"].get("cuda")
+    if not isinstance(cuda, dict) or not isinstance(cuda.get("archs"), list):
+        raise ArtifactError(f"{path}: malformed manifest: 'target.cuda' must list its archs")
+    built = ", ".join(map(str, cuda["archs"]))
+    if not _load_cuda_runtime(tvm) or not (device := tvm.runtime.cuda(0)).exist:
+        raise ArtifactError(f"{path}: this artifact runs on an NVIDIA GPU (built for {built}) "
+                            "and no CUDA GPU (or no NVIDIA driver) is visible here")
+    arch = "sm_" + device.compute_version.replace(".", "")
+    if not any(_runs_on(arch, a) for a in cuda["archs"]):
+        raise ArtifactError(f"{path}: built for {built}, but this GPU ({device.device_name}) "
+                            f"is {arch}; rebuild with target 'cuda:arch={arch}'")
+    fatbin = listed_file(path, manifest, cuda.get("kernels")).read_bytes()
+    _provide_prebuilt_kernels(cuda.get("source_sha256"), fatbin)
+    return _run_on_vm(tvm, path, manifest, weights, device)
+
+
+def _load_cuda_runtime(tvm: Any) -> bool:
+    """TVM's CUDA device support is a side library the full `import tvm` loads with its
+    backends; a runtime-only TVM (TVM_USE_RUNTIME_LIB=1, or no compiler library) does not.
+    False when it cannot load (no NVIDIA driver: libcuda.so.1 missing)."""
+    from tvm_ffi.libinfo import load_lib_ctypes
+
+    loaded = tvm.base._LOADED_LIBS
+    if "tvm_runtime_cuda" not in loaded:
+        try:
+            loaded["tvm_runtime_cuda"] = load_lib_ctypes(
+                package="tvm", target_name="tvm_runtime_cuda", mode="RTLD_LOCAL",
+                extra_lib_paths=[Path(loaded["tvm_runtime"]._name).resolve().parent])
+        except (OSError, RuntimeError):
+            return False
+    return True
+
+
+def _runs_on(device_arch: str, built: Any) -> bool:
+    """Machine code for sm_XY runs on devices of the same major version X and minor >= Y."""
+    if not isinstance(built, str) or not built.startswith("sm_") or not built[3:].isdigit():
+        return False
+    dev, want = int(device_arch[3:]), int(built[3:])
+    return dev // 10 == want // 10 and dev % 10 >= want % 10
+
+
+_PREBUILT_KERNELS: dict[str, bytes] = {}  # sha256 of CUDA source -> fatbin
+
+
+def _provide_prebuilt_kernels(source_sha256: Any, fatbin: bytes) -> None:
+    """TVM's CUDA module holds its kernels as CUDA source and asks the global function
+    `tvm_callback_cuda_compile` to compile them when loaded; this answers with the fatbin
+    that was compiled from exactly that source at build time, so no compiler runs here."""
+    import tvm_ffi
+
+    if not isinstance(source_sha256, str):
+        raise ArtifactError("malformed manifest: 'target.cuda.source_sha256' is missing")
+    if not _PREBUILT_KERNELS:
+        previous = tvm_ffi.get_global_func("tvm_callback_cuda_compile", allow_missing=True)
+
+        def compile_cuda(code: str) -> bytes:
+            found = _PREBUILT_KERNELS.get(hashlib.sha256(code.encode()).hexdigest())
+            if found is not None:
+                return found
+            if previous is not None:
+                return previous(code)
+            raise ArtifactError("CUDA kernels were requested for a source no loaded artifact "
+                                "was built from")
+
+        tvm_ffi.register_global_func("tvm_callback_cuda_compile", compile_cuda, override=True)
+    _PREBUILT_KERNELS[source_sha256] = fatbin
+
+
+def _run_on_vm(tvm: Any, path: Path, manifest: dict[str, Any], weights: list[np.ndarray],
+               device: Any) -> VMRunner:
+    runtime = tvm.runtime
+    lib = runtime.load_module(str(listed_file(path, manifest, manifest["target"]["library"])))
+    vm = runtime.vm.VirtualMachine(lib, device)
+    params = [_as_tvm_tensor(runtime, w, device) for w in weights]
+    return VMRunner(runtime, device, vm["main"], params)
+
+
+class VMRunner:
+    """Runs `main` with the weights bound. Called with numpy arrays (copied to the device and
+    back); `on_device` takes and returns TVM tensors already on `device`, which is what a
+    benchmark of the kernels alone times."""
+
+    def __init__(self, runtime: Any, device: Any, main: Any, params: list[Any]):
+        self.runtime = runtime
+        self.device = device
+        self.main = main
+        self.params = params
+
+    def to_device(self, arrays: list[np.ndarray]) -> list[Any]:
+        return [self.runtime.tensor(x, self.device) for x in arrays]
+
+    def on_device(self, tensors: list[Any]) -> Any:
+        return self.main(*tensors, *self.params)
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        result = self.on_device(self.to_device(inputs))
+        if isinstance(result, self.runtime.Tensor):
             return [result.numpy()]
         return [r.numpy() for r in result]
-
-    return run
 
 
 def _as_tvm_tensor(runtime: Any, array: np.ndarray, device: Any) -> Any:
@@ -168,4 +272,5 @@ def _as_tvm_tensor(runtime: Any, array: np.ndarray, device: Any) -> Any:
 
 FORMS: dict[str, Callable[[Path, dict[str, Any], list[np.ndarray]], Callable]] = {
     "relax-vm": _open_relax_vm,
+    "relax-vm-cuda": _open_relax_vm_cuda,
 }

@@ -4,20 +4,30 @@ from __future__ import annotations
 
 from ..errors import HonerError
 from .base import Target
+from .cuda import CudaTarget
 from .host import HostTarget
 
 TARGETS: dict[str, type[Target]] = {
     "host": HostTarget,
+    "cuda": CudaTarget,
 }
 
 
-def get_target(name: str | Target) -> Target:
-    if isinstance(name, Target):
-        return name
-    try:
-        return TARGETS[name]()
-    except KeyError:
-        raise HonerError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}") from None
+def get_target(spec: str | Target) -> Target:
+    """`spec` is a target name with optional options: "cuda:arch=sm_90,precision=fp16"."""
+    if isinstance(spec, Target):
+        return spec
+    name, _, rest = spec.partition(":")
+    if name not in TARGETS:
+        raise HonerError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key or not value:
+            raise HonerError(f"target '{spec}': options are key=value pairs separated by "
+                             f"commas, got {item!r}")
+        options[key.strip()] = value.strip()
+    return TARGETS[name].from_options(options)
 
 
 __all__ = ["TARGETS", "Target", "get_target"]

@@ -26,6 +26,7 @@ class BuildOutput:
     form: str  # how the runtime loads it (runtime/forms.py)
     manifest: dict[str, Any] = field(default_factory=dict)  # target facts for the manifest
     report: dict[str, Any] = field(default_factory=dict)  # build facts for the compile report
+    weight_dtypes: dict[int, str] = field(default_factory=dict)  # weights the build narrowed
 
 
 class Target:
@@ -34,6 +35,13 @@ class Target:
     name: str = ""
     description: str = ""
     tools: tuple[Tool, ...] = ()
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> Target:
+        """A target from `name:key=value,...` options; most targets take none."""
+        if options:
+            raise HonerError(f"target '{cls.name}' takes no options, got {sorted(options)}")
+        return cls()
 
     def tvm_target(self) -> dict[str, Any]:
         raise NotImplementedError

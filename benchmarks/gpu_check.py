@@ -1,0 +1,292 @@
+"""The CUDA target on a real GPU: correctness on every coverage model, latency beside PyTorch.
+
+Two steps, because GPU machines are lent for minutes and carry no compiler toolchain of ours:
+
+1. Here (TVM's compiler and nvcc installed, no GPU needed):
+   `python -m honer.benchmarks.gpu_check build --out .gpu_bundle`
+   compiles every random-weight coverage model for `cuda` (fp32, batch 1), and the ViT and BERT
+   at batch 1 and 8 in fp16 and fp32. Each model's weights are first set by `fill_weights`, a
+   rule that depends only on parameter names and shapes, so the GPU machine can rebuild the very
+   same torch model; the bundle then carries each artifact without its weight file plus a
+   recipe naming the torch parameter (and layout) behind every stored weight, the example
+   inputs, and a runtime-only TVM for the GPU machine's Python. It stays a few MB.
+2. On the GPU machine: `benchmarks/gpu_check.sh .gpu_bundle` installs that runtime, rebuilds the
+   weight files from the recipes (`honer.load` then checks every byte against the manifest's
+   sha256), runs each artifact against PyTorch eager on the GPU, and times honer (kernels
+   only: inputs already on the device), eager and `torch.compile` side by side, median of 50
+   runs after warm-up. Results: benchmarks/results/gpu_check.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# (zoo name, factory kwargs, precision, timed against torch.compile)
+CASES: list[tuple[str, dict[str, int], str, bool]] = [
+    ("mlp", {}, "fp32", False),
+    ("conv_bn_relu_cnn", {}, "fp32", False),
+    ("resnet18", {}, "fp32", False),
+    ("gpt2_6l", {}, "fp32", False),
+    ("llama_smollm2", {}, "fp32", False),
+    ("vit_deit_tiny", {"batch": 1}, "fp32", True),
+    ("vit_deit_tiny", {"batch": 8}, "fp32", False),
+    ("bert_minilm", {"batch": 1}, "fp32", True),
+    ("bert_minilm", {"batch": 8}, "fp32", False),
+    ("vit_deit_tiny", {"batch": 1}, "fp16", True),
+    ("vit_deit_tiny", {"batch": 8}, "fp16", True),
+    ("bert_minilm", {"batch": 1}, "fp16", True),
+    ("bert_minilm", {"batch": 8}, "fp16", True),
+]
+LAYOUTS = {"as-is": lambda a: a, "transposed": lambda a: a.T,
+           "HWIO": lambda a: a.transpose(2, 3, 1, 0)}
+
+
+def case_id(name: str, kwargs: dict[str, int], precision: str) -> str:
+    return "_".join([name, *(f"{k}{v}" for k, v in kwargs.items()), precision])
+
+
+def fill_weights(model: Any) -> Any:
+    """Sets every parameter from a generator seeded by its name: matrices uniform in
+    +-1/sqrt(fan_in), 1-D scales around 1, biases around 0. Independent of the library
+    versions' own initializers, so two machines build bit-identical models."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            rng = np.random.default_rng(zlib.crc32(name.encode()))
+            if p.ndim >= 2:
+                bound = 1.0 / np.sqrt(np.prod(p.shape[1:]))
+                data = rng.uniform(-bound, bound, p.shape)
+            elif name.endswith("weight"):
+                data = 1.0 + 0.1 * rng.standard_normal(p.shape)
+            else:
+                data = 0.02 * rng.standard_normal(p.shape)
+            p.copy_(torch.from_numpy(data.astype(np.float32)))
+    return model
+
+
+def make_model(name: str, kwargs: dict[str, int]) -> tuple[Any, tuple]:
+    from ..tests.models.zoo import ZOO
+
+    model, inputs = ZOO[name](**kwargs)
+    return fill_weights(model).eval(), inputs
+
+
+# ---------------------------------------------------------------- step 1: build (no GPU)
+
+def build(out: Path, python_version: str) -> None:
+    import honer
+
+    out.mkdir(parents=True, exist_ok=True)
+    cases = []
+    for name, kwargs, precision, compare in CASES:
+        cid = case_id(name, kwargs, precision)
+        start = time.perf_counter()
+        model, inputs = make_model(name, kwargs)
+        compiled = honer.compile(model, inputs, target=f"cuda:precision={precision}")
+        case_dir = out / cid
+        if case_dir.exists():
+            shutil.rmtree(case_dir)
+        compiled.save(case_dir)
+        recipe = weight_recipe(case_dir, model)
+        (case_dir / "weights.bin").unlink()
+        np.savez(case_dir / "inputs.npz", *[x.numpy() for x in inputs])
+        cases.append({"id": cid, "model": name, "kwargs": kwargs, "precision": precision,
+                      "compare_compile": compare, "recipe": recipe,
+                      "build_s": round(time.perf_counter() - start, 1),
+                      "kernels": compiled.report["build"]["schedule"]["kernels"]})
+        print(f"{cid}: built in {cases[-1]['build_s']} s, "
+              f"{sum(1 for r in recipe if 'key' in r)}/{len(recipe)} weights by recipe",
+              flush=True)
+    (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    pack_runtime(out / "runtime", python_version)
+
+
+def weight_recipe(artifact: Path, model: Any) -> list[dict[str, Any]]:
+    """For each stored weight: the torch parameter or buffer (and layout, dtype) whose bytes
+    it is, or else the file holding the weight itself."""
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    blob = np.memmap(artifact / "weights.bin", dtype=np.uint8, mode="r")
+    by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
+    for key, t in model.state_dict().items():
+        by_size.setdefault(t.numel(), []).append((key, t.detach().numpy()))
+    recipe = []
+    for i, w in enumerate(manifest["weights"]):
+        want = bytes(blob[w["offset"]:w["offset"] + w["nbytes"]])
+        found = next(({"key": key, "layout": w.get("layout", "as-is"), "dtype": w["dtype"]}
+                      for key, a in by_size.get(int(np.prod(w["shape"])), [])
+                      if _stored(a, w.get("layout", "as-is"), w["dtype"], w["shape"]) == want),
+                     None)
+        if found is None:
+            np.save(artifact / f"weight_{i}.npy",
+                    np.frombuffer(want, dtype=w["dtype"]).reshape(w["shape"]))
+            found = {"file": f"weight_{i}.npy"}
+        recipe.append(found)
+    return recipe
+
+
+def _stored(a: np.ndarray, layout: str, dtype: str, shape: list[int]) -> bytes | None:
+    try:
+        data = LAYOUTS[layout](a).astype(dtype)
+    except (ValueError, TypeError):  # that layout does not apply to this array
+        return None
+    return np.ascontiguousarray(data).reshape(shape).tobytes() if data.size else None
+
+
+def pack_runtime(dest: Path, python_version: str) -> None:
+    """TVM's runtime for the GPU machine: the Python package without the compiler library
+    (260 MB, not needed to run an artifact), and the tvm-ffi wheel for its Python."""
+    import importlib.metadata
+
+    import tvm
+
+    dest.mkdir(parents=True, exist_ok=True)
+    package = Path(tvm.__file__).parent
+
+    def keep(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
+        skip = ("libtvm_compiler", "3rdparty", "__pycache__", "/src/")
+        return None if any(s in info.name for s in skip) else info
+
+    with tarfile.open(dest / "tvm-runtime.tar.gz", "w:gz") as tar:
+        tar.add(package, arcname="tvm", filter=keep)
+    ffi = importlib.metadata.version("apache-tvm-ffi")
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps",
+                    "--only-binary=:all:", "--python-version", python_version,
+                    "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
+                    "-d", str(dest), f"apache-tvm-ffi=={ffi}"], check=True)
+
+
+# ---------------------------------------------------------------- step 2: run (GPU)
+
+def run(bundle: Path, out: Path, time_limit_s: float) -> None:
+    import torch
+
+    from . import harness
+
+    started = time.perf_counter()
+    results: dict[str, Any] = {"environment": harness.environment(),
+                               "gpu": torch.cuda.get_device_name(0), "cases": []}
+    for case in json.loads((bundle / "cases.json").read_text()):
+        row = {"id": case["id"], "precision": case["precision"]}
+        try:
+            row.update(check_case(bundle / case["id"], case,
+                                  time.perf_counter() - started < time_limit_s))
+        except Exception as e:  # noqa: BLE001 - one failing case must not hide the others
+            row["error"] = f"{type(e).__name__}: {e}"
+        results["cases"].append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(results, indent=1))  # partial results survive a timeout
+    print(summary(results["cases"]))
+
+
+def rebuild_weights(artifact: Path, case: dict[str, Any], model: Any) -> None:
+    manifest = json.loads((artifact / "manifest.json").read_text())
+    state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
+    weights = manifest["weights"]
+    blob = bytearray(max((w["offset"] + w["nbytes"] for w in weights), default=0))
+    for w, r in zip(weights, case["recipe"]):
+        data = (np.load(artifact / r["file"]) if "file" in r
+                else LAYOUTS[r["layout"]](state[r["key"]]).astype(r["dtype"]))
+        raw = np.ascontiguousarray(data).tobytes()
+        blob[w["offset"]:w["offset"] + len(raw)] = raw
+    (artifact / "weights.bin").write_bytes(bytes(blob))
+
+
+def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict[str, Any]:
+    import torch
+
+    import honer
+
+    from . import harness
+
+    model, _ = make_model(case["model"], case["kwargs"])
+    rebuild_weights(artifact, case, model)
+    loaded = honer.load(artifact)  # checks the rebuilt weights against the manifest hashes
+    npz = np.load(artifact / "inputs.npz")
+    arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    model = model.cuda()
+    inputs = [torch.from_numpy(a).cuda() for a in arrays]
+    with torch.no_grad():
+        want = model(*inputs).float().cpu().numpy()
+    got = loaded(*arrays)
+    scale = float(np.abs(want).max()) or 1.0
+    row: dict[str, Any] = {"max_scaled_error_vs_eager_fp32": float(np.abs(got - want).max())
+                           / scale}
+    runner = loaded.compiled
+    device_inputs = runner.to_device(arrays)
+    timings = {"honer": harness.measure("honer", lambda: (runner.on_device(device_inputs),
+                                                          runner.device.sync()), runs=50,
+                                        warmup=10)}
+    peer, peer_inputs = model, inputs
+    if case["precision"] == "fp16":
+        peer = model.half()
+        peer_inputs = [x.half() if x.is_floating_point() else x for x in inputs]
+        with torch.no_grad():
+            half_out = peer(*peer_inputs).float().cpu().numpy()
+        row["torch_fp16_eager_scaled_error"] = float(np.abs(half_out - want).max()) / scale
+    timings["eager"] = _time_torch("eager", peer, peer_inputs)
+    if case["compare_compile"] and with_compile:
+        t0 = time.perf_counter()
+        timings["torch.compile"] = _time_torch("torch.compile", torch.compile(peer), peer_inputs)
+        row["torch_compile_s"] = round(time.perf_counter() - t0, 1)
+    row["median_ms"] = {k: round(t.median_ms, 4) for k, t in timings.items()}
+    row["honer_speedup"] = {k: round(t.median_ms / timings["honer"].median_ms, 3)
+                            for k, t in timings.items() if k != "honer"}
+    return row
+
+
+def _time_torch(name: str, model: Any, inputs: list[Any]) -> Any:
+    import torch
+
+    from . import harness
+
+    def step() -> None:
+        model(*inputs)
+        torch.cuda.synchronize()
+
+    with torch.no_grad():
+        return harness.measure(name, step, runs=50, warmup=10)
+
+
+def summary(rows: list[dict[str, Any]]) -> str:
+    from . import harness
+
+    table = [[r["id"], f"{r.get('max_scaled_error_vs_eager_fp32', float('nan')):.2e}",
+              *(r.get("median_ms", {}).get(k, "-") for k in ("honer", "eager", "torch.compile")),
+              r.get("error", "")[:60]] for r in rows]
+    return harness.table(table, ["case", "err/scale", "honer ms", "eager ms", "compile ms",
+                                 "error"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="step", required=True)
+    b = sub.add_parser("build", help="compile the bundle here (no GPU needed)")
+    b.add_argument("--out", type=Path, default=Path(".gpu_bundle"))
+    b.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    r = sub.add_parser("run", help="run the bundle on a GPU machine")
+    r.add_argument("--bundle", type=Path, default=Path(".gpu_bundle"))
+    r.add_argument("--out", type=Path,
+                   default=Path(__file__).parent / "results" / "gpu_check.json")
+    r.add_argument("--compile-until-s", type=float, default=300.0,
+                   help="stop timing torch.compile (slow to compile) after this many seconds")
+    args = parser.parse_args(argv)
+    if args.step == "build":
+        build(args.out, args.python_version)
+    else:
+        run(args.bundle, args.out, args.compile_until_s)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,305 @@
+"""CUDA code generation: TVM's GPU pipeline with dlight schedules, kernels compiled ahead of time.
+
+The kernels are scheduled by TVM's dlight rules (matmul on tensor cores where the dtypes allow,
+GEMV, reductions, general reductions, and a fallback that maps every remaining loop nest onto
+threads). With `precision` float16 or bfloat16, Relax's ToMixedPrecision runs matmuls and
+convolutions on half-precision inputs with float32 accumulation; weights that only feed such a
+cast are stored in half precision in the artifact.
+
+TVM on a machine without the CUDA driver keeps the generated CUDA source and would compile it
+when the module is loaded on a GPU machine. honer compiles it here instead, with nvcc, into one
+fatbin holding machine code for every requested architecture: compile errors surface at build
+time, the resource usage ptxas reports is checked against each architecture's launch limits,
+and the deployed runtime needs no CUDA compiler.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tvm
+from tvm import relax, tirx
+
+from ..errors import BuildError
+from .relax_lower import LoweredModule
+
+PRECISIONS = ("float32", "float16", "bfloat16")
+
+
+@dataclass(frozen=True)
+class GPUConfig:
+    archs: tuple[str, ...] = ("sm_80", "sm_90")  # machine code is generated for each
+    precision: str = "float32"  # compute dtype of matmuls and convs (accumulation stays fp32)
+
+
+# Per-architecture limits (CUDA C programming guide, "compute capabilities" table).
+@dataclass(frozen=True)
+class ArchLimits:
+    threads_per_block: int = 1024
+    block_dims: tuple[int, int, int] = (1024, 1024, 64)
+    grid_dims: tuple[int, int, int] = (2**31 - 1, 65535, 65535)
+    registers_per_block: int = 65536
+    registers_per_thread: int = 255
+    static_shared_bytes: int = 48 * 1024
+
+
+ARCH_LIMITS = {"sm_80": ArchLimits(), "sm_86": ArchLimits(), "sm_89": ArchLimits(),
+               "sm_90": ArchLimits()}
+
+
+@dataclass
+class KernelLaunch:
+    threads: tuple[int, int, int] = (1, 1, 1)
+    blocks: tuple[int, int, int] = (1, 1, 1)
+    registers: dict[str, int] = field(default_factory=dict)  # per arch, from ptxas
+    shared_bytes: dict[str, int] = field(default_factory=dict)
+    spill_bytes: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class CudaBuild:
+    executable: relax.VMExecutable
+    source: str  # the CUDA C++ TVM generated
+    fatbin: bytes  # nvcc's output for every arch
+    launches: dict[str, KernelLaunch]
+    half_params: list[int]  # indices of weights now stored in `precision`
+
+    @property
+    def source_sha256(self) -> str:
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+
+def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pass:
+    from tvm.relax.backend.cuda import pipeline as cuda
+
+    @tvm.transform.module_pass(opt_level=0, name="HonerGPUPipeline")
+    def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
+        with target:
+            passes = (cuda.library_dispatch_passes(target) + cuda.legalize_passes(target)
+                      + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
+            return tvm.transform.Sequential(passes)(mod)
+
+    return pipeline
+
+
+def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfig,
+               workdir: Path) -> CudaBuild:
+    target = tvm.target.Target(tvm_target)
+    mod, half_params = _mixed_precision(lowered.mod, cfg.precision)
+    try:
+        with target:
+            lowered_mod = gpu_pipeline(target, cfg)(mod)
+            launches = {name: KernelLaunch(*_launch_dims(f))
+                        for name, f in _device_kernels(lowered_mod).items()}
+            executable = relax.build(lowered_mod, target=target, relax_pipeline=None)
+    except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
+        raise BuildError(f"TVM build for {tvm_target} failed: {_last_line(e)}") from e
+    source = _cuda_source(executable.mod)
+    fatbin, ptxas_log = compile_fatbin(source, cfg.archs, workdir)
+    _merge_ptxas_resources(launches, ptxas_log)
+    check_launch_limits(launches, cfg.archs)
+    return CudaBuild(executable, source, fatbin, launches, half_params)
+
+
+def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:
+    """float32 leaves the module alone; half precision converts matmuls and convs (fp32
+    accumulation) and turns weights that are only ever cast to half into half params."""
+    if precision == "float32":
+        return mod, []
+    mod = relax.transform.ToMixedPrecision(out_dtype="float32", fp16_input_names=None)(mod) \
+        if precision == "float16" else _to_bf16(mod)
+    return _half_params(mod, precision)
+
+
+def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
+    # ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with the dtype swapped
+    mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
+    text = mod.script().replace('"float16"', '"bfloat16"')
+    return tvm.script.from_source(text)
+
+
+def _half_params(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:
+    """Params whose every use is `astype(p, precision)` become params of that dtype."""
+    func = mod["main"]
+    num_input = int(func.attrs["num_input"])
+    uses: dict[relax.Var, list[relax.VarBinding]] = {}
+    casts: dict[relax.Var, list[relax.VarBinding]] = {}
+    astype = tvm.ir.Op.get("relax.astype")
+
+    def visit(expr: relax.Expr, binding: relax.VarBinding) -> None:
+        for arg in getattr(expr, "args", []) or getattr(expr, "fields", []):
+            if isinstance(arg, relax.Var):
+                uses.setdefault(arg, []).append(binding)
+
+    for block in func.body.blocks:
+        for b in block.bindings:
+            visit(b.value, b)
+            if (isinstance(b.value, relax.Call) and b.value.op.same_as(astype)
+                    and isinstance(b.value.args[0], relax.Var)
+                    and str(b.value.attrs.dtype) == precision):
+                casts.setdefault(b.value.args[0], []).append(b)
+    new_params = list(func.params)
+    replace: dict[relax.Var, relax.Expr] = {}
+    half = []
+    for i, p in enumerate(func.params[num_input:], start=num_input):
+        if p in casts and len(casts[p]) == len(uses.get(p, [])):
+            q = relax.Var(p.name, relax.TensorType(p.ty.shape, precision))
+            new_params[i] = q
+            for b in casts[p]:
+                replace[b.var] = q
+            half.append(i - num_input)
+    if not half:
+        return mod, []
+    body = _Rebind(replace).visit_expr(func.body)
+    new_func = relax.Function(new_params, body, func.ret_ty, func.is_pure,
+                              func.attrs, func.span)
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = new_func
+    return relax.transform.DeadCodeElimination()(mod), half
+
+
+@relax.expr_functor.mutator
+class _Rebind(relax.PyExprMutator):
+    """Drops the cast bindings of half params and reads the params directly instead."""
+
+    def __init__(self, replace: dict[relax.Var, relax.Expr]):
+        super().__init__()
+        self.replace = replace
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        if binding.var not in self.replace:
+            super().visit_var_binding_(binding)
+
+    def visit_var_(self, var: relax.Var) -> relax.Expr:
+        return self.replace.get(var, var)
+
+    def visit_dataflow_var_(self, var: relax.DataflowVar) -> relax.Expr:
+        return self.replace.get(var, var)
+
+
+def _device_kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
+    return {gv.name_hint: f for gv, f in mod.functions.items()
+            if isinstance(f, tirx.PrimFunc)}
+
+
+_INT = r"(?:T\.int(?:32|64)\()?(\d+)\)?"
+_THREAD_BINDING = re.compile(
+    rf'T\.thread_binding\((?:{_INT}, )?{_INT}, thread="(\w+)\.([xyz])"')
+
+
+def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Thread and block extents a scheduled kernel binds (the largest seen per axis; symbolic
+    extents are left out). TVM's
+    Python API has no TIR visitor any more, so they are read off the printed TIR."""
+    threads, blocks = [1, 1, 1], [1, 1, 1]
+    for m in _THREAD_BINDING.finditer(func.script()):
+        start, stop = int(m.group(1) or 0), int(m.group(2))
+        dims = threads if m.group(3) == "threadIdx" else blocks
+        axis = "xyz".index(m.group(4))
+        dims[axis] = max(dims[axis], stop - start)
+    return tuple(threads), tuple(blocks)
+
+
+def _cuda_source(module: Any) -> str:
+    """The CUDA C++ of the device module TVM generated (it holds it as source, see above)."""
+    stack = [module]
+    while stack:
+        m = stack.pop()
+        if m.kind == "cuda":
+            return str(m.inspect_source("cuda"))
+        stack.extend(m.imports)
+    raise BuildError("the CUDA build produced no device module (no kernels?)")
+
+
+def nvcc_path() -> str:
+    path = shutil.which("nvcc")
+    if path is None:
+        raise BuildError("nvcc not found; install the CUDA toolkit")
+    return path
+
+
+def compile_fatbin(source: str, archs: tuple[str, ...], workdir: Path) -> tuple[bytes, str]:
+    """One fatbin with machine code (SASS) for every arch; returns it and ptxas's report."""
+    src = workdir / "kernels.cu"
+    out = workdir / "kernels.fatbin"
+    src.write_text(source)
+    cmd = [nvcc_path(), "-fatbin", "-O3", "-std=c++17", "--ptxas-options=-v",
+           "-o", str(out), str(src)]
+    for arch in archs:
+        cmd += ["-gencode", f"arch=compute_{arch[3:]},code={arch}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = workdir / "nvcc.log"
+    log.write_text(proc.stdout + proc.stderr)
+    if proc.returncode != 0:
+        raise BuildError(f"nvcc failed (exit {proc.returncode}): {' '.join(cmd)}\n"
+                         f"see {log}:\n{_tail(proc.stderr)}")
+    return out.read_bytes(), proc.stdout + proc.stderr
+
+
+_PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
+_PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
+_PTXAS_SPILL = re.compile(r"(\d+) bytes spill stores")
+
+
+def _merge_ptxas_resources(launches: dict[str, KernelLaunch], log: str) -> None:
+    current: tuple[str, str] | None = None
+    for line in log.splitlines():
+        if m := _PTXAS_ENTRY.search(line):
+            current = (_kernel_owner(m.group(1), launches), m.group(2))
+        elif current and current[0] in launches and (m := _PTXAS_USED.search(line)):
+            launch = launches[current[0]]
+            launch.registers[current[1]] = int(m.group(1))
+            launch.shared_bytes[current[1]] = int(m.group(2) or 0)
+        elif current and current[0] in launches and (m := _PTXAS_SPILL.search(line)):
+            launch = launches[current[0]]
+            launch.spill_bytes[current[1]] = int(m.group(1))
+
+
+def _kernel_owner(entry: str, launches: dict[str, KernelLaunch]) -> str:
+    # TVM names the device function '<prim_func>_kernel' (with a suffix when split in several)
+    base = re.sub(r"_kernel(_\d+)?$", "", entry)
+    return base if base in launches else entry
+
+
+def check_launch_limits(launches: dict[str, KernelLaunch], archs: tuple[str, ...]) -> None:
+    problems = []
+    for name, k in launches.items():
+        for arch in archs:
+            lim = ARCH_LIMITS.get(arch, ArchLimits())
+            threads = k.threads[0] * k.threads[1] * k.threads[2]
+            regs = k.registers.get(arch, 0)
+            checks = [
+                (threads <= lim.threads_per_block, f"{threads} threads per block"),
+                (all(t <= m for t, m in zip(k.threads, lim.block_dims)), f"block {k.threads}"),
+                (all(b <= m for b, m in zip(k.blocks, lim.grid_dims)), f"grid {k.blocks}"),
+                (regs * threads <= lim.registers_per_block,
+                 f"{regs} registers x {threads} threads"),
+                (k.shared_bytes.get(arch, 0) <= lim.static_shared_bytes,
+                 f"{k.shared_bytes.get(arch, 0)} bytes of static shared memory"),
+            ]
+            problems += [f"{name} on {arch}: {what}" for ok, what in checks if not ok]
+    if problems:
+        raise BuildError("kernels exceed the launch limits of their architecture:\n  "
+                         + "\n  ".join(problems))
+
+
+def launch_report(launches: dict[str, KernelLaunch]) -> dict[str, Any]:
+    return {name: {"threads": list(k.threads), "blocks": list(k.blocks),
+                   "registers": k.registers, "shared_bytes": k.shared_bytes,
+                   **({"spill_bytes": k.spill_bytes} if any(k.spill_bytes.values()) else {})}
+            for name, k in sorted(launches.items())}
+
+
+def _tail(text: str, lines: int = 20) -> str:
+    return "\n".join(text.strip().splitlines()[-lines:])
+
+
+def _last_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[-1] if text else type(e).__name__

@@ -1,0 +1,87 @@
+"""NVIDIA GPUs: CUDA kernels scheduled by dlight, compiled by nvcc for every requested
+architecture, run through TVM's Relax VM on the device. Builds anywhere nvcc is installed;
+runs (and checks against the reference) only where a GPU is visible."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..codegen.build import export_library
+from ..codegen.gpu import ARCH_LIMITS, PRECISIONS, GPUConfig, build_cuda, launch_report
+from ..codegen.relax_lower import LoweredModule
+from ..errors import HonerError
+from .base import BuildOutput, Target, Tool
+
+LIBRARY = "model.so"
+KERNELS = "kernels.fatbin"
+PRECISION_ALIASES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
+
+class CudaTarget(Target):
+    name = "cuda"
+    description = ("NVIDIA GPUs (sm_80, sm_90 by default): dlight-scheduled CUDA kernels "
+                   "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
+                   "precision=fp32|fp16|bf16")
+    tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
+             Tool("g++", "install the system C++ compiler: apt-get install g++"))
+
+    def __init__(self, archs: tuple[str, ...] = GPUConfig.archs,
+                 precision: str = GPUConfig.precision):
+        unknown = [a for a in archs if a not in ARCH_LIMITS]
+        if unknown or not archs:
+            raise HonerError(f"target cuda: unknown arch(s) {unknown}; known: "
+                             f"{'+'.join(ARCH_LIMITS)}")
+        precision = PRECISION_ALIASES.get(precision, precision)
+        if precision not in PRECISIONS:
+            raise HonerError(f"target cuda: precision {precision!r}; choose fp32, fp16 or bf16")
+        self.config = GPUConfig(tuple(archs), precision)
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> CudaTarget:
+        known = {"arch", "precision"}
+        if set(options) - known:
+            raise HonerError(f"target cuda: unknown option(s) {sorted(set(options) - known)}; "
+                             f"it takes {sorted(known)}")
+        kwargs: dict[str, Any] = {}
+        if "arch" in options:
+            kwargs["archs"] = tuple(options["arch"].split("+"))
+        if "precision" in options:
+            kwargs["precision"] = options["precision"]
+        return cls(**kwargs)
+
+    def tvm_target(self) -> dict[str, Any]:
+        # code is generated for the oldest arch, so one CUDA source compiles for all of them;
+        # the host side is plain x86-64 (it only launches kernels)
+        oldest = min(self.config.archs, key=lambda a: int(a[3:]))
+        return {"kind": "cuda", "arch": oldest,
+                "host": {"kind": "llvm", "mtriple": "x86_64-unknown-linux-gnu"}}
+
+    def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path,
+              tuning: Any = None) -> BuildOutput:
+        if tuning is not None:
+            raise HonerError("target cuda has no tuner yet; compile without tune=")
+        build = build_cuda(lowered, self.tvm_target(), self.config, workdir)
+        export_library(build.executable, out_dir / LIBRARY, workdir)
+        (out_dir / KERNELS).write_bytes(build.fatbin)
+        half = {i: self.config.precision for i in build.half_params}
+        return BuildOutput(
+            files=[LIBRARY, KERNELS], form="relax-vm-cuda",
+            manifest={"library": LIBRARY, "device": "cuda",
+                      "cuda": {"kernels": KERNELS, "archs": list(self.config.archs),
+                               "precision": self.config.precision,
+                               "source_sha256": build.source_sha256}},
+            report={"schedule": {"family": "dlight", "precision": self.config.precision,
+                                 "archs": list(self.config.archs),
+                                 "kernels": len(build.launches),
+                                 "half_weights": len(half)},
+                    "kernels": launch_report(build.launches)},
+            weight_dtypes=half)
+
+    def can_run_here(self) -> bool:
+        try:
+            import tvm
+
+            return bool(tvm.runtime.cuda(0).exist)
+        except Exception:  # no driver, no runtime: compile-only here
+            return False
