@@ -85,13 +85,20 @@ def make_model(name: str, kwargs: dict[str, int]) -> tuple[Any, tuple]:
 
 # ---------------------------------------------------------------- step 1: build (no GPU)
 
-def build(out: Path, python_version: str) -> None:
+def build(out: Path, python_version: str, only: set[str] | None = None) -> None:
+    """`only`: rebuild just these case ids, keeping the others already in `out`."""
     import honer
 
     out.mkdir(parents=True, exist_ok=True)
+    listing = out / "cases.json"
+    kept = {c["id"]: c for c in json.loads(listing.read_text())} \
+        if only and listing.exists() else {}
     cases = []
     for name, kwargs, precision, compare in CASES:
         cid = case_id(name, kwargs, precision)
+        if only and cid not in only and cid in kept:
+            cases.append(kept[cid])
+            continue
         start = time.perf_counter()
         model, inputs = make_model(name, kwargs)
         compiled = honer.compile(model, inputs, target=f"cuda:precision={precision}")
@@ -110,7 +117,52 @@ def build(out: Path, python_version: str) -> None:
               f"{sum(1 for r in recipe if 'key' in r)}/{len(recipe)} weights by recipe",
               flush=True)
     (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    probes = [build_probe(out, name, kwargs) for name, kwargs in PROBES]
+    (out / "probes.json").write_text(json.dumps(probes, indent=1))
     pack_runtime(out / "runtime", python_version)
+
+
+# Models whose every intermediate value is compared with the IR interpreter on the GPU, so a
+# wrong kernel is found by name (the first value that disagrees).
+PROBES: list[tuple[str, dict[str, int]]] = [("bert_minilm", {"batch": 1}),
+                                            ("gpt2_6l", {})]
+SAMPLES = 64  # values per intermediate compared (evenly spaced), plus sum and abs-sum
+
+
+def value_stats(a: np.ndarray) -> dict[str, Any]:
+    flat = np.asarray(a, dtype=np.float64).ravel()
+    picks = flat[np.linspace(0, flat.size - 1, min(SAMPLES, flat.size)).astype(np.int64)] \
+        if flat.size else flat
+    finite = np.isfinite(flat)
+    return {"sum": float(flat[finite].sum()), "abs_sum": float(np.abs(flat[finite]).sum()),
+            "nonfinite": int((~finite).sum()), "samples": picks.tolist()}
+
+
+def build_probe(out: Path, name: str, kwargs: dict[str, int]) -> dict[str, Any]:
+    import honer
+    from honer import frontend
+    from honer.ir import interpret
+
+    model, inputs = make_model(name, kwargs)
+    graph = frontend.capture(model, inputs)
+    probed = [n.output for n in graph.nodes if len(n.outputs) == 1]
+    graph.set_outputs(probed)
+    compiled = honer.compile(graph, inputs, target="cuda")
+    pid = "probe_" + case_id(name, kwargs, "fp32")
+    case_dir = out / pid
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    compiled.save(case_dir)
+    recipe = weight_recipe(case_dir, model)
+    (case_dir / "weights.bin").unlink()
+    arrays = [x.numpy() for x in inputs]
+    np.savez(case_dir / "inputs.npz", *arrays)
+    want = interpret(graph, arrays)
+    nodes = {id(n.output): n for n in graph.nodes if len(n.outputs) == 1}
+    return {"id": pid, "model": name, "kwargs": kwargs, "recipe": recipe,
+            "values": [{"node": nodes[id(v)].name, "op": nodes[id(v)].op,
+                        "scope": nodes[id(v)].scope, **value_stats(w)}
+                       for v, w in zip(probed, want)]}
 
 
 def weight_recipe(artifact: Path, model: Any) -> list[dict[str, Any]]:
@@ -176,18 +228,76 @@ def run(bundle: Path, out: Path, time_limit_s: float) -> None:
 
     started = time.perf_counter()
     results: dict[str, Any] = {"environment": harness.environment(),
-                               "gpu": torch.cuda.get_device_name(0), "cases": []}
+                               "gpu": torch.cuda.get_device_name(0), "cases": [], "probes": []}
     for case in json.loads((bundle / "cases.json").read_text()):
-        row = {"id": case["id"], "precision": case["precision"]}
-        try:
-            row.update(check_case(bundle / case["id"], case,
-                                  time.perf_counter() - started < time_limit_s))
-        except Exception as e:  # noqa: BLE001 - one failing case must not hide the others
-            row["error"] = f"{type(e).__name__}: {e}"
+        with_compile = time.perf_counter() - started < time_limit_s
+        row = {"id": case["id"], "precision": case["precision"],
+               **_in_child(bundle, "case", case["id"], with_compile)}
         results["cases"].append(row)
         print(json.dumps(row), flush=True)
         out.write_text(json.dumps(results, indent=1))  # partial results survive a timeout
+    probes = bundle / "probes.json"
+    for probe in json.loads(probes.read_text()) if probes.exists() else []:
+        row = {"id": probe["id"], **_in_child(bundle, "probe", probe["id"], False)}
+        results["probes"].append(row)
+        print(json.dumps(row), flush=True)
+        out.write_text(json.dumps(results, indent=1))
     print(summary(results["cases"]))
+
+
+def _in_child(bundle: Path, kind: str, cid: str, with_compile: bool) -> dict[str, Any]:
+    """One case per process: a kernel that faults takes down its process (CUDA errors are
+    sticky), and must not take the remaining cases with it."""
+    cmd = [sys.executable, "-m", "honer.benchmarks.gpu_check", kind, "--bundle", str(bundle),
+           "--id", cid] + (["--with-compile"] if with_compile else [])
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return {"error": "timed out after 300 s"}
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode == 0 and lines:
+        return json.loads(lines[-1])
+    return {"error": f"exit {proc.returncode}: " + " | ".join(proc.stderr.strip()
+                                                              .splitlines()[-4:])}
+
+
+def run_one(bundle: Path, kind: str, cid: str, with_compile: bool) -> None:
+    listing = "probes.json" if kind == "probe" else "cases.json"
+    case = next(c for c in json.loads((bundle / listing).read_text()) if c["id"] == cid)
+    if kind == "once":  # one run, no timing: for compute-sanitizer
+        model, _ = make_model(case["model"], case["kwargs"])
+        rebuild_weights(bundle / cid, case, model)
+        npz = np.load(bundle / cid / "inputs.npz")
+        import honer
+
+        honer.load(bundle / cid).run(*[npz[f"arr_{i}"] for i in range(len(npz.files))])
+        row = {"ran": cid}
+    elif kind == "case":
+        row = check_case(bundle / cid, case, with_compile)
+    else:
+        row = check_probe(bundle / cid, case)
+    print(json.dumps(row))
+
+
+def check_probe(artifact: Path, probe: dict[str, Any]) -> dict[str, Any]:
+    """The first intermediate values whose stats disagree with the interpreter's."""
+    import honer
+
+    model, _ = make_model(probe["model"], probe["kwargs"])
+    rebuild_weights(artifact, probe, model)
+    npz = np.load(artifact / "inputs.npz")
+    got = honer.load(artifact).run(*[npz[f"arr_{i}"] for i in range(len(npz.files))])
+    bad = []
+    for want, g in zip(probe["values"], got):
+        have = value_stats(g)
+        samples = np.abs(np.array(have["samples"]) - np.array(want["samples"]))
+        err = float(samples.max(initial=0.0)) / max(np.abs(want["samples"]).max(initial=0.0),
+                                                    1e-30)
+        if err > 1e-3 or have["nonfinite"] != want["nonfinite"]:
+            bad.append({"node": want["node"], "op": want["op"], "scope": want["scope"],
+                        "sample_error": err, "nonfinite": [have["nonfinite"],
+                                                           want["nonfinite"]]})
+    return {"values": len(got), "disagree": len(bad), "first": bad[:8]}
 
 
 def rebuild_weights(artifact: Path, case: dict[str, Any], model: Any) -> None:
@@ -275,17 +385,26 @@ def main(argv: list[str] | None = None) -> None:
     b = sub.add_parser("build", help="compile the bundle here (no GPU needed)")
     b.add_argument("--out", type=Path, default=Path(".gpu_bundle"))
     b.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
+    b.add_argument("--only", help="comma-separated case ids to rebuild (others are kept)")
     r = sub.add_parser("run", help="run the bundle on a GPU machine")
     r.add_argument("--bundle", type=Path, default=Path(".gpu_bundle"))
     r.add_argument("--out", type=Path,
                    default=Path(__file__).parent / "results" / "gpu_check.json")
     r.add_argument("--compile-until-s", type=float, default=300.0,
                    help="stop timing torch.compile (slow to compile) after this many seconds")
+    for kind in ("case", "probe", "once"):  # internal: one case in a child process
+        c = sub.add_parser(kind)
+        c.add_argument("--bundle", type=Path, required=True)
+        c.add_argument("--id", required=True)
+        c.add_argument("--with-compile", action="store_true")
     args = parser.parse_args(argv)
     if args.step == "build":
-        build(args.out, args.python_version)
-    else:
+        build(args.out, args.python_version,
+              set(args.only.split(",")) if args.only else None)
+    elif args.step == "run":
         run(args.bundle, args.out, args.compile_until_s)
+    else:
+        run_one(args.bundle, args.step, args.id, args.with_compile)
 
 
 if __name__ == "__main__":

@@ -14,4 +14,9 @@ tar -xzf "$bundle/runtime/tvm-runtime.tar.gz" -C "$site"
 mkdir -p "$site/.pkg" && ln -sfn "$repo" "$site/.pkg/honer"
 export PYTHONPATH="$site:$site/.pkg${PYTHONPATH:+:$PYTHONPATH}" TVM_USE_RUNTIME_LIB=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader || true
+if [ -n "${GPU_CHECK_SANITIZE:-}" ]; then  # a case id: one run under compute-sanitizer first
+  timeout 240 compute-sanitizer --tool memcheck --print-limit 4 \
+    python3 -m honer.benchmarks.gpu_check once --bundle "$bundle" --id "$GPU_CHECK_SANITIZE" \
+    2>&1 | grep -v "^=========     Host Frame" | head -60 || true
+fi
 python3 -m honer.benchmarks.gpu_check run --bundle "$bundle" --out "$out" ${GPU_CHECK_ARGS:-}

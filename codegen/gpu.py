@@ -23,12 +23,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
 from .relax_lower import LoweredModule
 
+R = relax.op
 PRECISIONS = ("float32", "float16", "bfloat16")
 
 
@@ -91,7 +93,7 @@ def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pas
 def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfig,
                workdir: Path) -> CudaBuild:
     target = tvm.target.Target(tvm_target)
-    mod, half_params = _mixed_precision(lowered.mod, cfg.precision)
+    mod, half_params = _mixed_precision(scans_as_matmul(lowered.mod), cfg.precision)
     try:
         with target:
             lowered_mod = gpu_pipeline(target, cfg)(mod)
@@ -105,6 +107,44 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
     _merge_ptxas_resources(launches, ptxas_log)
     check_launch_limits(launches, cfg.archs)
     return CudaBuild(executable, source, fatbin, launches, half_params)
+
+
+SCAN_AS_MATMUL_MAX = 4096  # longest scan axis rewritten (the matrix is n x n)
+
+
+def scans_as_matmul(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM's CUDA scan kernel (what cumsum dispatches to) reads and writes shared memory across
+    the threads of a warp without synchronizing, which is a race on sm_70 and later: on an
+    H200 it produced wrong attention masks for GPT-2 and Llama. The scans transformers run
+    (mask bookkeeping, position ids) are short, so each becomes a product with a triangular
+    matrix of ones, which is exact for integers."""
+    func = _ScanAsMatmul().visit_expr(mod["main"])
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = func
+    return mod
+
+
+@relax.expr_functor.mutator
+class _ScanAsMatmul(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.cumsum"):
+            return call
+        x = call.args[0]
+        shape = [int(d) for d in x.ty.shape.values]
+        axis = call.attrs.axis
+        if axis is None or not 0 < shape[int(axis)] <= SCAN_AS_MATMUL_MAX:
+            return call
+        axis = int(axis) % len(shape)
+        n = shape[axis]
+        dtype = str(call.attrs.dtype) if call.attrs.dtype else str(x.ty.dtype)
+        # ones[i, j] = 1 where element i counts towards output j
+        ones = np.triu(np.ones((n, n)), k=1 if call.attrs.exclusive else 0).astype(dtype)
+        order = [d for d in range(len(shape)) if d != axis] + [axis]
+        back = [order.index(d) for d in range(len(shape))]
+        moved = self.builder_.emit(R.permute_dims(R.astype(x, dtype), order))
+        summed = self.builder_.emit(R.matmul(moved, relax.const(ones, dtype)))
+        return R.permute_dims(summed, back)
 
 
 def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:
