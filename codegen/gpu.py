@@ -93,7 +93,8 @@ def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pas
 def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfig,
                workdir: Path) -> CudaBuild:
     target = tvm.target.Target(tvm_target)
-    mod, half_params = _mixed_precision(scans_as_matmul(lowered.mod), cfg.precision)
+    mod = bools_as_int8(scans_as_matmul(lowered.mod))
+    mod, half_params = _mixed_precision(mod, cfg.precision)
     try:
         with target:
             lowered_mod = gpu_pipeline(target, cfg)(mod)
@@ -145,6 +146,46 @@ class _ScanAsMatmul(relax.PyExprMutator):
         moved = self.builder_.emit(R.permute_dims(R.astype(x, dtype), order))
         summed = self.builder_.emit(R.matmul(moved, relax.const(ones, dtype)))
         return R.permute_dims(summed, back)
+
+
+def bools_as_int8(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM's CUDA code generator loads a vector of N bools as N 16-bit values (`ushort2` for
+    two), reading the wrong bytes at the wrong alignment: on an H200 the matmul kernels with a
+    fused `where(mask, ...)` epilogue gave wrong attention scores in fp32 and faulted with a
+    misaligned address in fp16. So no bool tensor is ever stored between kernels: each is kept
+    as int8 (one byte, as bool) and turned back into bool where it is read, which the fusion
+    places inside the consuming kernel."""
+    func = _BoolsAsInt8().visit_expr(mod["main"])
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = func
+    return mod
+
+
+@relax.expr_functor.mutator
+class _BoolsAsInt8(relax.PyExprMutator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.renamed: dict[relax.Var, relax.Var] = {}
+        self.stored: dict[relax.Var, relax.Var] = {}  # bool dataflow var -> its int8 copy
+
+    def visit_var_binding_(self, binding: relax.VarBinding) -> None:
+        value = self.visit_expr(binding.value)
+        var = binding.var
+        if not isinstance(var, relax.DataflowVar):  # the block's outputs stay as they are
+            self.renamed[var] = self.builder_.emit_output(value, name_hint=var.name)
+            return
+        self.renamed[var] = new = self.builder_.emit(value, name_hint=var.name)
+        ty = var.ty
+        if isinstance(ty, relax.TensorType) and str(ty.dtype) == "bool":
+            self.stored[var] = self.builder_.emit(R.astype(new, "int8"))
+
+    def visit_var_(self, var: relax.Var) -> relax.Expr:
+        return self.renamed.get(var, var)
+
+    def visit_dataflow_var_(self, var: relax.DataflowVar) -> relax.Expr:
+        if var in self.stored:
+            return self.builder_.emit(R.astype(self.stored[var], "bool"))
+        return self.renamed.get(var, var)
 
 
 def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:
