@@ -1,0 +1,103 @@
+"""The CUDA target without a GPU: every coverage model builds, its kernels compile with nvcc for
+sm_80 and sm_90 within their launch limits, and the rewrites the GPU path applies keep the
+model's meaning (checked by building the rewritten module for the host). Running on a GPU is
+benchmarks/gpu_check.py's job (results in benchmarks/results/gpu_check.json)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import tvm
+from tvm import relax
+
+import honer
+from honer import frontend
+from honer.codegen.gpu import bools_as_int8, scans_as_matmul
+from honer.codegen.relax_lower import lower
+from honer.errors import ArtifactError, BuildError, HonerError
+from honer.ir import interpret
+from honer.runtime.loader import _runs_on
+from honer.targets import get_target
+from honer.tests.models.zoo import ZOO
+
+needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", ["mlp", "conv_bn_relu_cnn", "gpt2_6l"])
+def test_coverage_models_build_for_cuda(name, tmp_path):
+    model, inputs = ZOO[name]()
+    compiled = honer.compile(model, inputs, target="cuda")
+    build = compiled.report["build"]
+    assert build["schedule"]["archs"] == ["sm_80", "sm_90"]
+    for kernel, launch in build["kernels"].items():
+        threads = np.prod(launch["threads"])
+        assert 1 <= threads <= 1024, kernel
+        for arch in ("sm_80", "sm_90"):  # ptxas compiled each kernel for each arch
+            assert launch["registers"][arch] * threads <= 65536, kernel
+    compiled.save(tmp_path / "a")
+    manifest = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    assert manifest["target"]["form"] == "relax-vm-cuda"
+    assert manifest["target"]["cuda"]["archs"] == ["sm_80", "sm_90"]
+    if not get_target("cuda").can_run_here():
+        with pytest.raises(ArtifactError, match="no CUDA GPU"):
+            honer.load(tmp_path / "a")
+
+
+@needs_nvcc
+def test_fp16_stores_matmul_weights_in_half(tmp_path):
+    model, inputs = ZOO["mlp"]()
+    full = honer.compile(model, inputs, target="cuda")
+    half = honer.compile(model, inputs, target="cuda:precision=fp16")
+    assert half.report["build"]["schedule"]["half_weights"] == 3  # the three linear weights
+    assert half.report["artifact_bytes"]["weights.bin"] < \
+        0.6 * full.report["artifact_bytes"]["weights.bin"]
+
+
+@pytest.mark.parametrize("name", ["gpt2_6l", "bert_minilm"])
+def test_gpu_rewrites_keep_the_meaning(name):
+    """The cumsum and bool rewrites, built for the host, against the IR interpreter."""
+    model, inputs = ZOO[name]()
+    graph = frontend.capture(model, inputs)
+    lowered = lower(graph)
+    mod = bools_as_int8(scans_as_matmul(lowered.mod))
+    assert "relax.cumsum" not in mod.script()
+    vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
+    arrays = [x.numpy() for x in inputs]
+    params = [tvm.runtime.tensor(a) for _, a in lowered.stored_params()]
+    got = vm["main"](*[tvm.runtime.tensor(a) for a in arrays], *params).numpy()
+    want = interpret(graph, arrays)[0]
+    assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_target_options_are_checked():
+    assert get_target("cuda:arch=sm_90,precision=fp16").config.archs == ("sm_90",)
+    with pytest.raises(HonerError, match="unknown arch"):
+        get_target("cuda:arch=sm_99")
+    with pytest.raises(HonerError, match="precision"):
+        get_target("cuda:precision=int3")
+    with pytest.raises(HonerError, match="unknown option"):
+        get_target("cuda:threads=4")
+    with pytest.raises(HonerError, match="takes no options"):
+        get_target("host:arch=sm_80")
+    with pytest.raises(HonerError, match="key=value"):
+        get_target("cuda:fp16")
+
+
+def test_machine_code_compatibility():
+    assert _runs_on("sm_90", "sm_90") and _runs_on("sm_86", "sm_80")
+    assert not _runs_on("sm_90", "sm_80") and not _runs_on("sm_80", "sm_86")
+    assert not _runs_on("sm_90", "compute_90")
+
+
+def test_launch_limits_are_enforced():
+    from honer.codegen.gpu import KernelLaunch, check_launch_limits
+
+    ok = {"k": KernelLaunch((256, 1, 1), (10, 1, 1), {"sm_80": 64}, {"sm_80": 1024})}
+    check_launch_limits(ok, ("sm_80",))
+    too_many = {"k": KernelLaunch((512, 1, 1), (10, 1, 1), {"sm_80": 255}, {"sm_80": 0})}
+    with pytest.raises(BuildError, match="registers"):
+        check_launch_limits(too_many, ("sm_80",))
+    with pytest.raises(BuildError, match="threads per block"):
+        check_launch_limits({"k": KernelLaunch((2048, 1, 1))}, ("sm_90",))
