@@ -193,16 +193,31 @@ def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, l
     accumulation) and turns weights that are only ever cast to half into half params."""
     if precision == "float32":
         return mod, []
-    mod = relax.transform.ToMixedPrecision(out_dtype="float32", fp16_input_names=None)(mod) \
-        if precision == "float16" else _to_bf16(mod)
+    if precision == "bfloat16":
+        # numpy has no bfloat16, so the artifact keeps these weights in float32 and the cast
+        # runs on the device with each call
+        return _to_bf16(mod), []
+    mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
     return _half_params(mod, precision)
 
 
 def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
-    # ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with the dtype swapped
+    """ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with every cast to
+    float16 made a cast to bfloat16 (the other ops take their dtype from their inputs)."""
     mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
-    text = mod.script().replace('"float16"', '"bfloat16"')
-    return tvm.script.from_source(text)
+    mod = mod.clone() if hasattr(mod, "clone") else mod
+    mod["main"] = _CastsToBF16().visit_expr(mod["main"])
+    return mod
+
+
+@relax.expr_functor.mutator
+class _CastsToBF16(relax.PyExprMutator):
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.astype"
+                and str(call.attrs.dtype) == "float16"):
+            return R.astype(call.args[0], "bfloat16")
+        return call
 
 
 def _half_params(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:

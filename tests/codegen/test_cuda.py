@@ -8,6 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 import tvm
 from tvm import relax
 
@@ -19,6 +20,7 @@ from honer.errors import ArtifactError, BuildError, HonerError
 from honer.ir import interpret
 from honer.runtime.loader import _runs_on
 from honer.targets import get_target
+from honer.tests.models.repvgg import RepVGG, randomize_batch_norms
 from honer.tests.models.zoo import ZOO
 
 needs_nvcc = pytest.mark.skipif(shutil.which("nvcc") is None, reason="nvcc not installed")
@@ -43,6 +45,30 @@ def test_coverage_models_build_for_cuda(name, tmp_path):
     if not get_target("cuda").can_run_here():
         with pytest.raises(ArtifactError, match="no CUDA GPU"):
             honer.load(tmp_path / "a")
+
+
+@needs_nvcc
+@pytest.mark.parametrize("name", ["repvgg", "bert_minilm"])
+def test_every_exact_pass_then_cuda_builds(name):
+    """The passes that have landed (the "exact" preset: folding, BN folding, RepVGG, linear
+    folding, QKV merging, activation fusion), then the CUDA build, in fp16."""
+    if name == "repvgg":
+        torch.manual_seed(0)
+        model = randomize_batch_norms(RepVGG(widths=(8, 8, 16, 16, 32), depths=(1, 2, 2, 2, 1)))
+        inputs = (torch.randn(1, 1, 28, 28),)
+    else:
+        model, inputs = ZOO[name]()
+    compiled = honer.compile(model, inputs, target="cuda:precision=fp16", passes=["exact"])
+    applied = [p["name"] for p in compiled.report["passes"] if p["matches"]]
+    assert applied, compiled.report["passes"]
+    assert compiled.report["build"]["schedule"]["kernels"] > 0
+
+
+@needs_nvcc
+def test_bf16_builds():
+    model, inputs = ZOO["mlp"]()
+    compiled = honer.compile(model, inputs, target="cuda:precision=bf16")
+    assert compiled.report["build"]["schedule"]["precision"] == "bfloat16"
 
 
 @needs_nvcc
