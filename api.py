@@ -72,7 +72,6 @@ def compile(  # noqa: A001 - the public name users expect
     """
     from . import frontend, targets
     from . import passes as passes_mod
-    from .codegen.relax_lower import lower
 
     say = progress or (lambda msg: None)
     tgt = targets.get_target(target)
@@ -93,7 +92,7 @@ def compile(  # noqa: A001 - the public name users expect
     calib = Calibration([tuple(s) for s in calibration]) if calibration else None
     graph, pass_reports = timed("passes", lambda: passes_mod.run_pipeline(graph, passes, calib,
                                                                           say))
-    lowered = timed("lower", lambda: lower(graph))
+    lowered = timed("lower", lambda: tgt.lower(graph))
     tuning = None
     if tune is not None and tune.budget_s > 0:
         tuning = timed("tune", lambda: tgt.tune(lowered, tune, say))

@@ -106,7 +106,7 @@ def copy_artifact(src: Path, dest: Path) -> Path:
         manifest = read_manifest(src)
         for rel in manifest["files"]:
             (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src / rel, tmp / rel)
+            shutil.copy2(src / rel, tmp / rel)  # keeps modes: the C simulation is an executable
         return {k: v for k, v in manifest.items() if k not in ("files", "schema")}
 
     return write_artifact(dest, fill)

@@ -270,7 +270,50 @@ def _as_tvm_tensor(runtime: Any, array: np.ndarray, device: Any) -> Any:
     return runtime.tensor(array, device)
 
 
+class CSimRunner:
+    """Runs an FPGA-HLS artifact's C simulation (a g++ build of the HLS C++ and its testbench):
+    float32 samples in a file, one process per call, outputs read back."""
+
+    def __init__(self, executable: Path, manifest: dict[str, Any]):
+        self.executable = executable
+        self.inputs = manifest["inputs"]
+        self.outputs = manifest["outputs"]
+
+    def __call__(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        return [o[0] for o in self.run_samples([x[None] for x in inputs])]
+
+    def run_samples(self, inputs: list[np.ndarray]) -> list[np.ndarray]:
+        """Many samples in one simulation: each input with a leading sample axis."""
+        import subprocess
+        import tempfile
+
+        count = len(inputs[0])
+        flat = np.concatenate([np.asarray(x, np.float32).reshape(count, -1) for x in inputs],
+                              axis=1)
+        with tempfile.TemporaryDirectory(prefix="honer-csim-") as tmp:
+            src, dst = Path(tmp) / "in.f32", Path(tmp) / "out.f32"
+            flat.tofile(src)
+            proc = subprocess.run([str(self.executable), str(src), str(dst)],
+                                  capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise ArtifactError(f"C simulation failed (exit {proc.returncode}): "
+                                    f"{proc.stderr.strip()[-500:]}")
+            out = np.fromfile(dst, np.float32).reshape(count, -1)
+        results, offset = [], 0
+        for spec in self.outputs:
+            size = int(np.prod(spec["shape"], dtype=np.int64))
+            results.append(out[:, offset:offset + size].reshape(count, *spec["shape"]))
+            offset += size
+        return results
+
+
+def _open_hls_csim(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
+    return CSimRunner(listed_file(path, manifest, manifest["target"].get("executable")),
+                      manifest)
+
+
 FORMS: dict[str, Callable[[Path, dict[str, Any], list[np.ndarray]], Callable]] = {
     "relax-vm": _open_relax_vm,
     "relax-vm-cuda": _open_relax_vm_cuda,
+    "hls-csim": _open_hls_csim,
 }

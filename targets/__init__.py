@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+
 from ..errors import HonerError
 from .base import Target
 from .cuda import CudaTarget
+from .fpga_hls import FpgaHlsTarget
 from .host import HostTarget
 
 TARGETS: dict[str, type[Target]] = {
     "host": HostTarget,
     "cuda": CudaTarget,
+    "fpga-hls": FpgaHlsTarget,
 }
 
 
@@ -21,7 +25,7 @@ def get_target(spec: str | Target) -> Target:
     if name not in TARGETS:
         raise HonerError(f"unknown target '{name}'; known targets: {', '.join(TARGETS)}")
     options = {}
-    for item in filter(None, rest.split(",")):
+    for item in filter(None, re.split(r",(?![^<]*>)", rest)):  # fixed<16,6> stays whole
         key, sep, value = item.partition("=")
         if not sep or not key or not value:
             raise HonerError(f"target '{spec}': options are key=value pairs separated by "

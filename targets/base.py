@@ -46,6 +46,12 @@ class Target:
     def tvm_target(self) -> dict[str, Any]:
         raise NotImplementedError
 
+    def lower(self, graph: Any) -> Any:
+        """The graph in the form `build` takes: a Relax module for TVM-based targets."""
+        from ..codegen.relax_lower import lower
+
+        return lower(graph)
+
     def missing_tools(self) -> list[Tool]:
         return [t for t in self.tools if not t.present()]
 

@@ -1,0 +1,611 @@
+"""IR -> a high-level-synthesis C++ project (Vitis HLS style), plus honer's own estimates.
+
+Each IR node becomes one C++ function over fixed-size arrays (a reshape is free: it renames the
+flat buffer), the weights become ROM arrays, and a top function chains them under `DATAFLOW`
+with AXI-stream or memory-mapped ports. Arithmetic is `float` or a fixed-point type from
+`hls_fixed.h` (ap_fixed's rounding and overflow modes, plain C++, so g++ runs the C
+simulation). Multiply-accumulate layers (linear, conv) take a reuse factor R, as in hls4ml:
+each output's reduction of K products runs in R pipelined steps of ceil(K / R) parallel
+multipliers; that choice sets the pragmas, and the same model gives the estimates (multipliers,
+on-chip memory, cycles) in the report. Ops with no fixed-point form (softmax, GELU, ...) run in
+float inside the fixed-point design and are listed as such.
+
+Pragmas are written as `HONER_HLS(...)`, a macro that becomes `_Pragma("HLS ...")` only under
+synthesis (`__SYNTHESIS__`), so the C simulation compiles with `-Wall` and no warnings.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import CodegenError, HonerError
+from ..ir import Graph, Node, Value
+
+FIXED_HEADER = Path(__file__).with_name("hls_fixed.h")
+BRAM18_BITS = 18 * 1024
+FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp"}  # float fallback
+SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add"}
+             | FLOAT_ONLY)
+
+
+@dataclass(frozen=True)
+class HLSConfig:
+    number: str = "fixed<16,6>"  # "float" or "fixed<W,I>" (W total bits, I integer bits)
+    rounding: str = "rnd"  # "trn" (truncate, ap_fixed's default) or "rnd" (round half up)
+    overflow: str = "sat"  # "wrap" (ap_fixed's default) or "sat"
+    interface: str = "axis"  # "axis" (AXI-stream) or "m_axi" (memory-mapped)
+    reuse: int = 16  # default reuse factor of linear / conv layers
+    layer_reuse: tuple[tuple[str, int], ...] = ()  # (scope glob, reuse) overrides
+    clock_mhz: float = 200.0
+    part: str = "xcu250-figd2104-2L-e"
+
+    @property
+    def fixed(self) -> tuple[int, int] | None:
+        if self.number == "float":
+            return None
+        m = re.fullmatch(r"fixed<(\d+),(-?\d+)>", self.number.replace(" ", ""))
+        if not m or not 2 <= int(m.group(1)) <= 32:
+            raise HonerError(f"fpga-hls: number format {self.number!r}; use float or "
+                             "fixed<W,I> with 2 <= W <= 32")
+        return int(m.group(1)), int(m.group(2))
+
+    def reuse_for(self, scope: str, name: str) -> int:
+        for pattern, reuse in self.layer_reuse:
+            if fnmatch.fnmatch(scope, pattern) or fnmatch.fnmatch(name, pattern):
+                return reuse
+        return self.reuse
+
+
+@dataclass
+class LayerEstimate:
+    name: str
+    op: str
+    arithmetic: str  # "fixed", "float" or "float fallback"
+    reuse: int | None
+    multipliers: int
+    dsp: int
+    weight_bits: int
+    weight_bram18: int
+    buffer_bits: int
+    latency_cycles: int
+    ii: int
+
+
+@dataclass
+class HLSModule:
+    """What the HLS target builds from: the graph itself (weights go into the C++ as ROM)."""
+
+    graph: Graph
+    config: HLSConfig
+    param_layouts: list[str] = field(default_factory=list)
+
+    def stored_params(self, dtypes: Any = None) -> Iterator[tuple[str, np.ndarray]]:
+        return iter(())
+
+
+def check_supported(graph: Graph) -> None:
+    problems = [(n.op, n.scope or n.name) for n in graph.nodes if n.op not in SUPPORTED]
+    problems += [(f"conv with groups={n.attrs['groups']}", n.scope or n.name)
+                 for n in graph.nodes if n.op == "conv" and n.attrs.get("groups", 1) != 1]
+    problems += [(f"{n.op} on {v.dtype}", n.scope or n.name) for n in graph.nodes
+                 for v in n.inputs if v.dtype != "float32"]
+    if problems:
+        listing = "\n".join(f"  {op}  (at {where})" for op, where in problems)
+        raise CodegenError("fpga-hls cannot put these ops in hardware (fold batch norms first "
+                           f"with passes=['bn_fold'] where that is the reason):\n{listing}")
+
+
+# ---------------------------------------------------------------- numbers
+
+def fixed_raw(data: np.ndarray, cfg: HLSConfig) -> np.ndarray:
+    """The raw integers hfix::from_float stores for `data` (same rounding and overflow)."""
+    w, i = cfg.fixed
+    scaled = np.asarray(data, np.float64) * float(2 ** (w - i))
+    q = np.floor(scaled + 0.5) if cfg.rounding == "rnd" else np.floor(scaled)
+    q = np.clip(q, -4.0e18, 4.0e18).astype(np.int64)
+    lo, hi = -(1 << (w - 1)), (1 << (w - 1)) - 1
+    if cfg.overflow == "sat":
+        return np.clip(q, lo, hi)
+    return ((q - lo) % (1 << w)) + lo
+
+
+def _literals(data: np.ndarray, cfg: HLSConfig) -> str:
+    flat = np.ascontiguousarray(data).ravel()
+    if cfg.fixed is None:
+        items = [f"{float(x):.9g}f" if np.isfinite(x) else "0.0f" for x in flat]
+    else:
+        items = [f"{{{int(r)}}}" for r in fixed_raw(flat, cfg)]
+    lines = [", ".join(items[k:k + 12]) for k in range(0, len(items), 12)]
+    return "{\n  " + ",\n  ".join(lines) + "\n}"
+
+
+# ---------------------------------------------------------------- code generation
+
+class _Emitter:
+    def __init__(self, graph: Graph, cfg: HLSConfig):
+        self.graph = graph
+        self.cfg = cfg
+        self.buffers: dict[int, str] = {}  # value id -> C array name
+        self.roms: list[str] = []
+        self.layers: list[str] = []
+        self.calls: list[str] = []
+        self.decls: list[str] = []
+        self.estimates: list[LayerEstimate] = []
+        self.rom_names: dict[int, str] = {}
+
+    def ident(self, text: str) -> str:
+        return re.sub(r"\W", "_", text)
+
+    def buffer(self, v: Value) -> str:
+        return self.buffers[id(v)]
+
+    def rom(self, v: Value) -> str:
+        if id(v) not in self.rom_names:
+            name = "w_" + self.ident(v.name)
+            self.rom_names[id(v)] = name
+            self.roms.append(f"static const data_t {name}[{v.type.size}] = "
+                             f"{_literals(v.data, self.cfg)};")
+        return self.rom_names[id(v)]
+
+    def run(self) -> None:
+        for i, v in enumerate(self.graph.inputs):
+            self.buffers[id(v)] = f"in{i}"
+            self.decls.append(f"static data_t in{i}[{v.type.size}];")
+        for node in self.graph.nodes:
+            if node.op in ("reshape", "flatten"):  # same flat buffer, new shape
+                self.buffers[id(node.output)] = self.buffer(node.inputs[0])
+                continue
+            out = "b_" + self.ident(node.output.name)
+            self.buffers[id(node.output)] = out
+            self.decls.append(f"static data_t {out}[{node.output.type.size}];")
+            getattr(self, "emit_" + node.op, self.emit_float_fallback)(node, out)
+
+    # each emit_* appends one layer function, its call and its estimate
+    def add_layer(self, node: Node, body: str, args: list[str], est: LayerEstimate) -> None:
+        fn = "layer_" + self.ident(node.name)
+        params = ", ".join(f"data_t a{k}[{n}]" if k < len(args) - 1 else f"data_t y[{n}]"
+                           for k, n in enumerate(
+                               [v.type.size for v in node.inputs if v.data is None]
+                               + [node.output.type.size]))
+        self.layers.append(f"// {node.op} {node.name} ({node.scope})\n"
+                           f"static void {fn}({params}) {{\n{body}}}\n")
+        self.calls.append(f"  {fn}({', '.join(args)});")
+        self.estimates.append(est)
+
+    def activations(self, node: Node) -> list[str]:
+        return [self.buffer(v) for v in node.inputs if v.data is None]
+
+    def mac_estimate(self, node: Node, outputs: int, k: int, weight: Value,
+                     bias: Value | None, reuse: int) -> LayerEstimate:
+        width = 32 if self.cfg.fixed is None else self.cfg.fixed[0]
+        units = math.ceil(k / reuse)
+        dsp_per_mac = 5 if self.cfg.fixed is None else (1 if width <= 18 else 2)
+        wbits = (weight.type.size + (bias.type.size if bias is not None else 0)) * width
+        return LayerEstimate(
+            node.name, node.op, "float" if self.cfg.fixed is None else "fixed", reuse, units,
+            units * dsp_per_mac, wbits, _bram(wbits, units), node.output.type.size * width,
+            outputs * reuse + 8, reuse)
+
+    def emit_linear(self, node: Node, out: str) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        if w.data is None or (b is not None and b.data is None):
+            raise CodegenError(f"fpga-hls: {node.name}: linear weights must be constants")
+        m, k = w.shape
+        rows = x.type.size // k
+        reuse = min(self.cfg.reuse_for(node.scope, node.name), k)
+        units = math.ceil(k / reuse)
+        wname, bias = self.rom(w), (f"{self.rom(b)}[o]" if b is not None else "d_zero()")
+        body = f"""  HONER_HLS(ARRAY_PARTITION variable={wname} cyclic factor={units} dim=1)
+  for (int n = 0; n < {rows}; n++) {{
+    for (int o = 0; o < {m}; o++) {{
+      acc_t acc = acc_init({bias});
+      for (int r = 0; r < {reuse}; r++) {{
+        HONER_HLS(PIPELINE II=1)
+        for (int u = 0; u < {units}; u++) {{
+          HONER_HLS(UNROLL)
+          const int k = r * {units} + u;
+          if (k < {k}) acc_mac(acc, a0[n * {k} + k], {wname}[o * {k} + k]);
+        }}
+      }}
+      y[n * {m} + o] = acc_out(acc);
+    }}
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.mac_estimate(node, rows * m, k, w, b, reuse))
+
+    def emit_conv(self, node: Node, out: str) -> None:
+        x, w = node.inputs[0], node.inputs[1]
+        b = node.inputs[2] if len(node.inputs) > 2 else None
+        if len(x.shape) != 4 or w.data is None or (b is not None and b.data is None):
+            raise CodegenError(f"fpga-hls: {node.name}: only 2-D convs with constant weights")
+        n, c, h, wd = x.shape
+        oc, _, kh, kw = w.shape
+        _, _, oh, ow = node.output.shape
+        sh, sw = node.attrs["strides"]
+        ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
+        dh, dw = node.attrs["dilation"]
+        k = c * kh * kw
+        reuse = min(self.cfg.reuse_for(node.scope, node.name), k)
+        units = math.ceil(k / reuse)
+        wname, bias = self.rom(w), (f"{self.rom(b)}[o]" if b is not None else "d_zero()")
+        body = f"""  HONER_HLS(ARRAY_PARTITION variable={wname} cyclic factor={units} dim=1)
+  for (int n = 0; n < {n}; n++)
+  for (int o = 0; o < {oc}; o++)
+  for (int i = 0; i < {oh}; i++)
+  for (int j = 0; j < {ow}; j++) {{
+    acc_t acc = acc_init({bias});
+    for (int r = 0; r < {reuse}; r++) {{
+      HONER_HLS(PIPELINE II=1)
+      for (int u = 0; u < {units}; u++) {{
+        HONER_HLS(UNROLL)
+        const int k = r * {units} + u;
+        const int ci = k / {kh * kw}, ki = (k / {kw}) % {kh}, kj = k % {kw};
+        const int yy = i * {sh} - {ph} + ki * {dh}, xx = j * {sw} - {pw} + kj * {dw};
+        if (k < {k} && yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
+          acc_mac(acc, a0[((n * {c} + ci) * {h} + yy) * {wd} + xx], {wname}[o * {k} + k]);
+      }}
+    }}
+    y[((n * {oc} + o) * {oh} + i) * {ow} + j] = acc_out(acc);
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.mac_estimate(node, n * oc * oh * ow, k, w, b, reuse))
+
+    def simple_estimate(self, node: Node, cycles: int, arithmetic: str,
+                        dsp: int = 0) -> LayerEstimate:
+        width = 32 if self.cfg.fixed is None else self.cfg.fixed[0]
+        return LayerEstimate(node.name, node.op, arithmetic, None, 0, dsp, 0, 0,
+                             node.output.type.size * width, cycles + 4, 1)
+
+    def arithmetic(self) -> str:
+        return "float" if self.cfg.fixed is None else "fixed"
+
+    def emit_relu(self, node: Node, out: str) -> None:
+        size = node.output.type.size
+        body = f"""  for (int i = 0; i < {size}; i++) {{
+    HONER_HLS(PIPELINE II=1)
+    y[i] = d_max(a0[i], d_zero());
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, size, self.arithmetic()))
+
+    def emit_add(self, node: Node, out: str) -> None:
+        a, b = node.inputs
+        if a.shape != b.shape or a.data is not None or b.data is not None:
+            raise CodegenError(f"fpga-hls: {node.name}: add of two same-shape activations only")
+        size = node.output.type.size
+        body = f"""  for (int i = 0; i < {size}; i++) {{
+    HONER_HLS(PIPELINE II=1)
+    y[i] = d_add(a0[i], a1[i]);
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, size, self.arithmetic()))
+
+    def emit_max_pool(self, node: Node, out: str) -> None:
+        x = node.inputs[0]
+        if len(x.shape) != 4:
+            raise CodegenError(f"fpga-hls: {node.name}: only 2-D max pooling")
+        n, c, h, w = x.shape
+        _, _, oh, ow = node.output.shape
+        kh, kw = node.attrs["kernel"]
+        sh, sw = node.attrs["strides"]
+        ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
+        dh, dw = node.attrs["dilation"]
+        body = f"""  for (int p = 0; p < {n * c}; p++)
+  for (int i = 0; i < {oh}; i++)
+  for (int j = 0; j < {ow}; j++) {{
+    HONER_HLS(PIPELINE II=1)
+    data_t m = d_lowest();
+    for (int ki = 0; ki < {kh}; ki++)
+    for (int kj = 0; kj < {kw}; kj++) {{
+      const int yy = i * {sh} - {ph} + ki * {dh}, xx = j * {sw} - {pw} + kj * {dw};
+      if (yy >= 0 && yy < {h} && xx >= 0 && xx < {w}) m = d_max(m, a0[(p * {h} + yy) * {w} + xx]);
+    }}
+    y[(p * {oh} + i) * {ow} + j] = m;
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, node.output.type.size, self.arithmetic()))
+
+    def emit_reduce_mean(self, node: Node, out: str) -> None:
+        x = node.inputs[0]
+        axes = sorted(a % len(x.shape) for a in node.attrs["axes"])
+        if axes != list(range(len(x.shape) - len(axes), len(x.shape))):
+            raise CodegenError(f"fpga-hls: {node.name}: mean over trailing axes only, got "
+                               f"{node.attrs['axes']} of {len(x.shape)}-D")
+        inner = int(np.prod([x.shape[a] for a in axes]))
+        body = f"""  for (int o = 0; o < {x.type.size // inner}; o++) {{
+    msum_t s = msum_zero();
+    for (int i = 0; i < {inner}; i++) {{
+      HONER_HLS(PIPELINE II=1)
+      msum_add(s, a0[o * {inner} + i]);
+    }}
+    y[o] = d_mean(s, {inner});
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, x.type.size, self.arithmetic()))
+
+    def emit_float_fallback(self, node: Node, out: str) -> None:
+        """Ops with no fixed-point form: computed in float on the last axis (softmax family)
+        or elementwise."""
+        x = node.inputs[0]
+        size = x.type.size
+        if node.op in ("softmax", "log_softmax"):
+            axis = node.attrs.get("axis", -1)
+            if axis not in (-1, len(x.shape) - 1):
+                raise CodegenError(f"fpga-hls: {node.name}: softmax on the last axis only")
+            n = x.shape[-1]
+            final = "std::log(s)" if node.op == "log_softmax" else "s"
+            value = ("v[i] - mx - " + final) if node.op == "log_softmax" \
+                else "std::exp(v[i] - mx) / s"
+            body = f"""  for (int r = 0; r < {size // n}; r++) {{
+    float v[{n}];
+    float mx = -INFINITY, s = 0.0f;
+    for (int i = 0; i < {n}; i++) {{ v[i] = to_float(a0[r * {n} + i]); mx = std::fmax(mx, v[i]); }}
+    for (int i = 0; i < {n}; i++) s += std::exp(v[i] - mx);
+    for (int i = 0; i < {n}; i++) y[r * {n} + i] = to_data({value});
+  }}
+"""
+        else:
+            expr = {"gelu": "0.5f * v * (1.0f + std::erf(v * 0.70710678f))",
+                    "sigmoid": "1.0f / (1.0f + std::exp(-v))", "tanh": "std::tanh(v)",
+                    "exp": "std::exp(v)"}[node.op]
+            body = f"""  for (int i = 0; i < {size}; i++) {{
+    HONER_HLS(PIPELINE II=1)
+    const float v = to_float(a0[i]);
+    y[i] = to_data({expr});
+  }}
+"""
+        arithmetic = "float" if self.cfg.fixed is None else "float fallback"
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, 2 * size + 30, arithmetic, dsp=8))
+
+
+def _bram(bits: int, partitions: int) -> int:
+    """BRAM18K blocks: by capacity, and at least one per partition once a partition is
+    too deep for distributed RAM (64 words)."""
+    if bits <= 1024:
+        return 0  # small ROMs go to LUTs
+    return max(math.ceil(bits / BRAM18_BITS), partitions)
+
+
+def number_types(cfg: HLSConfig) -> str:
+    if cfg.fixed is None:
+        return """typedef float data_t;
+typedef float acc_t;
+static inline data_t to_data(float f) { return f; }
+static inline float to_float(data_t v) { return v; }
+static inline acc_t acc_init(data_t b) { return b; }
+static inline void acc_mac(acc_t &a, data_t x, data_t w) { a += x * w; }
+static inline data_t acc_out(const acc_t &a) { return a; }
+static inline data_t d_add(data_t a, data_t b) { return a + b; }
+static inline data_t d_max(data_t a, data_t b) { return a >= b ? a : b; }
+static inline data_t d_zero() { return 0.0f; }
+static inline data_t d_lowest() { return -INFINITY; }
+typedef float msum_t;
+static inline msum_t msum_zero() { return 0.0f; }
+static inline void msum_add(msum_t &s, data_t v) { s += v; }
+static inline data_t d_mean(msum_t s, int n) { return s / float(n); }
+"""
+    w, i = cfg.fixed
+    rnd = "true" if cfg.rounding == "rnd" else "false"
+    sat = "true" if cfg.overflow == "sat" else "false"
+    ap = f"ap_fixed<{w}, {i}, AP_{cfg.rounding.upper()}, AP_{cfg.overflow.upper()}>"
+    # the mean's division rounds as the quantization mode: floor(s / n) or floor((2s + n) / 2n)
+    num, den = ("2 * s + n", "2 * int64_t(n)") if cfg.rounding == "rnd" else ("s", "int64_t(n)")
+    return f"""typedef hfix<{w}, {i}, {rnd}, {sat}> data_t;  // {ap}
+typedef hacc<data_t> acc_t;
+static inline data_t to_data(float f) {{ return data_t::from_float(f); }}
+static inline float to_float(data_t v) {{ return v.to_float(); }}
+static inline acc_t acc_init(data_t b) {{ return acc_t::from(b); }}
+static inline void acc_mac(acc_t &a, data_t x, data_t w) {{ a.mac(x, w); }}
+static inline data_t acc_out(const acc_t &a) {{ return a.out(); }}
+static inline data_t d_add(data_t a, data_t b) {{
+  return data_t::from_raw(int64_t(a.raw) + b.raw);
+}}
+static inline data_t d_max(data_t a, data_t b) {{ return a.raw >= b.raw ? a : b; }}
+static inline data_t d_zero() {{ return data_t::from_raw(0); }}
+static inline data_t d_lowest() {{ return data_t::from_raw(-(int64_t(1) << {w - 1})); }}
+typedef int64_t msum_t;  // exact sum of raw values
+static inline msum_t msum_zero() {{ return 0; }}
+static inline void msum_add(msum_t &s, data_t v) {{ s += v.raw; }}
+static inline data_t d_mean(msum_t s, int n) {{
+  const int64_t num = {num}, den = {den};
+  return data_t::from_raw(num / den - ((num % den != 0) && (num < 0) ? 1 : 0));
+}}
+"""
+
+
+def generate(graph: Graph, cfg: HLSConfig, out: Path) -> list[LayerEstimate]:
+    """Writes the project under `out` (firmware/, tb/, the vendor script); returns estimates."""
+    check_supported(graph)
+    em = _Emitter(graph, cfg)
+    em.run()
+    in_sizes = [v.type.size for v in graph.inputs]
+    out_sizes = [v.type.size for v in graph.outputs]
+    fw = out / "firmware"
+    fw.mkdir(parents=True, exist_ok=True)
+    (out / "tb").mkdir(exist_ok=True)
+    (fw / "hls_fixed.h").write_text(FIXED_HEADER.read_text())
+    (fw / "model.h").write_text(_model_header(cfg, in_sizes, out_sizes))
+    (fw / "weights.h").write_text("// generated by honer: weights as ROM\n#pragma once\n"
+                                  "#include \"model.h\"\n\n" + "\n\n".join(em.roms) + "\n")
+    (fw / "model.cpp").write_text(_model_source(em, cfg, in_sizes, out_sizes))
+    (out / "tb" / "testbench.cpp").write_text(_testbench(cfg, in_sizes, out_sizes))
+    (out / "vitis_hls.tcl").write_text(_vendor_script(cfg))
+    return em.estimates
+
+
+def _model_header(cfg: HLSConfig, in_sizes: list[int], out_sizes: list[int]) -> str:
+    ports = _ports(cfg, in_sizes, out_sizes)
+    return f"""// generated by honer
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include "hls_fixed.h"
+
+#ifdef __SYNTHESIS__
+#define HONER_STR(x) #x
+#define HONER_HLS(x) _Pragma(HONER_STR(HLS x))
+#else
+#define HONER_HLS(x)
+#endif
+
+#if defined(__has_include)
+#if __has_include(<hls_stream.h>)
+#include <hls_stream.h>
+#define HONER_HAVE_HLS_STREAM 1
+#endif
+#endif
+#ifdef HONER_HAVE_HLS_STREAM
+template <class T> using honer_stream = hls::stream<T>;
+#else
+#include <deque>
+template <class T> struct honer_stream {{  // what C simulation needs of hls::stream
+  std::deque<T> q;
+  void write(const T &v) {{ q.push_back(v); }}
+  T read() {{ T v = q.front(); q.pop_front(); return v; }}
+  bool empty() const {{ return q.empty(); }}
+}};
+#endif
+
+{number_types(cfg)}
+void honer_top({ports});
+"""
+
+
+def _ports(cfg: HLSConfig, in_sizes: list[int], out_sizes: list[int]) -> str:
+    if cfg.interface == "axis":
+        return "honer_stream<data_t> &in, honer_stream<data_t> &out"
+    return ", ".join([f"const data_t in_{k}[{n}]" for k, n in enumerate(in_sizes)]
+                     + [f"data_t out_{k}[{n}]" for k, n in enumerate(out_sizes)])
+
+
+def _model_source(em: _Emitter, cfg: HLSConfig, in_sizes: list[int],
+                  out_sizes: list[int]) -> str:
+    outs = [em.buffer(v) for v in em.graph.outputs]
+    if cfg.interface == "axis":
+        iface = ["  HONER_HLS(INTERFACE axis port=in)", "  HONER_HLS(INTERFACE axis port=out)",
+                 "  HONER_HLS(INTERFACE ap_ctrl_hs port=return)"]
+        load = [f"  for (int i = 0; i < {n}; i++) in{k}[i] = in.read();"
+                for k, n in enumerate(in_sizes)]
+        store = [f"  for (int i = 0; i < {n}; i++) out.write({b}[i]);"
+                 for b, n in zip(outs, out_sizes)]
+    else:
+        iface = [f"  HONER_HLS(INTERFACE m_axi port=in_{k} offset=slave bundle=gmem)"
+                 for k in range(len(in_sizes))]
+        iface += [f"  HONER_HLS(INTERFACE m_axi port=out_{k} offset=slave bundle=gmem)"
+                  for k in range(len(out_sizes))]
+        iface += ["  HONER_HLS(INTERFACE s_axilite port=return)"]
+        load = [f"  for (int i = 0; i < {n}; i++) in{k}[i] = in_{k}[i];"
+                for k, n in enumerate(in_sizes)]
+        store = [f"  for (int i = 0; i < {n}; i++) out_{k}[i] = {b}[i];"
+                 for k, (b, n) in enumerate(zip(outs, out_sizes))]
+    body = "\n".join(iface + ["  HONER_HLS(DATAFLOW)"] + load + em.calls + store)
+    return ("// generated by honer: one function per layer, chained under DATAFLOW\n"
+            "#include \"model.h\"\n#include \"weights.h\"\n\n"
+            + "\n".join(em.decls) + "\n\n" + "\n".join(em.layers)
+            + f"\nvoid honer_top({_ports(cfg, in_sizes, out_sizes)}) {{\n{body}\n}}\n")
+
+
+def _testbench(cfg: HLSConfig, in_sizes: list[int], out_sizes: list[int]) -> str:
+    """Reads float32 samples (all inputs of a sample, concatenated) until the end of the input
+    file, runs the top function on each, and writes the outputs as float32."""
+    n_in, n_out = sum(in_sizes), sum(out_sizes)
+    if cfg.interface == "axis":
+        call = f"""    honer_stream<data_t> in, out;
+    for (int i = 0; i < {n_in}; i++) in.write(to_data(x[i]));
+    honer_top(in, out);
+    for (int i = 0; i < {n_out}; i++) y[i] = to_float(out.read());"""
+    else:
+        ins, outs, offset = [], [], 0
+        decl = []
+        for k, n in enumerate(in_sizes):
+            decl.append(f"    static data_t in_{k}[{n}];\n"
+                        f"    for (int i = 0; i < {n}; i++) in_{k}[i] = to_data(x[{offset} + i]);")
+            ins.append(f"in_{k}")
+            offset += n
+        offset = 0
+        fetch = []
+        for k, n in enumerate(out_sizes):
+            decl.append(f"    static data_t out_{k}[{n}];")
+            outs.append(f"out_{k}")
+            fetch.append(f"    for (int i = 0; i < {n}; i++) y[{offset} + i] = "
+                         f"to_float(out_{k}[i]);")
+            offset += n
+        call = "\n".join(decl + [f"    honer_top({', '.join(ins + outs)});"] + fetch)
+    return f"""// generated by honer: C simulation testbench
+#include <cstdio>
+#include "../firmware/model.h"
+
+int main(int argc, char **argv) {{
+  if (argc != 3) {{
+    std::fprintf(stderr, "usage: %s inputs.f32 outputs.f32\\n", argv[0]);
+    return 2;
+  }}
+  std::FILE *fin = std::fopen(argv[1], "rb"), *fout = std::fopen(argv[2], "wb");
+  if (!fin || !fout) {{
+    std::fprintf(stderr, "cannot open %s or %s\\n", argv[1], argv[2]);
+    return 2;
+  }}
+  static float x[{n_in}], y[{n_out}];
+  while (std::fread(x, sizeof(float), {n_in}, fin) == {n_in}) {{
+{call}
+    if (std::fwrite(y, sizeof(float), {n_out}, fout) != {n_out}) return 3;
+  }}
+  std::fclose(fin);
+  return std::fclose(fout) == 0 ? 0 : 3;
+}}
+"""
+
+
+def _vendor_script(cfg: HLSConfig) -> str:
+    period = 1000.0 / cfg.clock_mhz
+    return f"""# Vitis HLS: vitis_hls -f vitis_hls.tcl (C simulation, synthesis, IP export)
+open_project -reset honer_prj
+set_top honer_top
+add_files firmware/model.cpp -cflags "-std=c++14"
+add_files -tb tb/testbench.cpp -cflags "-std=c++14"
+open_solution -reset solution1 -flow_target vivado
+set_part {{{cfg.part}}}
+create_clock -period {period:.3f} -name default
+csim_design -argv "tb_inputs.f32 tb_outputs.f32"
+csynth_design
+export_design -format ip_catalog
+exit
+"""
+
+
+def csim_command(project: Path, executable: Path) -> list[str]:
+    return ["g++", "-std=c++14", "-O2", "-Wall", "-Wextra", "-o", str(executable),
+            str(project / "tb" / "testbench.cpp"), str(project / "firmware" / "model.cpp")]
+
+
+def summary(estimates: list[LayerEstimate], cfg: HLSConfig) -> dict[str, Any]:
+    total = sum(e.latency_cycles for e in estimates)
+    return {
+        "number": cfg.number, "rounding": cfg.rounding, "overflow": cfg.overflow,
+        "interface": cfg.interface, "clock_mhz": cfg.clock_mhz, "part": cfg.part,
+        "dsp": sum(e.dsp for e in estimates),
+        "weight_bram18": sum(e.weight_bram18 for e in estimates),
+        "buffer_bram18": sum(_bram(e.buffer_bits, 1) for e in estimates),
+        "latency_cycles": total, "latency_us": round(total / cfg.clock_mhz, 2),
+        "dataflow_ii_cycles": max((e.latency_cycles for e in estimates), default=0),
+        "float_fallback": [e.name for e in estimates if e.arithmetic == "float fallback"],
+        "layers": [e.__dict__ for e in estimates],
+        "note": "honer's own estimates from its schedule model; a vendor synthesis report is "
+                "the reference",
+    }
