@@ -31,9 +31,11 @@ from ..ir import Graph, Node, Value
 
 FIXED_HEADER = Path(__file__).with_name("hls_fixed.h")
 BRAM18_BITS = 18 * 1024
-FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp"}  # float fallback
-SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add"}
-             | FLOAT_ONLY)
+# computed in float inside a fixed-point design (no fixed-point form here)
+FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp", "layer_norm",
+              "attention"}
+SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add",
+              "transpose", "slice", "concat"} | FLOAT_ONLY)
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,8 @@ def check_supported(graph: Graph) -> None:
     problems += [(f"conv with groups={n.attrs['groups']}", n.scope or n.name)
                  for n in graph.nodes if n.op == "conv" and n.attrs.get("groups", 1) != 1]
     problems += [(f"{n.op} on {v.dtype}", n.scope or n.name) for n in graph.nodes
-                 for v in n.inputs if v.dtype != "float32"]
+                 for v in n.inputs if v.dtype != "float32"
+                 and not (n.op == "attention" and v.data is not None)]  # constant masks
     if problems:
         listing = "\n".join(f"  {op}  (at {where})" for op, where in problems)
         raise CodegenError("fpga-hls cannot put these ops in hardware (fold batch norms first "
@@ -117,10 +120,18 @@ def fixed_raw(data: np.ndarray, cfg: HLSConfig) -> np.ndarray:
     return ((q - lo) % (1 << w)) + lo
 
 
+def c_float(x: float) -> str:
+    """A C++ float literal that reads back as the same float32."""
+    if not np.isfinite(x):
+        return "NAN" if np.isnan(x) else ("INFINITY" if x > 0 else "-INFINITY")
+    text = f"{float(x):.9g}"
+    return text + ("f" if any(c in text for c in ".e") else ".0f")
+
+
 def _literals(data: np.ndarray, cfg: HLSConfig) -> str:
     flat = np.ascontiguousarray(data).ravel()
     if cfg.fixed is None:
-        items = [f"{float(x):.9g}f" if np.isfinite(x) else "0.0f" for x in flat]
+        items = [c_float(x) for x in flat]
     else:
         items = [f"{{{int(r)}}}" for r in fixed_raw(flat, cfg)]
     lines = [", ".join(items[k:k + 12]) for k in range(0, len(items), 12)]
@@ -281,13 +292,22 @@ class _Emitter:
                        self.simple_estimate(node, size, self.arithmetic()))
 
     def emit_add(self, node: Node, out: str) -> None:
-        a, b = node.inputs
-        if a.shape != b.shape or a.data is not None or b.data is not None:
-            raise CodegenError(f"fpga-hls: {node.name}: add of two same-shape activations only")
+        """Two activations of one shape, or an activation plus a constant that repeats over
+        the leading axes (a bias, position embeddings)."""
         size = node.output.type.size
+        operands = []
+        for v in node.inputs:
+            if v.data is None and v.shape == node.output.shape:
+                operands.append(f"a{len([o for o in operands if o.startswith('a')])}[i]")
+            elif v.data is not None and tuple(node.output.shape[len(node.output.shape)
+                                                              - len(v.shape):]) == v.shape:
+                operands.append(f"{self.rom(v)}[i % {v.type.size}]")
+            else:
+                raise CodegenError(f"fpga-hls: {node.name}: add broadcasting {v.shape} to "
+                                   f"{node.output.shape} is not supported")
         body = f"""  for (int i = 0; i < {size}; i++) {{
     HONER_HLS(PIPELINE II=1)
-    y[i] = d_add(a0[i], a1[i]);
+    y[i] = d_add({operands[0]}, {operands[1]});
   }}
 """
         self.add_layer(node, body, self.activations(node) + [out],
@@ -318,6 +338,133 @@ class _Emitter:
 """
         self.add_layer(node, body, self.activations(node) + [out],
                        self.simple_estimate(node, node.output.type.size, self.arithmetic()))
+
+    def index_rom(self, node: Node, indices: np.ndarray) -> str:
+        name = "idx_" + self.ident(node.name)
+        items = ", ".join(str(int(i)) for i in indices.ravel())
+        self.roms.append(f"static const int {name}[{indices.size}] = {{{items}}};")
+        return name
+
+    def emit_gather_copy(self, node: Node, out: str, indices: np.ndarray) -> None:
+        """An output element i is input element indices[i]: transposes and slices."""
+        rom = self.index_rom(node, indices)
+        body = f"""  for (int i = 0; i < {indices.size}; i++) {{
+    HONER_HLS(PIPELINE II=1)
+    y[i] = a0[{rom}[i]];
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, indices.size, self.arithmetic()))
+
+    def emit_transpose(self, node: Node, out: str) -> None:
+        x = node.inputs[0]
+        order = np.arange(x.type.size).reshape(x.shape).transpose(node.attrs["perm"])
+        self.emit_gather_copy(node, out, order)
+
+    def emit_slice(self, node: Node, out: str) -> None:
+        x = node.inputs[0]
+        grid = np.arange(x.type.size).reshape(x.shape)
+        index = [slice(None)] * len(x.shape)
+        for axis, start, end, step in zip(node.attrs["axes"], node.attrs["starts"],
+                                          node.attrs["ends"], node.attrs["steps"]):
+            index[axis] = slice(start, end, step)
+        self.emit_gather_copy(node, out, grid[tuple(index)])
+
+    def emit_concat(self, node: Node, out: str) -> None:
+        axis = node.attrs["axis"] % len(node.output.shape)
+        outer = int(np.prod(node.output.shape[:axis]))
+        lines, offset, act = [], 0, 0
+        total = int(np.prod(node.output.shape[axis:]))
+        for v in node.inputs:
+            chunk = int(np.prod(v.shape[axis:]))
+            src = self.rom(v) if v.data is not None else f"a{act}"
+            act += v.data is None
+            lines.append(f"""    for (int i = 0; i < {chunk}; i++) {{
+      HONER_HLS(PIPELINE II=1)
+      y[o * {total} + {offset} + i] = {src}[o * {chunk} + i];
+    }}""")
+            offset += chunk
+        body = f"  for (int o = 0; o < {outer}; o++) {{\n" + "\n".join(lines) + "\n  }\n"
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, node.output.type.size, self.arithmetic()))
+
+    def emit_layer_norm(self, node: Node, out: str) -> None:
+        x, gamma = node.inputs[0], node.inputs[1]
+        beta = node.inputs[2] if len(node.inputs) > 2 else None
+        if node.attrs.get("normalized_ndim", 1) != 1 or gamma.data is None or (
+                beta is not None and beta.data is None):
+            raise CodegenError(f"fpga-hls: {node.name}: layer norm over the last axis with "
+                               "constant scale and shift only")
+        n = x.shape[-1]
+        shift = f"to_float({self.rom(beta)}[i])" if beta is not None else "0.0f"
+        body = f"""  for (int r = 0; r < {x.type.size // n}; r++) {{
+    float v[{n}], mean = 0.0f, var = 0.0f;
+    for (int i = 0; i < {n}; i++) {{ v[i] = to_float(a0[r * {n} + i]); mean += v[i]; }}
+    mean /= {n}.0f;
+    for (int i = 0; i < {n}; i++) var += (v[i] - mean) * (v[i] - mean);
+    const float inv = 1.0f / std::sqrt(var / {n}.0f + {c_float(node.attrs["eps"])});
+    for (int i = 0; i < {n}; i++)
+      y[r * {n} + i] = to_data((v[i] - mean) * inv * to_float({self.rom(gamma)}[i]) + {shift});
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, 3 * x.type.size + 30, self.fallback(), 8))
+
+    def emit_attention(self, node: Node, out: str) -> None:
+        """softmax(q k^T * scale + mask) v per (batch, head, query), in float."""
+        q, k, v = node.inputs[:3]
+        if any(t.data is not None for t in (q, k, v)):
+            raise CodegenError(f"fpga-hls: {node.name}: attention on constant q/k/v")
+        b, h, sq, d = q.shape
+        hk, sk = k.shape[1], k.shape[2]
+        scale = node.attrs["scale"] if node.attrs["scale"] is not None else d ** -0.5
+        mask = ""
+        if len(node.inputs) == 4:
+            m = node.inputs[3]
+            if m.data is None:
+                raise CodegenError(f"fpga-hls: {node.name}: attention masks must be constant")
+            full = np.broadcast_to(m.data, (b, h, sq, sk))
+            name = "mask_" + self.ident(node.name)
+            if m.dtype == "bool":
+                items = ", ".join("1" if x else "0" for x in full.ravel())
+                self.roms.append(f"static const unsigned char {name}[{full.size}] = {{{items}}};")
+                mask = f"if (!{name}[((bb * {h} + hh) * {sq} + i) * {sk} + j]) s = -INFINITY;"
+            else:
+                items = ", ".join(c_float(x) for x in full.ravel())
+                self.roms.append(f"static const float {name}[{full.size}] = {{{items}}};")
+                mask = f"s += {name}[((bb * {h} + hh) * {sq} + i) * {sk} + j];"
+        causal = f"if (j > i + {sk - sq}) s = -INFINITY;" if node.attrs["causal"] else ""
+        body = f"""  for (int bb = 0; bb < {b}; bb++)
+  for (int hh = 0; hh < {h}; hh++)
+  for (int i = 0; i < {sq}; i++) {{
+    const int kh = hh / {h // hk};
+    float p[{sk}], mx = -INFINITY, sum = 0.0f;
+    for (int j = 0; j < {sk}; j++) {{
+      float s = 0.0f;
+      for (int t = 0; t < {d}; t++)
+        s += to_float(a0[((bb * {h} + hh) * {sq} + i) * {d} + t])
+             * to_float(a1[((bb * {hk} + kh) * {sk} + j) * {d} + t]);
+      s *= {c_float(scale)};
+      {mask}
+      {causal}
+      p[j] = s;
+      mx = std::fmax(mx, s);
+    }}
+    for (int j = 0; j < {sk}; j++) {{ p[j] = std::exp(p[j] - mx); sum += p[j]; }}
+    for (int t = 0; t < {v.shape[3]}; t++) {{
+      float o = 0.0f;
+      for (int j = 0; j < {sk}; j++)
+        o += p[j] * to_float(a2[((bb * {hk} + kh) * {sk} + j) * {v.shape[3]} + t]);
+      y[((bb * {h} + hh) * {sq} + i) * {v.shape[3]} + t] = to_data(o / sum);
+    }}
+  }}
+"""
+        macs = b * h * sq * sk * (d + v.shape[3])
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, macs + 40, self.fallback(), 10))
+
+    def fallback(self) -> str:
+        return "float" if self.cfg.fixed is None else "float fallback"
 
     def emit_reduce_mean(self, node: Node, out: str) -> None:
         x = node.inputs[0]
@@ -369,9 +516,8 @@ class _Emitter:
     y[i] = to_data({expr});
   }}
 """
-        arithmetic = "float" if self.cfg.fixed is None else "float fallback"
         self.add_layer(node, body, self.activations(node) + [out],
-                       self.simple_estimate(node, 2 * size + 30, arithmetic, dsp=8))
+                       self.simple_estimate(node, 2 * size + 30, self.fallback(), dsp=8))
 
 
 def _bram(bits: int, partitions: int) -> int:

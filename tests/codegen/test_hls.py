@@ -26,6 +26,32 @@ def test_float_csim_matches_eager(interface):
     assert compiled.report["build"]["hls"]["interface"] == interface
 
 
+def _small_vit():
+    from transformers import ViTConfig, ViTForImageClassification
+
+    from honer.tests.models.zoo import _FirstOutput
+
+    torch.manual_seed(0)
+    cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                    intermediate_size=64, image_size=28, patch_size=7, num_channels=1,
+                    num_labels=10, attn_implementation="sdpa")
+    model = _FirstOutput(ViTForImageClassification(cfg).eval(), "logits")
+    return model, (torch.randn(1, 1, 28, 28),)
+
+
+@pytest.mark.parametrize("number,tolerance", [("float", 1e-5), ("fixed<24,8>", 5e-3)])
+def test_small_vit(number, tolerance):
+    """Patch conv, class token concat, position add, attention and layer norm (float inside
+    a fixed-point design), GELU, the class-token slice."""
+    model, inputs = _small_vit()
+    compiled = honer.compile(model, inputs, target=f"fpga-hls:number={number}",
+                             passes=["fold"])
+    assert compiled.report["check"]["max_scaled_error"] <= tolerance
+    fallback = compiled.report["build"]["hls"]["float_fallback"]
+    assert (fallback == []) == (number == "float")
+    assert any("attention" in name for name in fallback) or number == "float"
+
+
 def _mac_graph(cfg: HLSConfig, rng: np.random.Generator) -> tuple[Graph, np.ndarray]:
     g = Graph()
     x = g.add_input("x", (2, 24), "float32")
