@@ -107,7 +107,7 @@ def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any],
         with target:
             return relax.build(lowered.mod, target=target, relax_pipeline=pipeline)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
-        raise BuildError(f"TVM build for {tvm_target} failed: {_last_line(e)}") from e
+        raise BuildError(f"TVM build for {tvm_target} failed: {last_error_line(e)}") from e
 
 
 def export_library(executable: relax.VMExecutable, path: Path, workdir: Path) -> None:
@@ -117,9 +117,9 @@ def export_library(executable: relax.VMExecutable, path: Path, workdir: Path) ->
         with contextlib.redirect_stdout(log):
             executable.export_library(os.fspath(path), workspace_dir=os.fspath(workdir))
     except Exception as e:
-        raise BuildError(f"linking {path.name} failed: {_last_line(e)}") from e
+        raise BuildError(f"linking {path.name} failed: {last_error_line(e)}") from e
 
 
-def _last_line(e: Exception) -> str:
+def last_error_line(e: Exception) -> str:
     text = str(e).strip()
     return text.splitlines()[-1] if text else type(e).__name__

@@ -28,6 +28,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
+from .build import last_error_line
 from .relax_lower import LoweredModule
 
 R = relax.op
@@ -102,12 +103,22 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
                         for name, f in _device_kernels(lowered_mod).items()}
             executable = relax.build(lowered_mod, target=target, relax_pipeline=None)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
-        raise BuildError(f"TVM build for {tvm_target} failed: {_last_line(e)}") from e
+        raise BuildError(f"TVM build for {tvm_target} failed: {last_error_line(e)}") from e
     source = _cuda_source(executable.mod)
     fatbin, ptxas_log = compile_fatbin(source, cfg.archs, workdir)
     _merge_ptxas_resources(launches, ptxas_log)
     check_launch_limits(launches, cfg.archs)
     return CudaBuild(executable, source, fatbin, launches, half_params)
+
+
+def _with_main(mod: tvm.IRModule, func: relax.Function) -> tvm.IRModule:
+    mod = mod.clone()  # the caller's module stays as it was
+    mod["main"] = func
+    return mod
+
+
+def _rewrite_main(mod: tvm.IRModule, mutator: relax.PyExprMutator) -> tvm.IRModule:
+    return _with_main(mod, mutator.visit_expr(mod["main"]))
 
 
 SCAN_AS_MATMUL_MAX = 4096  # longest scan axis rewritten (the matrix is n x n)
@@ -119,10 +130,7 @@ def scans_as_matmul(mod: tvm.IRModule) -> tvm.IRModule:
     H200 it produced wrong attention masks for GPT-2 and Llama. The scans transformers run
     (mask bookkeeping, position ids) are short, so each becomes a product with a triangular
     matrix of ones, which is exact for integers."""
-    func = _ScanAsMatmul().visit_expr(mod["main"])
-    mod = mod.clone() if hasattr(mod, "clone") else mod
-    mod["main"] = func
-    return mod
+    return _rewrite_main(mod, _ScanAsMatmul())
 
 
 @relax.expr_functor.mutator
@@ -155,10 +163,7 @@ def bools_as_int8(mod: tvm.IRModule) -> tvm.IRModule:
     misaligned address in fp16. So no bool tensor is ever stored between kernels: each is kept
     as int8 (one byte, as bool) and turned back into bool where it is read, which the fusion
     places inside the consuming kernel."""
-    func = _BoolsAsInt8().visit_expr(mod["main"])
-    mod = mod.clone() if hasattr(mod, "clone") else mod
-    mod["main"] = func
-    return mod
+    return _rewrite_main(mod, _BoolsAsInt8())
 
 
 @relax.expr_functor.mutator
@@ -205,9 +210,7 @@ def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
     """ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with every cast to
     float16 made a cast to bfloat16 (the other ops take their dtype from their inputs)."""
     mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
-    mod = mod.clone() if hasattr(mod, "clone") else mod
-    mod["main"] = _CastsToBF16().visit_expr(mod["main"])
-    return mod
+    return _rewrite_main(mod, _CastsToBF16())
 
 
 @relax.expr_functor.mutator
@@ -255,8 +258,7 @@ def _half_params(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[
     body = _Rebind(replace).visit_expr(func.body)
     new_func = relax.Function(new_params, body, func.ret_ty, func.is_pure,
                               func.attrs, func.span)
-    mod = mod.clone() if hasattr(mod, "clone") else mod
-    mod["main"] = new_func
+    mod = _with_main(mod, new_func)
     return relax.transform.DeadCodeElimination()(mod), half
 
 
@@ -396,6 +398,3 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(text.strip().splitlines()[-lines:])
 
 
-def _last_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[-1] if text else type(e).__name__
