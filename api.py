@@ -17,6 +17,7 @@ import numpy as np
 
 from .errors import HonerError
 from .ir import Graph, interpret, verify
+from .ir.analysis import index_bounds
 from .passes.base import Calibration
 from .runtime import artifact
 from .runtime.loader import LoadedModel, load
@@ -102,6 +103,8 @@ def compile(  # noqa: A001 - the public name users expect
 
     build_facts: dict[str, Any] = {}
 
+    bounds = index_bounds(graph)
+
     def fill(tmp: Path) -> dict[str, Any]:
         build = timed("build", lambda: tgt.build(lowered, tmp, work, tune))
         build_facts.update(build.report)
@@ -115,7 +118,7 @@ def compile(  # noqa: A001 - the public name users expect
             "target": {"name": tgt.name, "tvm_target": tgt.tvm_target(), "form": build.form,
                        **build.manifest},
             "tools": tool_versions(),
-            "inputs": [_spec(v) for v in graph.inputs],
+            "inputs": [_spec(v, bounds.get(v.name)) for v in graph.inputs],
             "outputs": [_spec(v) for v in graph.outputs],
             "weights": index,
             "passes": [r.to_json() for r in pass_reports],
@@ -147,8 +150,11 @@ def _as_tuple(example_inputs: Any) -> tuple | None:
     return (example_inputs,)
 
 
-def _spec(v: Any) -> dict[str, Any]:
-    return {"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
+def _spec(v: Any, index_bound: int | None = None) -> dict[str, Any]:
+    """An input or output's signature; `index_bound` n for inputs used as gather indices,
+    whose values the runtime keeps in [-n, n)."""
+    spec = {"name": v.name, "shape": list(v.shape), "dtype": v.dtype}
+    return spec if index_bound is None else {**spec, "index_bound": index_bound}
 
 
 def graph_sha256(graph: Graph) -> str:

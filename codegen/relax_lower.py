@@ -167,11 +167,16 @@ def _lower_slice(bb, node, args):
 
 
 def _nonneg_indices(bb, node, idx: relax.Expr, dim: int) -> relax.Expr:
+    """Negative indices count from the end; out-of-range ones are clamped, because TVM's
+    gather kernels read whatever address an index gives (a segfault, or a fault on a GPU).
+    Indices that come from the user are range-checked by the runtime before that (manifest
+    `index_bound`); the clamp covers indices computed inside the model."""
     idx_value = node.inputs[1]
-    if idx_value.is_const and (idx_value.data >= 0).all():
+    if idx_value.is_const and ((idx_value.data >= 0) & (idx_value.data < dim)).all():
         return idx
     dt = idx_value.dtype
-    return R.where(R.less(idx, _const(0, dt)), R.add(idx, _const(dim, dt)), idx)
+    wrapped = R.where(R.less(idx, _const(0, dt)), R.add(idx, _const(dim, dt)), idx)
+    return R.clip(wrapped, 0, dim - 1)
 
 
 def _lower_gather(bb, node, args):

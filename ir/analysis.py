@@ -73,3 +73,26 @@ def node_flops(node: Node) -> int:
 
 def flops(graph: Graph) -> int:
     return sum(node_flops(n) for n in graph.nodes)
+
+
+# ops that hand index values through unchanged (only their arrangement or integer width)
+_INDEX_PRESERVING = {"reshape", "flatten", "squeeze", "unsqueeze", "transpose", "slice",
+                     "broadcast_to", "cast"}
+
+
+def index_bounds(graph: Graph) -> dict[str, int]:
+    """Graph inputs whose values end up, unchanged, as the indices of a gather: the valid
+    range is [-n, n) for the gathered axis of size n (the smallest over all such uses). Out of
+    range, compiled kernels would read outside the table, so the runtime checks these."""
+    bounds: dict[str, int] = {}
+    inputs = {id(v): v for v in graph.inputs}
+    for node in graph.nodes:
+        if node.op not in ("gather", "gather_elements"):
+            continue
+        size = node.inputs[0].shape[node.attrs["axis"] % len(node.inputs[0].shape)]
+        value = node.inputs[1]
+        while value.producer is not None and value.producer.op in _INDEX_PRESERVING:
+            value = value.producer.inputs[0]
+        if id(value) in inputs:
+            bounds[value.name] = min(bounds.get(value.name, size), size)
+    return bounds

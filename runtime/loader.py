@@ -81,6 +81,11 @@ class LoadedModel:
             if list(x.shape) != list(spec["shape"]):
                 raise InputError(f"input {spec['name']}: shape {list(x.shape)}, the model "
                                  f"takes {spec['shape']}")
+            bound = spec.get("index_bound")
+            if bound is not None and x.size and (x.min() < -bound or x.max() >= bound):
+                raise InputError(f"input {spec['name']}: values must lie in [{-bound}, {bound}) "
+                                 f"(they index a table of {bound} rows); got "
+                                 f"[{x.min()}, {x.max()}]")
             # documented conversion: non-contiguous or misaligned arrays are copied
             arrays.append(np.ascontiguousarray(x))
         return arrays
@@ -115,7 +120,8 @@ def _check_structure(path: Path, manifest: dict[str, Any]) -> None:
         if not isinstance(specs, list) or not all(
                 isinstance(s, dict) and isinstance(s.get("name"), str)
                 and isinstance(s.get("dtype"), str) and isinstance(s.get("shape"), list)
-                and all(isinstance(d, int) and d >= 0 for d in s["shape"]) for s in specs):
+                and all(isinstance(d, int) and d >= 0 for d in s["shape"])
+                and isinstance(s.get("index_bound", 0), int) for s in specs):
             fail(f"'{key}' must be a list of {{name, shape, dtype}}")
     weights = manifest.get("weights", [])
     if not isinstance(weights, list) or not all(

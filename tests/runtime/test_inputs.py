@@ -49,3 +49,27 @@ def test_unknown_and_mixed_names_are_refused(model):
         model(nope=np.ones(1))
     with pytest.raises(InputError, match="either positionally or by name"):
         model(np.ones((3, 4), np.float32), b=np.ones((3, 5), np.float32))
+
+
+class Embed(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.table = nn.Embedding(50, 8)
+
+    def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        # ids reach the gather unchanged (checked by the runtime); pos is shifted first
+        return self.table(ids.reshape(2, 3)).sum(1) + self.table(pos + 1).sum(1)
+
+
+def test_out_of_range_indices_are_refused_not_read_out_of_bounds():
+    """Token ids past the embedding table used to segfault inside TVM's gather kernel."""
+    torch.manual_seed(0)
+    ids, pos = torch.tensor([[1, 2, 3, 4, 5, 6]]), torch.tensor([[0, 1, 2], [3, 4, 5]])
+    compiled = honer.compile(Embed().eval(), (ids, pos))
+    assert compiled.manifest["inputs"][0]["index_bound"] == 50
+    assert "index_bound" not in compiled.manifest["inputs"][1]  # not the index itself
+    with pytest.raises(InputError, match=r"\[-50, 50\).*1000000"):
+        compiled(np.array([[1, 2, 3, 4, 5, 1_000_000]]), pos.numpy())
+    # an index computed inside the model is clamped to the table instead of read past it
+    out = compiled(ids.numpy(), np.full((2, 3), 10_000_000))
+    assert np.isfinite(out).all()
