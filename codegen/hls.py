@@ -249,6 +249,7 @@ class _Emitter:
         reuse = min(self.cfg.reuse_for(node.scope, node.name), k)
         units = math.ceil(k / reuse)
         wname, bias = self.rom(w), (f"{self.rom(b)}[o]" if b is not None else "d_zero()")
+        taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
         body = f"""  HONER_HLS(ARRAY_PARTITION variable={wname} cyclic factor={units} dim=1)
   for (int n = 0; n < {n}; n++)
   for (int o = 0; o < {oc}; o++)
@@ -260,10 +261,10 @@ class _Emitter:
       for (int u = 0; u < {units}; u++) {{
         HONER_HLS(UNROLL)
         const int k = r * {units} + u;
-        const int ci = k / {kh * kw}, ki = (k / {kw}) % {kh}, kj = k % {kw};
-        const int yy = i * {sh} - {ph} + ki * {dh}, xx = j * {sw} - {pw} + kj * {dw};
-        if (k < {k} && yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
-          acc_mac(acc, a0[((n * {c} + ci) * {h} + yy) * {wd} + xx], {wname}[o * {k} + k]);
+        if (k >= {k}) continue;
+        const int yy = i * {sh} - {ph} + {taps}_dy[k], xx = j * {sw} - {pw} + {taps}_dx[k];
+        if (yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
+          acc_mac(acc, a0[n * {c * h * wd} + {taps}_ch[k] + yy * {wd} + xx], {wname}[o * {k} + k]);
       }}
     }}
     y[((n * {oc} + o) * {oh} + i) * {ow} + j] = acc_out(acc);
@@ -271,6 +272,17 @@ class _Emitter:
 """
         self.add_layer(node, body, self.activations(node) + [out],
                        self.mac_estimate(node, n * oc * oh * ow, k, w, b, reuse))
+
+    def conv_taps(self, node: Node, c: int, h: int, w: int, kh: int, kw: int, dh: int,
+                  dw: int) -> str:
+        """Per reduction step k = (channel, kernel row, kernel column): the channel's offset
+        and the row / column displacement, as small ROMs instead of divisions per product."""
+        name = "taps_" + self.ident(node.name)
+        ci, ki, kj = np.meshgrid(np.arange(c), np.arange(kh), np.arange(kw), indexing="ij")
+        for suffix, table in (("ch", ci * h * w), ("dy", ki * dh), ("dx", kj * dw)):
+            items = ", ".join(str(int(v)) for v in table.ravel())
+            self.roms.append(f"static const int {name}_{suffix}[{table.size}] = {{{items}}};")
+        return name
 
     def simple_estimate(self, node: Node, cycles: int, arithmetic: str,
                         dsp: int = 0) -> LayerEstimate:

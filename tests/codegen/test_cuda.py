@@ -51,14 +51,16 @@ def test_coverage_models_build_for_cuda(name, tmp_path):
 @pytest.mark.parametrize("name", ["repvgg", "bert_minilm"])
 def test_every_exact_pass_then_cuda_builds(name):
     """The passes that have landed (the "exact" preset: folding, BN folding, RepVGG, linear
-    folding, QKV merging, activation fusion), then the CUDA build, in fp16."""
+    folding, QKV merging, activation fusion), then the CUDA build. (fp32: the first fp16
+    build with tensor-core matmuls in a process spends ~2 minutes importing TVM's tensor
+    intrinsics; test_fp16_stores_matmul_weights_in_half covers fp16.)"""
     if name == "repvgg":
         torch.manual_seed(0)
         model = randomize_batch_norms(RepVGG(widths=(8, 8, 16, 16, 32), depths=(1, 2, 2, 2, 1)))
         inputs = (torch.randn(1, 1, 28, 28),)
     else:
         model, inputs = ZOO[name]()
-    compiled = honer.compile(model, inputs, target="cuda:precision=fp16", passes=["exact"])
+    compiled = honer.compile(model, inputs, target="cuda", passes=["exact"])
     applied = [p["name"] for p in compiled.report["passes"] if p["matches"]]
     assert applied, compiled.report["passes"]
     assert compiled.report["build"]["schedule"]["kernels"] > 0
