@@ -102,13 +102,7 @@ def build(out: Path, python_version: str, only: set[str] | None = None) -> None:
         start = time.perf_counter()
         model, inputs = make_model(name, kwargs)
         compiled = honer.compile(model, inputs, target=f"cuda:precision={precision}")
-        case_dir = out / cid
-        if case_dir.exists():
-            shutil.rmtree(case_dir)
-        compiled.save(case_dir)
-        recipe = weight_recipe(case_dir, model)
-        (case_dir / "weights.bin").unlink()
-        np.savez(case_dir / "inputs.npz", *[x.numpy() for x in inputs])
+        recipe = save_case(out / cid, compiled, model, inputs)
         cases.append({"id": cid, "model": name, "kwargs": kwargs, "precision": precision,
                       "compare_compile": compare, "recipe": recipe,
                       "build_s": round(time.perf_counter() - start, 1),
@@ -149,20 +143,25 @@ def build_probe(out: Path, name: str, kwargs: dict[str, int]) -> dict[str, Any]:
     graph.set_outputs(probed)
     compiled = honer.compile(graph, inputs, target="cuda")
     pid = "probe_" + case_id(name, kwargs, "fp32")
-    case_dir = out / pid
-    if case_dir.exists():
-        shutil.rmtree(case_dir)
-    compiled.save(case_dir)
-    recipe = weight_recipe(case_dir, model)
-    (case_dir / "weights.bin").unlink()
-    arrays = [x.numpy() for x in inputs]
-    np.savez(case_dir / "inputs.npz", *arrays)
-    want = interpret(graph, arrays)
+    recipe = save_case(out / pid, compiled, model, inputs)
+    want = interpret(graph, [x.numpy() for x in inputs])
     nodes = {id(n.output): n for n in graph.nodes if len(n.outputs) == 1}
     return {"id": pid, "model": name, "kwargs": kwargs, "recipe": recipe,
             "values": [{"node": nodes[id(v)].name, "op": nodes[id(v)].op,
                         "scope": nodes[id(v)].scope, **value_stats(w)}
                        for v, w in zip(probed, want)]}
+
+
+def save_case(case_dir: Path, compiled: Any, model: Any, inputs: tuple) -> list[dict]:
+    """The artifact without its weight file (replaced by the recipe it returns), and the
+    example inputs."""
+    if case_dir.exists():
+        shutil.rmtree(case_dir)
+    compiled.save(case_dir)
+    recipe = weight_recipe(case_dir, model)
+    (case_dir / "weights.bin").unlink()
+    np.savez(case_dir / "inputs.npz", *[x.numpy() for x in inputs])
+    return recipe
 
 
 def weight_recipe(artifact: Path, model: Any) -> list[dict[str, Any]]:

@@ -227,15 +227,17 @@ def _half_params(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[
     """Params whose every use is `astype(p, precision)` become params of that dtype."""
     func = mod["main"]
     num_input = int(func.attrs["num_input"])
-    uses: dict[relax.Var, list[relax.VarBinding]] = {}
+    uses: dict[relax.Var, list[relax.VarBinding | None]] = {}
     casts: dict[relax.Var, list[relax.VarBinding]] = {}
     astype = tvm.ir.Op.get("relax.astype")
 
-    def visit(expr: relax.Expr, binding: relax.VarBinding) -> None:
-        for arg in getattr(expr, "args", []) or getattr(expr, "fields", []):
+    def visit(expr: relax.Expr, binding: relax.VarBinding | None) -> None:
+        for arg in [expr] if isinstance(expr, relax.Var) else \
+                getattr(expr, "args", []) or getattr(expr, "fields", []):
             if isinstance(arg, relax.Var):
                 uses.setdefault(arg, []).append(binding)
 
+    visit(func.body.body, None)  # a weight returned as it is keeps its dtype
     for block in func.body.blocks:
         for b in block.bindings:
             visit(b.value, b)
@@ -293,8 +295,8 @@ _THREAD_BINDING = re.compile(
 
 def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
     """Thread and block extents a scheduled kernel binds (the largest seen per axis; symbolic
-    extents are left out). TVM's
-    Python API has no TIR visitor any more, so they are read off the printed TIR."""
+    extents are left out). TVM's Python API has no TIR visitor any more, so they are read off
+    the printed TIR."""
     threads, blocks = [1, 1, 1], [1, 1, 1]
     for m in _THREAD_BINDING.finditer(func.script()):
         start, stop = int(m.group(1) or 0), int(m.group(2))

@@ -49,6 +49,16 @@ class HLSConfig:
     clock_mhz: float = 200.0
     part: str = "xcu250-figd2104-2L-e"
 
+    def __post_init__(self) -> None:
+        self.fixed  # noqa: B018 - parses the number format, refusing a bad one now
+        for key, allowed in {"rounding": ("trn", "rnd"), "overflow": ("wrap", "sat"),
+                             "interface": ("axis", "m_axi")}.items():
+            if getattr(self, key) not in allowed:
+                raise HonerError(f"fpga-hls: {key}={getattr(self, key)!r}; choose "
+                                 f"{' or '.join(allowed)}")
+        if self.reuse < 1 or any(r < 1 for _, r in self.layer_reuse):
+            raise HonerError("fpga-hls: reuse factors must be positive integers")
+
     @property
     def fixed(self) -> tuple[int, int] | None:
         if self.number == "float":
@@ -205,29 +215,42 @@ class _Emitter:
             units * dsp_per_mac, wbits, _bram(wbits, units), node.output.type.size * width,
             outputs * reuse + 8, reuse)
 
-    def emit_linear(self, node: Node, out: str) -> None:
-        x, w = node.inputs[0], node.inputs[1]
+    def mac_operands(self, node: Node, k: int) -> tuple[Value, Value | None, str, str, int]:
+        """Weight, bias, the weight ROM, the bias expression and the reuse factor of a
+        multiply-accumulate layer with reduction size `k`."""
+        w = node.inputs[1]
         b = node.inputs[2] if len(node.inputs) > 2 else None
         if w.data is None or (b is not None and b.data is None):
-            raise CodegenError(f"fpga-hls: {node.name}: linear weights must be constants")
-        m, k = w.shape
-        rows = x.type.size // k
-        reuse = min(self.cfg.reuse_for(node.scope, node.name), k)
+            raise CodegenError(f"fpga-hls: {node.name}: {node.op} weights must be constants")
+        bias = f"{self.rom(b)}[o]" if b is not None else "d_zero()"
+        return w, b, self.rom(w), bias, min(self.cfg.reuse_for(node.scope, node.name), k)
+
+    @staticmethod
+    def reduction(k: int, reuse: int, indent: str, mac: str) -> str:
+        """The K products of one output in `reuse` pipelined steps of ceil(K / reuse) unrolled
+        multipliers; `mac` accumulates product `k` into `acc`."""
         units = math.ceil(k / reuse)
-        wname, bias = self.rom(w), (f"{self.rom(b)}[o]" if b is not None else "d_zero()")
-        body = f"""  HONER_HLS(ARRAY_PARTITION variable={wname} cyclic factor={units} dim=1)
+        body = f"""for (int r = 0; r < {reuse}; r++) {{
+  HONER_HLS(PIPELINE II=1)
+  for (int u = 0; u < {units}; u++) {{
+    HONER_HLS(UNROLL)
+    const int k = r * {units} + u;
+    if (k >= {k}) continue;
+{mac}
+  }}
+}}"""
+        return "".join(f"{indent}{line}\n" if line else "\n" for line in body.splitlines())
+
+    def emit_linear(self, node: Node, out: str) -> None:
+        m, k = node.inputs[1].shape
+        rows = node.inputs[0].type.size // k
+        w, b, wname, bias, reuse = self.mac_operands(node, k)
+        mac = f"    acc_mac(acc, a0[n * {k} + k], {wname}[o * {k} + k]);"
+        body = f"""  {_partition(wname, k, reuse)}
   for (int n = 0; n < {rows}; n++) {{
     for (int o = 0; o < {m}; o++) {{
       acc_t acc = acc_init({bias});
-      for (int r = 0; r < {reuse}; r++) {{
-        HONER_HLS(PIPELINE II=1)
-        for (int u = 0; u < {units}; u++) {{
-          HONER_HLS(UNROLL)
-          const int k = r * {units} + u;
-          if (k < {k}) acc_mac(acc, a0[n * {k} + k], {wname}[o * {k} + k]);
-        }}
-      }}
-      y[n * {m} + o] = acc_out(acc);
+{self.reduction(k, reuse, "      ", mac)}      y[n * {m} + o] = acc_out(acc);
     }}
   }}
 """
@@ -235,39 +258,30 @@ class _Emitter:
                        self.mac_estimate(node, rows * m, k, w, b, reuse))
 
     def emit_conv(self, node: Node, out: str) -> None:
-        x, w = node.inputs[0], node.inputs[1]
-        b = node.inputs[2] if len(node.inputs) > 2 else None
-        if len(x.shape) != 4 or w.data is None or (b is not None and b.data is None):
-            raise CodegenError(f"fpga-hls: {node.name}: only 2-D convs with constant weights")
+        x = node.inputs[0]
+        if len(x.shape) != 4:
+            raise CodegenError(f"fpga-hls: {node.name}: only 2-D convs")
         n, c, h, wd = x.shape
-        oc, _, kh, kw = w.shape
+        oc, _, kh, kw = node.inputs[1].shape
         _, _, oh, ow = node.output.shape
         sh, sw = node.attrs["strides"]
         ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
         dh, dw = node.attrs["dilation"]
         k = c * kh * kw
-        reuse = min(self.cfg.reuse_for(node.scope, node.name), k)
-        units = math.ceil(k / reuse)
-        wname, bias = self.rom(w), (f"{self.rom(b)}[o]" if b is not None else "d_zero()")
+        w, b, wname, bias, reuse = self.mac_operands(node, k)
         taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
-        body = f"""  HONER_HLS(ARRAY_PARTITION variable={wname} cyclic factor={units} dim=1)
+        mac = f"""    const int yy = i * {sh} - {ph} + {taps}_dy[k];
+    const int xx = j * {sw} - {pw} + {taps}_dx[k];
+    if (yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
+      acc_mac(acc, a0[n * {c * h * wd} + {taps}_ch[k] + yy * {wd} + xx],
+              {wname}[o * {k} + k]);"""
+        body = f"""  {_partition(wname, k, reuse)}
   for (int n = 0; n < {n}; n++)
   for (int o = 0; o < {oc}; o++)
   for (int i = 0; i < {oh}; i++)
   for (int j = 0; j < {ow}; j++) {{
     acc_t acc = acc_init({bias});
-    for (int r = 0; r < {reuse}; r++) {{
-      HONER_HLS(PIPELINE II=1)
-      for (int u = 0; u < {units}; u++) {{
-        HONER_HLS(UNROLL)
-        const int k = r * {units} + u;
-        if (k >= {k}) continue;
-        const int yy = i * {sh} - {ph} + {taps}_dy[k], xx = j * {sw} - {pw} + {taps}_dx[k];
-        if (yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
-          acc_mac(acc, a0[n * {c * h * wd} + {taps}_ch[k] + yy * {wd} + xx], {wname}[o * {k} + k]);
-      }}
-    }}
-    y[((n * {oc} + o) * {oh} + i) * {ow} + j] = acc_out(acc);
+{self.reduction(k, reuse, "    ", mac)}    y[((n * {oc} + o) * {oh} + i) * {ow} + j] = acc_out(acc);
   }}
 """
         self.add_layer(node, body, self.activations(node) + [out],
@@ -530,6 +544,11 @@ class _Emitter:
 """
         self.add_layer(node, body, self.activations(node) + [out],
                        self.simple_estimate(node, 2 * size + 30, self.fallback(), dsp=8))
+
+
+def _partition(rom: str, k: int, reuse: int) -> str:
+    """Each step of a reduction reads ceil(K / reuse) weights at once."""
+    return f"HONER_HLS(ARRAY_PARTITION variable={rom} cyclic factor={math.ceil(k / reuse)} dim=1)"
 
 
 def _bram(bits: int, partitions: int) -> int:

@@ -110,7 +110,7 @@ def block_influence(graph: Graph, blocks: list[Block], calib: Calibration) -> li
             cos = (x * y).sum(1) / np.maximum(np.linalg.norm(x, axis=1)
                                               * np.linalg.norm(y, axis=1), 1e-30)
             sums[i] += (1.0 - cos).sum()
-        tokens += x.shape[0]
+        tokens += seen[blocks[0].entry.name].size // blocks[0].entry.shape[-1]
     return list(sums / max(tokens, 1))
 
 

@@ -27,16 +27,7 @@ class FpgaHlsTarget(Target):
     tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),)
 
     def __init__(self, config: HLSConfig | None = None):
-        self.config = config or HLSConfig()
-        self.config.fixed  # noqa: B018 - validates the number format now
-        checks = {"rounding": ("trn", "rnd"), "overflow": ("wrap", "sat"),
-                  "interface": ("axis", "m_axi")}
-        for key, allowed in checks.items():
-            if getattr(self.config, key) not in allowed:
-                raise HonerError(f"fpga-hls: {key}={getattr(self.config, key)!r}; choose "
-                                 f"{' or '.join(allowed)}")
-        if self.config.reuse < 1:
-            raise HonerError("fpga-hls: reuse must be a positive integer")
+        self.config = config or HLSConfig()  # HLSConfig refuses bad options itself
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> FpgaHlsTarget:
