@@ -18,7 +18,7 @@ from tvm import relax
 
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
-from ..ir.ops import attention_scale, slice_indices
+from ..ir.ops import FREE_MERGE, attention_scale, slice_indices
 
 R = relax.op
 Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
@@ -336,6 +336,66 @@ def _lower_attention(bb, node, args):
     return R.matmul(probs, v)
 
 
+# ---- token reduction plans: the same steps as the numpy references in ir/ops.py ---------------
+
+
+def _one_hot(idx: relax.Expr, depth: int, dt: str) -> relax.Expr:
+    on, off = (relax.prim_value(tvm.tirx.FloatImm(dt, v)) for v in (1.0, 0.0))
+    return R.one_hot(idx, on, off, depth)
+
+
+def _every_other(x: relax.Expr, first: int, n: int, axis: int = 1) -> relax.Expr:
+    return R.strided_slice(x, [axis], [first], [n], [2])
+
+
+def _lower_tome_plan(bb, node, args):
+    k, size = args
+    (_, _, n, _), dt = node.inputs[0].shape, _dtype(node)
+    r, protect = node.attrs["r"], node.attrs["protect"]
+    na, nb = (n + 1) // 2, n // 2
+    metric = bb.emit(R.mean(k, axis=[1]))
+    norm = R.sqrt(R.sum(R.multiply(metric, metric), axis=[-1], keepdims=True))
+    metric = bb.emit(R.divide(metric, R.maximum(norm, _const(1e-12, dt))))
+    scores = R.matmul(_every_other(metric, 0, n),
+                      R.permute_dims(_every_other(metric, 1, n), [0, 2, 1]))
+    zero, neg_inf = _const(0, dt), _const(-np.inf, dt)
+    real_b = R.expand_dims(R.greater(_every_other(size, 1, n), zero), 1)
+    scores = R.where(real_b, scores, neg_inf)
+    free = _const((FREE_MERGE + np.arange(na)).reshape(1, na, 1), dt)
+    scores = R.where(R.expand_dims(R.greater(_every_other(size, 0, n), zero), 2), scores, free)
+    allowed = (np.arange(na)[:, None] * 2 >= protect) & (np.arange(nb)[None] * 2 + 1 >= protect)
+    scores = bb.emit(R.where(_const(allowed, "bool"), scores, neg_inf))
+    order = bb.emit(R.argsort(R.max(scores, axis=[-1]), axis=-1, descending=True, dtype="int64"))
+    src = bb.emit(R.strided_slice(order, [1], [0], [r]))
+    unmerged = R.sort(R.strided_slice(order, [1], [r], [na]), axis=-1)
+    dst = R.gather_elements(R.astype(R.argmax(scores, axis=-1), "int64"), src, axis=1)
+    two = _const(2, "int64")
+    b_rows = R.add(_const(np.eye(n)[1::2][None], dt),
+                   R.matmul(R.permute_dims(_one_hot(dst, nb, dt), [0, 2, 1]),
+                            _one_hot(R.multiply(src, two), n, dt)))
+    return R.concat([_one_hot(R.multiply(unmerged, two), n, dt), b_rows], axis=1)
+
+
+def _lower_prune_plan(bb, node, args):
+    q, k, size = args
+    qt, kt, dt = node.inputs[0].type, node.inputs[1].type, _dtype(node)
+    n, r, protect = kt.shape[2], node.attrs["r"], node.attrs["protect"]
+    rep = qt.shape[1] // kt.shape[1]
+    if rep > 1:
+        k = bb.emit(R.repeat(k, rep, axis=1))
+    first_query = R.strided_slice(q, [2], [0], [1])
+    logits = R.multiply(R.matmul(first_query, R.permute_dims(k, [0, 1, 3, 2])),
+                        _const(attention_scale(node.attrs, qt.shape[3]), dt))
+    logits = R.add(logits, R.reshape(R.log(size), [kt.shape[0], 1, 1, n]))
+    attended = R.reshape(R.mean(R.nn.softmax(logits, axis=-1), axis=[1]), [kt.shape[0], n])
+    idx = np.arange(n, dtype=np.float32)
+    score = R.where(R.greater(size, _const(0, dt)), attended, _const(-1.0 - idx, dt))
+    score = bb.emit(R.where(_const(idx < protect, "bool"), _const(FREE_MERGE, dt), score))
+    order = R.argsort(score, axis=-1, descending=True, dtype="int64")
+    keep = R.sort(R.strided_slice(order, [1], [0], [n - r]), axis=-1)
+    return _one_hot(keep, n, dt)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "cast": _lower_cast, "where": _lower_where, "argmax": _lower_arg, "argmin": _lower_arg,
     "softmax": _lower_softmax, "log_softmax": _lower_softmax, "cumsum": _lower_cumsum,
@@ -347,6 +407,7 @@ LOWERINGS: dict[str, Lowering] = {
     "batch_norm": _lower_batch_norm,
     "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
     "attention": _lower_attention,
+    "tome_plan": _lower_tome_plan, "prune_plan": _lower_prune_plan,
 }
 for _op in REDUCE_RELAX:
     LOWERINGS[_op] = _lower_reduce

@@ -833,3 +833,104 @@ def _attention_ref(a: dict[str, Any], q, k, v, mask=None):
 register("attention", _attention_infer, _attention_ref, {"scale": None, "causal": False},
          num_inputs=(3, 4),
          doc="softmax(q k^T * scale + mask) v over [B, H, S, D]; grouped k/v heads allowed")
+
+
+# ---- token reduction plans (token merging, token pruning) ------------------------------------
+#
+# A plan is a [B, N - r, N] matrix W of zeros and ones: row i lists the input tokens that form
+# output token i. Applying it is plain IR (x' = W (x * size) / W size, size' = W size), so the
+# same plan moves any per-token tensor. Token sizes encode padding as size 0: a padding token
+# is never merged with a real one (merging it into anything is lossless, since its weight is
+# 0), and log(size) as an attention bias masks it out exactly as the padding mask did.
+
+# scores of pairs the matching must rank first (padding sources) and never choose (protected)
+FREE_MERGE = 2.0  # above any cosine similarity
+
+
+def merge_limit(tokens: int, protect: int) -> int:
+    """The most tokens one bipartite matching can remove: every set-A token not protected."""
+    return (tokens + 1) // 2 - (protect + 1) // 2
+
+
+def _token_plan_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    k, size = types[-2], types[-1]
+    op = "prune_plan" if len(types) == 3 else "tome_plan"
+    if len(k.shape) != 4:
+        raise IRError(f"{op}: keys must be [batch, heads, tokens, dim], got {list(k.shape)}")
+    b, _, n, _ = k.shape
+    if size.shape != (b, n) or size.dtype != k.dtype:
+        raise IRError(f"{op}: sizes must be {k.dtype}[{b},{n}], got {size}")
+    r, protect = attrs["r"], attrs["protect"]
+    limit = n - protect if op == "prune_plan" else merge_limit(n, protect)
+    if not 0 < r <= limit:
+        raise IRError(f"{op}: r={r} out of range 1..{limit} for {n} tokens "
+                      f"({protect} protected)")
+    return [TensorType((b, n - r, n), k.dtype)]
+
+
+def tome_scores(k: np.ndarray, size: np.ndarray, protect: int) -> np.ndarray:
+    """Bipartite matching scores [B, A, B-set] (ToMe): cosine of the head-averaged keys of the
+    even (A) and odd (B) tokens; padding sources rank first, forbidden pairs are -inf."""
+    metric = k.astype(np.float32).mean(axis=1)
+    metric = metric / np.maximum(np.sqrt((metric * metric).sum(-1, keepdims=True)), 1e-12)
+    scores = metric[:, 0::2] @ np.swapaxes(metric[:, 1::2], 1, 2)
+    na, nb = scores.shape[1:]
+    real_a, real_b = size[:, 0::2] > 0, size[:, 1::2] > 0
+    scores = np.where(real_b[:, None, :], scores, -np.inf)  # real tokens never into padding
+    free = FREE_MERGE + np.arange(na, dtype=np.float32)  # distinct, so no ties to break
+    scores = np.where(real_a[:, :, None], scores, free[None, :, None])
+    allowed = (np.arange(na)[:, None] * 2 >= protect) & (np.arange(nb)[None, :] * 2 + 1 >= protect)
+    return np.where(allowed, scores, -np.inf).astype(np.float32)
+
+
+def _one_hot(idx: np.ndarray, depth: int) -> np.ndarray:
+    return (idx[..., None] == np.arange(depth)).astype(np.float32)
+
+
+def _tome_plan_ref(a: dict[str, Any], k: np.ndarray, size: np.ndarray) -> np.ndarray:
+    r, n = a["r"], k.shape[2]
+    scores = tome_scores(k, size, a["protect"])
+    best, best_dst = scores.max(-1), scores.argmax(-1)
+    order = np.argsort(-best, axis=-1, kind="stable")
+    src, unmerged = order[:, :r], np.sort(order[:, r:], axis=-1)
+    dst = np.take_along_axis(best_dst, src, axis=-1)
+    nb = n // 2
+    b_rows = _one_hot(np.arange(nb) * 2 + 1, n)[None] + \
+        np.swapaxes(_one_hot(dst, nb), 1, 2) @ _one_hot(src * 2, n)
+    return np.concatenate([_one_hot(unmerged * 2, n), b_rows], axis=1).astype(k.dtype)
+
+
+def class_attention(q: np.ndarray, k: np.ndarray, size: np.ndarray, scale: float) -> np.ndarray:
+    """How much the first token attends to each token, averaged over heads: [B, N]."""
+    rep = q.shape[1] // k.shape[1]
+    k = np.repeat(k, rep, axis=1) if rep > 1 else k
+    with np.errstate(divide="ignore"):
+        s = (q[:, :, :1] @ np.swapaxes(k, -1, -2)) * np.float32(scale) \
+            + np.log(size)[:, None, None, :]
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return (e / e.sum(-1, keepdims=True)).mean(axis=1)[:, 0]
+
+
+def prune_scores(q, k, size, protect: int, scale: float) -> np.ndarray:
+    """Class attention per token; protected tokens rank first, padding last (distinct)."""
+    n = k.shape[2]
+    idx = np.arange(n, dtype=np.float32)
+    score = np.where(size > 0, class_attention(q, k, size, scale), -1.0 - idx)
+    return np.where(idx < protect, FREE_MERGE, score).astype(np.float32)
+
+
+def _prune_plan_ref(a: dict[str, Any], q, k, size) -> np.ndarray:
+    n, r = k.shape[2], a["r"]
+    score = prune_scores(q, k, size, a["protect"], attention_scale(a, q.shape[-1]))
+    keep = np.sort(np.argsort(-score, axis=-1, kind="stable")[:, :n - r], axis=-1)
+    return _one_hot(keep, n).astype(k.dtype)
+
+
+register("tome_plan", _token_plan_infer, _tome_plan_ref, {"r": REQUIRED, "protect": 0},
+         num_inputs=(2, 2),
+         doc="ToMe bipartite soft matching of (keys [B,H,N,D], sizes [B,N]): the [B,N-r,N] "
+             "merge matrix; the first `protect` tokens are never merged")
+register("prune_plan", _token_plan_infer, _prune_plan_ref,
+         {"r": REQUIRED, "protect": 1, "scale": None}, num_inputs=(3, 3),
+         doc="keeps the N-r tokens the first (class) token attends to most, given (q, k, "
+             "sizes): a [B,N-r,N] selection matrix")

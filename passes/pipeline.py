@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import HonerError, PassError
 from ..ir import Graph, verify
-from . import act_fuse, bn_fold, dce, fold, layer_skip, linear_fold, qkv_merge, repvgg
+from . import act_fuse, bn_fold, dce, fold, layer_skip, linear_fold, qkv_merge, repvgg, tome
 from .base import Calibration, PassReport
 
 PassSpec = str | tuple[str, Any]
@@ -25,6 +25,7 @@ REGISTRY: dict[str, ModuleType] = {
     "qkv_merge": qkv_merge,
     "act_fuse": act_fuse,
     "layer_skip": layer_skip,
+    "tome": tome,
 }
 
 # names that stand for a sequence of passes, in the order their docstrings give
