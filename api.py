@@ -58,6 +58,7 @@ def compile(  # noqa: A001 - the public name users expect
     target: str = "host",
     passes: Sequence[Any] = (),
     calibration: Sequence[Sequence[np.ndarray]] | None = None,
+    evaluation: tuple[Sequence[Sequence[np.ndarray]], Sequence[np.ndarray]] | None = None,
     check: bool = True,
     progress: Callable[[str], None] | None = None,
     tune: TuneConfig | None = None,
@@ -67,6 +68,9 @@ def compile(  # noqa: A001 - the public name users expect
     `tune` tunes the kernels with MetaSchedule for up to `tune.budget_s` seconds (kernels
     already in `tune.database` are reused, budget 0 only reads it) and builds each kernel with
     whichever of tuned and rule schedules measured faster.
+
+    `calibration` (input tuples) feeds the passes that calibrate; `evaluation` (input tuples,
+    and the labels of each) adds the top-1 before and after to every approximate pass's report.
 
     `check` runs the compiled model once on the example inputs and records the max error
     against the reference (PyTorch eager for torch models, the IR interpreter otherwise).
@@ -91,8 +95,10 @@ def compile(  # noqa: A001 - the public name users expect
     verify(graph)
     captured = graph
     calib = Calibration([tuple(s) for s in calibration]) if calibration else None
+    evals = passes_mod.Evaluation([tuple(s) for s in evaluation[0]],
+                                  [np.asarray(y) for y in evaluation[1]]) if evaluation else None
     graph, pass_reports = timed("passes", lambda: passes_mod.run_pipeline(graph, passes, calib,
-                                                                          say))
+                                                                          say, evals))
     lowered = timed("lower", lambda: tgt.lower(graph))
     tuning = None
     if tune is not None and tune.budget_s > 0:

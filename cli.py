@@ -1,4 +1,4 @@
-"""The `honer` command: compile, run, inspect, targets.
+"""The `honer` command: compile, tune, sweep, run, inspect, targets, demo.
 
 Exit codes: 0 success, 1 a honer error (the message says what and, where it helps, the fix),
 2 bad usage, 130 interrupted.
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FrontendError, HonerError, InputError
+from .passes.pipeline import split_specs
 
 
 def _progress() -> Any:
@@ -105,13 +106,20 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from .codegen.tuning import TuneConfig
 
     model, examples = _model_and_examples(args)
-    passes = [p for p in (args.passes or "").split(",") if p]
+    passes = split_specs(args.passes or "")
     tune = None
     if args.command == "tune" or args.tuning_db:
         budget = parse_seconds(args.budget) if args.command == "tune" else 0.0
         tune = TuneConfig(Path(args.tuning_db or DEFAULT_TUNING_DB), budget_s=budget)
+    batch = _batch_size(examples)
+    evaluation = None
+    if getattr(args, "eval", None):
+        inputs, labels = _read_eval(args.eval)
+        evaluation = (_batches(inputs, batch), [y for (y,) in _batches([labels], batch)])
     compiled = honer_compile(model, examples, target=args.target, passes=passes,
-                             progress=_progress(), tune=tune)
+                             calibration=_read_calibration(getattr(args, "calibration", None),
+                                                           batch),
+                             evaluation=evaluation, progress=_progress(), tune=tune)
     print(format_report(compiled.report))
     if args.output:
         print(f"wrote {compiled.save(args.output)}")
@@ -234,6 +242,56 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0 if agree == len(labels) else 1
 
 
+def _batches(arrays: list[np.ndarray], batch: int) -> list[tuple[np.ndarray, ...]]:
+    count = len(arrays[0]) // batch
+    return [tuple(a[i * batch:(i + 1) * batch] for a in arrays) for i in range(count)]
+
+
+def _batch_size(examples: Sequence[Any] | None) -> int:
+    first = np.asarray(examples[0]) if examples else np.zeros(())
+    return int(first.shape[0]) if first.ndim else 1
+
+
+def _read_eval(path: str) -> tuple[list[np.ndarray], np.ndarray]:
+    """Evaluation data: the model's inputs (first axis: examples) and an array 'labels'."""
+    data = read_arrays([path])
+    if not isinstance(data, dict) or "labels" not in data:
+        raise InputError(f"{path}: needs an array named 'labels' beside the inputs")
+    labels = data.pop("labels")
+    return list(data.values()), labels
+
+
+def _read_calibration(path: str | None, batch: int) -> list[tuple[np.ndarray, ...]] | None:
+    if not path:
+        return None
+    arrays = read_arrays([path])
+    return _batches(list(arrays.values()) if isinstance(arrays, dict) else arrays, batch)
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .benchmarks import sweep
+
+    model, examples = _model_and_examples(args)
+    if examples is None:
+        raise InputError("give --inputs: the sweep times every point on them")
+    batch = _batch_size(examples)
+    evaluate = None
+    if args.eval:
+        inputs, labels = _read_eval(args.eval)
+        evaluate = sweep.top1(inputs, labels, batch)
+    calibration = _read_calibration(args.calibration, batch)
+    base = split_specs(args.passes or "")
+    points = sweep.points_for(args.template, sweep.parse_values(args.values), base)
+    rows = sweep.run_sweep(model, examples, points, evaluate, calibration, args.target,
+                           args.runs, say=lambda msg: print(msg, file=sys.stderr, flush=True))
+    metric = "top-1" if evaluate else "metric"
+    print(sweep.summary(rows, metric))
+    for path in sweep.save_curve(Path(args.output), {args.template: rows},
+                                 f"{Path(args.model).name}: {args.template}", metric):
+        print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="honer", description="Ahead-of-time neural network "
                                      "compiler on Apache TVM.")
@@ -247,6 +305,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inputs", nargs="+", help="example inputs (.npz or .npy files), for ONNX "
                                                "models with symbolic dimensions")
     p.add_argument("--tuning-db", help="take tuned kernels from this database (see `tune`)")
+    p.add_argument("--calibration", help=".npz of calibration inputs (first axis: samples), "
+                                         "for passes that calibrate")
+    p.add_argument("--eval", help=".npz of evaluation inputs and 'labels': approximate "
+                                  "passes report top-1 before and after")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database "
                                     "that later compiles reuse")
@@ -258,6 +320,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passes", help="comma-separated pass specs, as for compile")
     p.add_argument("--inputs", nargs="+", help="example inputs, as for compile")
     p.set_defaults(func=cmd_compile)
+    p = sub.add_parser("sweep", help="top-1 (or output error) versus measured speedup over the "
+                                     "settings of an approximate pass: a table and a plot")
+    p.add_argument("model", help="model.onnx, or path/to/file.py:factory")
+    p.add_argument("--pass", dest="template", required=True,
+                   help="pass spec with {} for the swept value: 'tome:r={}', "
+                        "'layer_skip:count={}'")
+    p.add_argument("--values", required=True, help="1,2,4 or a range 0-8 or 0-16:4 (0 is "
+                                                   "the baseline, always included)")
+    p.add_argument("--passes", help="passes every point runs first, e.g. exact")
+    p.add_argument("--inputs", nargs="+", help="example inputs, as for compile")
+    p.add_argument("--eval", help=".npz of evaluation inputs (first axis: examples) and "
+                                  "'labels'; the metric is then top-1")
+    p.add_argument("--calibration", help=".npz of calibration inputs (first axis: samples)")
+    p.add_argument("--target", default="host")
+    p.add_argument("--runs", type=int, default=30, help="timed runs per point (median)")
+    p.add_argument("-o", "--output", required=True, help="path prefix of the .json, .csv "
+                                                         "and .png it writes")
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser("run", help="run an artifact on inputs from .npy/.npz files")
     p.add_argument("artifact")
     p.add_argument("-i", "--inputs", nargs="+", required=True)

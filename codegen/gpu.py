@@ -78,13 +78,37 @@ class CudaBuild:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
 
+def _dlight_schedule() -> tvm.transform.Pass:
+    """dlight's GPU rules, each declining a kernel it fails on so the next rule takes it:
+    TVM 0.27's GEMV rule asserts on some batched matrix-vector shapes (a token-merge plan
+    applied to the token sizes, [B, N', N] x [B, N, 1]) instead of returning None."""
+    from tvm.s_tir import dlight as dl
+
+    class Declining(dl.ScheduleRule):
+        def __init__(self, rule: dl.ScheduleRule):
+            self.rule = rule
+
+        def apply(self, func: tirx.PrimFunc, target: tvm.target.Target, tunable: bool) -> Any:
+            try:
+                return self.rule.apply(func, target, tunable)
+            except Exception:  # noqa: BLE001 - the rule's own failure: let the next one try
+                return None
+
+    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
+             dl.gpu.Fallback())
+    return dl.ApplyDefaultSchedule(*(Declining(r) for r in rules))
+
+
 def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pass:
     from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
 
     @tvm.transform.module_pass(opt_level=0, name="HonerGPUPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
-            passes = (cuda.library_dispatch_passes(target) + cuda.legalize_passes(target)
+            legalize = [_dlight_schedule() if isinstance(p, dl.ApplyDefaultSchedule) else p
+                        for p in cuda.legalize_passes(target)]
+            passes = (cuda.library_dispatch_passes(target) + legalize
                       + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 

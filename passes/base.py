@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..ir import Graph
+from ..ir import Graph, interpret
 
 
 @dataclass
@@ -15,6 +15,23 @@ class Calibration:
     """User data for calibrating approximate passes: a list of input tuples."""
 
     samples: list[tuple[np.ndarray, ...]]
+
+
+@dataclass
+class Evaluation:
+    """Labeled data for the task metric in the pass reports: input tuples, and for each the
+    labels of its rows. The metric is top-1: the first output's argmax over its last axis."""
+
+    samples: list[tuple[np.ndarray, ...]]
+    labels: list[np.ndarray]
+
+    def top1(self, graph: Graph) -> float:
+        correct = total = 0
+        for sample, labels in zip(self.samples, self.labels):
+            predicted = interpret(graph, list(sample))[0].argmax(-1)
+            correct += int((predicted.reshape(labels.shape) == labels).sum())
+            total += labels.size
+        return correct / max(total, 1)
 
 
 @dataclass

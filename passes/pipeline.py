@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import HonerError, PassError
 from ..ir import Graph, verify
 from . import act_fuse, bn_fold, dce, fold, layer_skip, linear_fold, qkv_merge, repvgg, tome
-from .base import Calibration, PassReport
+from .base import Calibration, Evaluation, PassReport
 
 PassSpec = str | tuple[str, Any]
 
@@ -42,6 +42,18 @@ def expand_presets(passes: Sequence[PassSpec]) -> list[PassSpec]:
         else:
             out.append(spec)
     return out
+
+
+def split_specs(text: str) -> list[str]:
+    """'exact,tome:r=8,mode=prune' -> ['exact', 'tome:r=8,mode=prune']: a comma starts a new
+    pass unless what follows is another key=value of the one before."""
+    specs: list[str] = []
+    for item in filter(None, (s.strip() for s in text.split(","))):
+        if specs and "=" in item and ":" not in item:
+            specs[-1] += "," + item
+        else:
+            specs.append(item)
+    return specs
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -96,9 +108,13 @@ def _module(name: str) -> ModuleType:
 
 
 def run_pipeline(graph: Graph, passes: Sequence[PassSpec], calib: Calibration | None = None,
-                 progress: Callable[[str], None] | None = None) -> tuple[Graph, list[PassReport]]:
-    """Runs passes in order, verifying the graph after each; returns the graph and reports."""
+                 progress: Callable[[str], None] | None = None,
+                 evaluation: Evaluation | None = None) -> tuple[Graph, list[PassReport]]:
+    """Runs passes in order, verifying the graph after each; returns the graph and reports.
+    With `evaluation`, every approximate pass's report gets the task metric (top-1) of the
+    graph before and after it."""
     reports = []
+    metric: float | None = None  # of `graph`, computed when an approximate pass needs it
     for spec in expand_presets(passes):
         if isinstance(spec, str):
             name, options = parse_spec(spec)
@@ -116,6 +132,13 @@ def run_pipeline(graph: Graph, passes: Sequence[PassSpec], calib: Calibration | 
         except Exception as e:
             raise PassError(name, f"{type(e).__name__}: {e}") from e
         result.report.effect.setdefault("seconds", round(time.perf_counter() - start, 3))
+        if evaluation is not None and not result.report.exact:
+            metric = evaluation.top1(graph) if metric is None else metric
+            after = evaluation.top1(result.graph)
+            result.report.effect.update(top1_before=metric, top1_after=after)
+            metric = after
+        elif result.changed:
+            metric = None
         reports.append(result.report)
         graph = result.graph
     return graph, reports

@@ -1,5 +1,6 @@
 """The `honer` command as a shell user drives it: exit codes, files, messages."""
 
+import json
 import os
 import subprocess
 import sys
@@ -80,3 +81,39 @@ def test_bad_tuning_budgets_are_refused_with_the_accepted_forms(text):
 
     with pytest.raises(InputError, match="--budget"):
         parse_seconds(text)
+
+
+def test_sweep_writes_the_curve_table_and_plot(tmp_path):
+    (tmp_path / "vit.py").write_text(textwrap.dedent("""
+        import torch
+        from transformers import ViTConfig, ViTForImageClassification
+
+        class Logits(torch.nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
+            def forward(self, x):
+                return self.m(x).logits
+
+        def build():
+            torch.manual_seed(0)
+            cfg = ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, image_size=28, patch_size=7, num_channels=1,
+                            num_labels=4, attn_implementation="sdpa")
+            return Logits(ViTForImageClassification(cfg).eval()), (torch.randn(1, 1, 28, 28),)
+    """))
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "eval.npz", pixels=rng.standard_normal((6, 1, 28, 28), np.float32),
+             labels=rng.integers(0, 4, 6))
+    r = honer("sweep", f"{tmp_path / 'vit.py'}:build", "--pass", "tome:r={}", "--values",
+              "0-4:2", "--eval", tmp_path / "eval.npz", "--runs", "3", "-o", tmp_path / "curve")
+    assert r.returncode == 0, r.stderr
+    assert "top-1" in r.stdout and "speedup" in r.stdout
+    data = json.loads((tmp_path / "curve.json").read_text())
+    rows = data["curves"]["tome:r={}"]
+    assert [row["label"] for row in rows] == ["baseline", "2", "4"]
+    assert rows[0]["speedup"] == 1.0 and rows[0]["output_error"] == 0.0
+    assert rows[2]["effects"]["tome"]["tokens"]["m.vit.layers.1"] == [13, 9]
+    assert all(0.0 <= row["metric"] <= 1.0 for row in rows)
+    assert (tmp_path / "curve.csv").read_text().count("\n") == 4
+    assert (tmp_path / "curve.png").stat().st_size > 1000

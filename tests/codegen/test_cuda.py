@@ -67,6 +67,20 @@ def test_every_exact_pass_then_cuda_builds(name):
 
 
 @needs_nvcc
+@pytest.mark.parametrize("name, passes", [
+    ("bert_minilm", ["exact", "tome:r=16", "layer_skip:blocks=2"]),
+    ("vit_deit_tiny", ["exact", "tome:r=8,mode=prune"]),
+])
+def test_approximate_passes_then_cuda_builds(name, passes):
+    """Token merging's plans (sorting, one-hot matrices) and layer skipping on the GPU path."""
+    model, inputs = ZOO[name]()
+    compiled = honer.compile(model, inputs, target="cuda", passes=passes)
+    assert all(p["matches"] for p in compiled.report["passes"][-len(passes) + 1:])
+    for kernel, launch in compiled.report["build"]["kernels"].items():
+        assert 1 <= np.prod(launch["threads"]) <= 1024, kernel
+
+
+@needs_nvcc
 def test_bf16_builds():
     model, inputs = ZOO["mlp"]()
     compiled = honer.compile(model, inputs, target="cuda:precision=bf16")

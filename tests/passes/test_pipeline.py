@@ -3,6 +3,7 @@ import pytest
 from honer.errors import PassError
 from honer.ir import Graph
 from honer.passes import parse_spec, run_pipeline
+from honer.passes.pipeline import split_specs
 
 
 def graph_with_dead_code() -> Graph:
@@ -18,6 +19,8 @@ def test_spec_parsing():
     assert parse_spec("dce") == ("dce", {})
     with pytest.raises(PassError, match="key=value"):
         parse_spec("tome:r")
+    assert split_specs("exact,tome:r=8,mode=prune, layer_skip:count=2") == \
+        ["exact", "tome:r=8,mode=prune", "layer_skip:count=2"]
 
 
 def test_dce_removes_dead_nodes_and_reports_it_without_touching_its_input():

@@ -11,7 +11,7 @@ import honer
 from honer.errors import PassError
 from honer.frontend import capture
 from honer.ir import interpret
-from honer.passes import run_pipeline
+from honer.passes import Evaluation, run_pipeline
 from honer.tests.models.zoo import ZOO
 
 TOL = 1e-4  # of the output's scale: the same arithmetic in another order
@@ -220,3 +220,18 @@ def test_refusals_name_the_reason():
     _, [report] = run_pipeline(graph, ["tome:r=6"])
     clamped = [r for r in report.rejections if "clamped" in r["reason"]]
     assert clamped and "16 tokens" not in clamped[0]["reason"]  # later blocks run out
+
+
+def test_report_gives_the_task_metric_before_and_after():
+    """Labels from the unmerged model itself (fixed seeds): top-1 starts at 1.0 and merging
+    most tokens in every block loses some of it; mild merging loses less."""
+    model, (pixels,) = ZOO["vit_deit_tiny"](batch=8)
+    graph = capture(model, (pixels,))
+    labels = interpret(graph, [pixels.numpy()])[0].argmax(-1)
+    evaluation = Evaluation([(pixels.numpy(),)], [labels])
+    top1 = {}
+    for r in (4, 16):
+        _, [report] = run_pipeline(graph, [f"tome:r={r}"], evaluation=evaluation)
+        assert report.effect["top1_before"] == 1.0
+        top1[r] = report.effect["top1_after"]
+    assert top1[16] <= top1[4] <= 1.0 and top1[16] < 1.0
