@@ -145,13 +145,18 @@ def _plot(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str,
 def top1(inputs: Sequence[np.ndarray], labels: np.ndarray,
          batch: int) -> Callable[[Any], float]:
     """An `evaluate` for classifiers: top-1 of the first output's argmax, run `batch` rows at
-    a time (the batch the model was compiled for)."""
+    a time (the batch the model was compiled for; the last batch is padded by repeating its
+    first row, and only real rows count)."""
     def evaluate(compiled: Any) -> float:
         correct = 0
-        for i in range(0, len(labels) - batch + 1, batch):
-            out = compiled(*(x[i:i + batch] for x in inputs))
+        for i in range(0, len(labels), batch):
+            rows = [x[i:i + batch] for x in inputs]
+            real = len(rows[0])
+            rows = [np.concatenate([r, np.repeat(r[:1], batch - real, 0)]) for r in rows]
+            out = compiled(*rows)
             out = out[0] if isinstance(out, list | tuple) else out
-            correct += int((out.reshape(batch, -1).argmax(1) == labels[i:i + batch]).sum())
-        return correct / (len(labels) // batch * batch)
+            correct += int((out.reshape(batch, -1)[:real].argmax(1)
+                            == labels[i:i + real]).sum())
+        return correct / len(labels)
 
     return evaluate

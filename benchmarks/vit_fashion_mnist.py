@@ -15,7 +15,7 @@ import argparse
 
 import numpy as np
 
-from honer.benchmarks import harness
+from honer.benchmarks import harness, sweep
 from honer.benchmarks.datasets import fashion_mnist
 from honer.benchmarks.training import train_fashion_mnist
 
@@ -53,20 +53,41 @@ def load_model():
 
 
 def main(argv: list[str] | None = None) -> None:
+    import torch
+
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--r", default="1-8", help="tokens merged (or pruned) per block")
+    parser.add_argument("--test", type=int, default=10000, help="test images used")
+    parser.add_argument("--batch", type=int, default=64, help="batch compiled, evaluated and "
+                                                              "timed (batch 1 is timed too)")
     args = parser.parse_args(argv)
-    if args.retrain:
-        print(train(args.epochs))
+    harness.pin_threads(2)
+    training = train(args.epochs) if args.retrain else None
     model = load_model()
     x, y = fashion_mnist("test")
-    import torch
-
+    x, y = x[:args.test], y[:args.test]
     with torch.no_grad():
-        preds = np.concatenate([model(torch.from_numpy(x[i:i + 500])).argmax(1).numpy()
+        eager = np.concatenate([model(torch.from_numpy(x[i:i + 500])).argmax(1).numpy()
                                 for i in range(0, len(x), 500)])
-    print(f"eager top-1 {100 * (preds == y).mean():.2f} %")
+    eager_top1 = float((eager == y).mean())
+    print(f"PyTorch eager top-1 {100 * eager_top1:.2f} %")
+    values = sweep.parse_values(args.r)
+    methods = {"token merging (ToMe)": "tome:r={}", "token pruning": "tome:r={},mode=prune"}
+    curves, batch1 = {}, {}
+    for name, template in methods.items():
+        points = sweep.points_for(template, values)
+        curves[name] = sweep.run_sweep(model, (torch.from_numpy(x[:args.batch]),), points,
+                                       sweep.top1([x], y, args.batch), runs=30)
+        batch1[name] = sweep.run_sweep(model, (torch.from_numpy(x[:1]),), points, runs=300)
+        for rows, title in ((curves[name], f"batch {args.batch}"), (batch1[name], "batch 1")):
+            print(f"{name}, {title}")
+            print(sweep.summary(rows, "top-1"))
+    sweep.save_curve(harness.RESULTS / "vit_fashion_mnist_tome", curves,
+                     f"ViT (50 tokens, 6 blocks) on Fashion-MNIST, batch {args.batch}", "top-1",
+                     {"eager_top1": eager_top1, "test_images": len(y), "batch": args.batch,
+                      "batch1": batch1, **({"training": training} if training else {})})
 
 
 if __name__ == "__main__":
