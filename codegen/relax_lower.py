@@ -8,6 +8,7 @@ so compiled code stays small and weights live in the artifact's weight file. Sma
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +19,7 @@ from tvm import relax
 
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
-from ..ir.ops import FREE_MERGE, attention_scale, slice_indices
+from ..ir.ops import FREE_MERGE, attention_scale, slice_indices, tome_score_tables
 
 R = relax.op
 Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
@@ -358,13 +359,13 @@ def _lower_tome_plan(bb, node, args):
     metric = bb.emit(R.divide(metric, R.maximum(norm, _const(1e-12, dt))))
     scores = R.matmul(_every_other(metric, 0, n),
                       R.permute_dims(_every_other(metric, 1, n), [0, 2, 1]))
-    zero, neg_inf = _const(0, dt), _const(-np.inf, dt)
+    free, into_padding, protected, protected_score = tome_score_tables(na, nb, protect)
+    zero = _const(0, dt)
     real_b = R.expand_dims(R.greater(_every_other(size, 1, n), zero), 1)
-    scores = R.where(real_b, scores, neg_inf)
-    free = _const((FREE_MERGE + np.arange(na)).reshape(1, na, 1), dt)
-    scores = R.where(R.expand_dims(R.greater(_every_other(size, 0, n), zero), 2), scores, free)
-    allowed = (np.arange(na)[:, None] * 2 >= protect) & (np.arange(nb)[None] * 2 + 1 >= protect)
-    scores = bb.emit(R.where(_const(allowed, "bool"), scores, neg_inf))
+    scores = R.where(real_b, scores, _const(into_padding, dt))
+    real_a = R.expand_dims(R.greater(_every_other(size, 0, n), zero), 2)
+    scores = R.where(real_a, scores, _const(free, dt))
+    scores = bb.emit(R.where(_const(protected, "bool"), _const(protected_score, dt), scores))
     order = bb.emit(R.argsort(R.max(scores, axis=[-1]), axis=-1, descending=True, dtype="int64"))
     src = bb.emit(R.strided_slice(order, [1], [0], [r]))
     unmerged = R.sort(R.strided_slice(order, [1], [r], [na]), axis=-1)
@@ -396,6 +397,49 @@ def _lower_prune_plan(bb, node, args):
     return _one_hot(keep, n, dt)
 
 
+# ---- weight-only quantized linear: dequantized inside the matmul's inner loop ---------------
+
+
+def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, dtype: str,
+                    symmetric: bool):
+    """TE compute of y[m, n] = sum_k x[m, k] * w[k, n], w dequantized from q ([in or in/2,
+    out], output channels contiguous) as it is read: the weight stays packed in memory."""
+    from tvm import te
+
+    group = in_features // scale.shape[0]
+    k = te.reduce_axis((0, in_features), name="k")
+
+    def weight(kk, n):
+        if bits == 8:
+            value = q[kk, n].astype(dtype)
+        else:  # the even k in the low nibble
+            shift = ((kk % 2) * 4).astype("uint8")
+            value = ((q[kk // 2, n] >> shift) & tvm.tirx.const(15, "uint8")).astype(dtype)
+        if not symmetric:
+            value = value - zero[kk // group, n].astype(dtype)
+        return value * scale[kk // group, n]
+
+    return te.compute((x.shape[0], q.shape[1]),
+                      lambda m, n: te.sum(x[m, k] * weight(k, n), axis=k), name="dequant_matmul")
+
+
+def _lower_quant_linear(bb, node, args, transposed: list[bool]):
+    x, q, scale, zero = (a if t else bb.emit(R.permute_dims(a, [1, 0]))
+                         for a, t in zip(args[:4], [True] + transposed[1:4]))
+    xt, dt = node.inputs[0].type, _dtype(node)
+    in_features, out = xt.shape[-1], node.output.shape[-1]
+    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    zero_value = node.inputs[3].data
+    symmetric = zero_value is not None and not zero_value.any()
+    flat = bb.emit(R.reshape(x, [rows, in_features]))
+    y = bb.emit_te(_dequant_matmul, flat, q, scale, zero, node.attrs["bits"], in_features, dt,
+                   symmetric, primfunc_name_hint="dequant_matmul")
+    y = R.reshape(y, list(xt.shape[:-1]) + [out])
+    if len(args) > 4:
+        y = R.add(bb.emit(y), args[4])
+    return _epilogue(bb, node, y)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "cast": _lower_cast, "where": _lower_where, "argmax": _lower_arg, "argmin": _lower_arg,
     "softmax": _lower_softmax, "log_softmax": _lower_softmax, "cumsum": _lower_cumsum,
@@ -408,6 +452,7 @@ LOWERINGS: dict[str, Lowering] = {
     "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
     "attention": _lower_attention,
     "tome_plan": _lower_tome_plan, "prune_plan": _lower_prune_plan,
+    "quant_linear": functools.partial(_lower_quant_linear, transposed=[False] * 5),
 }
 for _op in REDUCE_RELAX:
     LOWERINGS[_op] = _lower_reduce
@@ -437,13 +482,20 @@ def _weight_only(v: Value, op: str) -> bool:
                                  for u in v.users)
 
 
+def _quant_operand(v: Value) -> bool:
+    """A quantized weight, its scales or zeros, read by quant_linear kernels only."""
+    return bool(v.users) and all(u.op == "quant_linear" and v in u.inputs[1:4] and
+                                 v is not u.inputs[0] for u in v.users)
+
+
 def _kernel_layout(v: Value) -> str:
     """How a weight param is stored for the kernels that read it:
-    - "transposed": a linear weight as [in, out], so matmuls read output columns contiguously;
+    - "transposed": a linear weight as [in, out], so matmuls read output columns contiguously
+      (quantized weights, scales and zeros too);
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
-    if _weight_only(v, "linear"):
+    if _weight_only(v, "linear") or _quant_operand(v):
         return "transposed"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
             u.attrs["groups"] == 1 for u in v.users):
@@ -503,6 +555,9 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
         lowering = _lower_linear_pretransposed
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
+    elif node.op == "quant_linear":
+        transposed = [stored.get(id(v)) == "transposed" for v in node.inputs]
+        lowering = functools.partial(_lower_quant_linear, transposed=transposed)
     try:
         expr = bb.emit(lowering(bb, node, args))
     except CodegenError:

@@ -137,6 +137,11 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 # ---- elementwise -----------------------------------------------------------------------------
 
 
+def _quiet(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return fn(x)
+
+
 def _same_type_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
     return [types[0]]
 
@@ -153,7 +158,7 @@ _SELU_ALPHA, _SELU_SCALE = 1.6732632423543772, 1.0507009873554805
 UNARY: dict[str, tuple[Callable[..., np.ndarray], dict[str, Any]]] = {
     "neg": (lambda a, x: -x, {}),
     "exp": (lambda a, x: np.exp(x), {}),
-    "log": (lambda a, x: np.log(x), {}),
+    "log": (lambda a, x: _quiet(np.log, x), {}),  # log(0) = -inf is meant (masks)
     "sqrt": (lambda a, x: np.sqrt(x), {}),
     "rsqrt": (lambda a, x: (1.0 / np.sqrt(x)).astype(x.dtype), {}),
     "reciprocal": (lambda a, x: (1.0 / x).astype(x.dtype), {}),
@@ -868,19 +873,35 @@ def _token_plan_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[Te
     return [TensorType((b, n - r, n), k.dtype)]
 
 
+FORBIDDEN = -1.0e4  # a real token into padding: only when no real pair is left
+PROTECTED = -3.0e4  # the protected tokens' pairs: never chosen while r is within the limit
+
+
+def tome_score_tables(na: int, nb: int, protect: int) -> tuple[np.ndarray, ...]:
+    """The constants of the matching, [A, B-set] each: the score of a padding source (ranks
+    first), of a real token into padding, which pairs touch a protected token, and their score.
+    All are distinct along each row, so argmax and argsort have no ties to break."""
+    i = np.arange(na, dtype=np.float32)[:, None]
+    j = np.arange(nb, dtype=np.float32)[None, :]
+    free = FREE_MERGE + i - j / (nb + 1)
+    protected = (i * 2 < protect) | (j * 2 + 1 < protect)
+    return (free.astype(np.float32), np.broadcast_to(FORBIDDEN - j, (na, nb)).astype(np.float32),
+            protected, np.broadcast_to(PROTECTED - j, (na, nb)).astype(np.float32))
+
+
 def tome_scores(k: np.ndarray, size: np.ndarray, protect: int) -> np.ndarray:
     """Bipartite matching scores [B, A, B-set] (ToMe): cosine of the head-averaged keys of the
-    even (A) and odd (B) tokens; padding sources rank first, forbidden pairs are -inf."""
+    even (A) and odd (B) tokens; padding sources rank first, then real pairs, then real tokens
+    into padding, and pairs with a protected token last."""
     metric = k.astype(np.float32).mean(axis=1)
     metric = metric / np.maximum(np.sqrt((metric * metric).sum(-1, keepdims=True)), 1e-12)
     scores = metric[:, 0::2] @ np.swapaxes(metric[:, 1::2], 1, 2)
-    na, nb = scores.shape[1:]
+    free, into_padding, protected, protected_score = tome_score_tables(*scores.shape[1:],
+                                                                       protect)
     real_a, real_b = size[:, 0::2] > 0, size[:, 1::2] > 0
-    scores = np.where(real_b[:, None, :], scores, -np.inf)  # real tokens never into padding
-    free = FREE_MERGE + np.arange(na, dtype=np.float32)  # distinct, so no ties to break
-    scores = np.where(real_a[:, :, None], scores, free[None, :, None])
-    allowed = (np.arange(na)[:, None] * 2 >= protect) & (np.arange(nb)[None, :] * 2 + 1 >= protect)
-    return np.where(allowed, scores, -np.inf).astype(np.float32)
+    scores = np.where(real_b[:, None, :], scores, into_padding)
+    scores = np.where(real_a[:, :, None], scores, free)
+    return np.where(protected, protected_score, scores).astype(np.float32)
 
 
 def _one_hot(idx: np.ndarray, depth: int) -> np.ndarray:
@@ -934,3 +955,63 @@ register("prune_plan", _token_plan_infer, _prune_plan_ref,
          {"r": REQUIRED, "protect": 1, "scale": None}, num_inputs=(3, 3),
          doc="keeps the N-r tokens the first (class) token attends to most, given (q, k, "
              "sizes): a [B,N-r,N] selection matrix")
+
+
+# ---- weight-only quantized linear --------------------------------------------------------------
+#
+# Weights are stored quantized and dequantized inside the kernel: w[n, k] = (q[n, k] -
+# zero[n, k // group]) * scale[n, k // group]. int8: q is int8 [out, in], zero int8. int4: two
+# values per byte along `in` (the even k in the low nibble), q uint8 [out, ceil(in / 2)] with
+# values 0..15, zero uint8.
+
+
+def unpack_int4(q: np.ndarray, in_features: int) -> np.ndarray:
+    """[out, ceil(in/2)] packed bytes -> [out, in] values 0..15 (uint8)."""
+    both = np.stack([q & 15, q >> 4], axis=-1).reshape(q.shape[0], -1)
+    return both[:, :in_features]
+
+
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """[out, in] values 0..15 -> [out, ceil(in/2)] bytes, the even k in the low nibble."""
+    if values.shape[1] % 2:
+        values = np.pad(values, ((0, 0), (0, 1)))
+    v = values.astype(np.uint8)
+    return (v[:, 0::2] | (v[:, 1::2] << 4)).astype(np.uint8)
+
+
+def dequantize(q: np.ndarray, scale: np.ndarray, zero: np.ndarray, bits: int,
+               in_features: int) -> np.ndarray:
+    values = unpack_int4(q, in_features) if bits == 4 else q
+    group = -(-in_features // scale.shape[1])
+    g = np.arange(in_features) // group
+    return ((values.astype(np.float32) - zero[:, g].astype(np.float32))
+            * scale[:, g]).astype(np.float32)
+
+
+def _quant_linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, q, scale, zero = types[:4]
+    bits, k = attrs["bits"], x.shape[-1]
+    want = {8: ("int8", k), 4: ("uint8", (k + 1) // 2)}.get(bits)
+    if want is None:
+        raise IRError(f"quant_linear: bits={bits}, only 8 and 4 are supported")
+    if len(q.shape) != 2 or (q.dtype, q.shape[1]) != want:
+        raise IRError(f"quant_linear: {bits}-bit weight for {k} inputs must be "
+                      f"{want[0]}[out, {want[1]}], got {q}")
+    groups = scale.shape[1] if len(scale.shape) == 2 else 0
+    if scale.shape != (q.shape[0], groups) or not groups or k % groups or \
+            zero.shape != scale.shape or zero.dtype != q.dtype or scale.dtype != x.dtype:
+        raise IRError(f"quant_linear: scale {scale} and zero {zero} must be [out, groups] "
+                      f"with groups dividing {k}")
+    if len(types) == 5 and types[4].shape != (q.shape[0],):
+        raise IRError(f"quant_linear: bias {types[4]} does not match {q.shape[0]} outputs")
+    return [TensorType(x.shape[:-1] + (q.shape[0],), x.dtype)]
+
+
+def _quant_linear_ref(a: dict[str, Any], x, q, scale, zero, b=None):
+    w = dequantize(q, scale, zero, a["bits"], x.shape[-1])
+    return _linear_ref({"activation": a["activation"]}, x, w, b)
+
+
+register("quant_linear", _quant_linear_infer, _quant_linear_ref,
+         {"bits": REQUIRED, "activation": "none"}, num_inputs=(4, 5),
+         doc="linear with an int8 or packed int4 weight, dequantized per group in the kernel")

@@ -17,6 +17,14 @@ class Calibration:
     samples: list[tuple[np.ndarray, ...]]
 
 
+def output_error(before: Graph, after: Graph, calib: Calibration) -> float:
+    """Max |after - before| of the first output on the first calibration sample, relative to
+    the largest |before|."""
+    want = interpret(before, list(calib.samples[0]))[0]
+    got = interpret(after, list(calib.samples[0]))[0]
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
 @dataclass
 class Evaluation:
     """Labeled data for the task metric in the pass reports: input tuples, and for each the

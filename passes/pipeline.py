@@ -10,8 +10,19 @@ from typing import Any
 
 from ..errors import HonerError, PassError
 from ..ir import Graph, verify
-from . import act_fuse, bn_fold, dce, fold, layer_skip, linear_fold, qkv_merge, repvgg, tome
-from .base import Calibration, Evaluation, PassReport
+from . import (
+    act_fuse,
+    bn_fold,
+    dce,
+    fold,
+    layer_skip,
+    linear_fold,
+    qkv_merge,
+    repvgg,
+    tome,
+    weight_quant,
+)
+from .base import Calibration, Evaluation, PassReport, output_error
 
 PassSpec = str | tuple[str, Any]
 
@@ -26,6 +37,7 @@ REGISTRY: dict[str, ModuleType] = {
     "act_fuse": act_fuse,
     "layer_skip": layer_skip,
     "tome": tome,
+    "weight_quant": weight_quant,
 }
 
 # names that stand for a sequence of passes, in the order their docstrings give
@@ -132,6 +144,8 @@ def run_pipeline(graph: Graph, passes: Sequence[PassSpec], calib: Calibration | 
         except Exception as e:
             raise PassError(name, f"{type(e).__name__}: {e}") from e
         result.report.effect.setdefault("seconds", round(time.perf_counter() - start, 3))
+        if calib and not result.report.exact:  # what the approximation costs
+            result.report.effect["output_error"] = output_error(graph, result.graph, calib)
         if evaluation is not None and not result.report.exact:
             metric = evaluation.top1(graph) if metric is None else metric
             after = evaluation.top1(result.graph)

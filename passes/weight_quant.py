@@ -1,0 +1,218 @@
+"""Weight-only quantization of linear layers: int8 per output channel, or int4 per group.
+
+Matches: `linear` nodes with a constant weight, except those whose scope matches a
+`keep_float` pattern. Each becomes a `quant_linear` whose weight stays quantized in memory
+and is dequantized inside the kernel:
+- `bits=8`: symmetric per output channel, scale = max|w| / 127;
+- `bits=4`: asymmetric per group of `group` input channels (32, 64 or 128), scale =
+  (max - min) / 15, zero = round(-min / scale); two values per byte.
+With calibration data, AWQ-style activation-aware scaling (Lin et al., MLSys 2024): the input
+channels that carry large activations are scaled up before rounding, w' = w * s, and the input
+is divided by s (folded into a preceding layer norm's affine, or one elementwise multiply).
+s = mean|x|^alpha, normalized, with alpha searched on a grid to minimise the layer's output
+error on the calibration data; linears that read the same input share s.
+
+Approximate. The report gives, per layer, the output SQNR on the calibration data (so the layer
+that hurts shows), the chosen alpha, the weight bytes before and after, and which layers stayed
+float and why. Belongs last among the graph passes (after merging and folding passes).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import PassError
+from ..ir import Graph, Node, interpret
+from ..ir.ops import dequantize, pack_int4
+from .base import Calibration, PassReport, PassResult
+from .rewrite import where
+
+NAME = "weight_quant"
+NORMS = ("layer_norm", "rms_norm")
+
+
+@dataclass(frozen=True)
+class Config:
+    bits: int = 8  # 8 (per output channel) or 4 (per group)
+    group: int = 128  # int4 group size along the input channels: 32, 64 or 128
+    awq: bool = True  # activation-aware scaling (needs calibration data)
+    alpha_grid: int = 11  # alphas tried: 0, 0.1, ... 1
+    keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*lm_head*+*.0.*"
+    max_tokens: int = 4096  # calibration rows used per layer for the AWQ search
+
+
+@dataclass
+class Quantized:
+    q: np.ndarray
+    scale: np.ndarray
+    zero: np.ndarray
+
+
+def quantize_weight(w: np.ndarray, bits: int, group: int) -> Quantized:
+    """Round-to-nearest: int8 symmetric per row, int4 asymmetric per group of columns."""
+    out, k = w.shape
+    if bits == 8:
+        scale = np.maximum(np.abs(w).max(1, keepdims=True), 1e-12) / 127.0
+        q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
+        return Quantized(q, scale.astype(np.float32), np.zeros((out, 1), np.int8))
+    wg = w.reshape(out, k // group, group)
+    lo, hi = np.minimum(wg.min(-1), 0.0), np.maximum(wg.max(-1), 0.0)
+    scale = np.maximum(hi - lo, 1e-12) / 15.0
+    zero = np.clip(np.round(-lo / scale), 0, 15)
+    q = np.clip(np.round(wg / scale[..., None]) + zero[..., None], 0, 15)
+    return Quantized(pack_int4(q.reshape(out, k)), scale.astype(np.float32),
+                     zero.astype(np.uint8))
+
+
+def _dequantized(w: np.ndarray, bits: int, group: int) -> np.ndarray:
+    qw = quantize_weight(w, bits, group)
+    return dequantize(qw.q, qw.scale, qw.zero, bits, w.shape[1])
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(((reference - approx) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(float((reference ** 2).sum()) / noise)
+
+
+def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
+    report = PassReport(NAME, asdict(cfg), exact=False)
+    _check(cfg)
+    out = graph.copy()
+    groups = _matches(out, cfg, report)
+    inputs = _calibration_inputs(out, groups, calib, cfg) if calib else {}
+    layers, bytes_before, bytes_after = {}, 0, 0
+    for source, nodes in groups.items():
+        x = inputs.get(source)
+        scales = _awq_scales(nodes, x, cfg) if x is not None and cfg.awq else None
+        quantized = []
+        for node in nodes:
+            w = node.inputs[1].data.astype(np.float32)
+            qw = quantize_weight(w if scales is None else w * scales[0][None, :], cfg.bits,
+                                 cfg.group)
+            info = {"bits": cfg.bits, "alpha": None if scales is None else scales[1]}
+            if x is not None:
+                approx = dequantize(qw.q, qw.scale, qw.zero, cfg.bits, w.shape[1])
+                if scales is not None:
+                    approx = approx / scales[0][None, :]
+                info["sqnr_db"] = round(sqnr_db(x @ w.T, x @ approx.T), 2)
+            bytes_before += node.inputs[1].data.nbytes
+            bytes_after += qw.q.nbytes + qw.scale.nbytes + qw.zero.nbytes
+            layers[node.scope or node.name] = info
+            quantized.append(_replace(out, node, qw, cfg.bits))
+        if scales is not None:
+            _divide_input(out, quantized, scales[0])
+    out.remove_dead()
+    report.matches = len(layers)
+    report.effect = {"layers": layers, "weight_bytes_before": bytes_before,
+                     "weight_bytes_after": bytes_after,
+                     "awq": bool(calib) and cfg.awq}
+    if cfg.awq and not calib:
+        report.reject("graph", "no calibration data: plain round-to-nearest, no AWQ scaling")
+    return PassResult(out, bool(layers), report)
+
+
+def _check(cfg: Config) -> None:
+    if cfg.bits not in (8, 4):
+        raise PassError(NAME, f"bits={cfg.bits}: use 8 (per channel) or 4 (per group)")
+    if cfg.bits == 4 and cfg.group not in (32, 64, 128):
+        raise PassError(NAME, f"group={cfg.group}: int4 groups are 32, 64 or 128")
+
+
+def _matches(graph: Graph, cfg: Config, report: PassReport) -> dict[int, list[Node]]:
+    """Linears to quantize, grouped by the value they read (they share AWQ scales)."""
+    patterns = [p for p in cfg.keep_float.replace(",", "+").split("+") if p]
+    groups: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op != "linear":
+            continue
+        w = node.inputs[1]
+        if not w.is_const or w.dtype != "float32":
+            report.reject(where(node), "weight is not a float32 constant")
+        elif any(fnmatch.fnmatch(node.scope, p) for p in patterns):
+            report.reject(where(node), "kept float (keep_float)")
+        elif cfg.bits == 4 and w.shape[1] % cfg.group:
+            report.reject(where(node), f"{w.shape[1]} input channels are not a multiple of "
+                                       f"group={cfg.group}; kept float")
+        else:
+            groups.setdefault(id(node.inputs[0]), []).append(node)
+    return groups
+
+
+def _calibration_inputs(graph: Graph, groups: dict[int, list[Node]], calib: Calibration,
+                        cfg: Config) -> dict[int, np.ndarray]:
+    """Each group's input activations on the calibration data, [tokens, in] (at most
+    `max_tokens` rows, evenly spread)."""
+    names = {nodes[0].inputs[0].name: key for key, nodes in groups.items()}
+    rows: dict[int, list[np.ndarray]] = {key: [] for key in groups}
+    for sample in calib.samples:
+        _, seen = interpret(graph, list(sample), capture=list(names))
+        for name, key in names.items():
+            rows[key].append(seen[name].reshape(-1, seen[name].shape[-1]))
+    out = {}
+    for key, parts in rows.items():
+        x = np.concatenate(parts).astype(np.float32)
+        step = max(1, len(x) // cfg.max_tokens)
+        out[key] = x[::step][:cfg.max_tokens]
+    return out
+
+
+def _awq_scales(nodes: list[Node], x: np.ndarray, cfg: Config
+                ) -> tuple[np.ndarray, float] | None:
+    """(s, alpha) minimising the group's output error; None when alpha = 0 (no scaling) wins."""
+    magnitude = np.maximum(np.abs(x).mean(0), 1e-8)
+    weights = [n.inputs[1].data.astype(np.float32) for n in nodes]
+    wanted = [x @ w.T for w in weights]
+    best, best_err = None, np.inf
+    for alpha in np.linspace(0.0, 1.0, cfg.alpha_grid):
+        s = magnitude ** alpha
+        s = s / np.sqrt(s.max() * s.min())
+        err = sum(float(((x @ (_dequantized(w * s[None, :], cfg.bits, cfg.group)
+                                / s[None, :]).T - y) ** 2).sum())
+                  for w, y in zip(weights, wanted))
+        if err < best_err:
+            best, best_err = (s.astype(np.float32), round(float(alpha), 3)), err
+    return None if best is None or best[1] == 0.0 else best
+
+
+def _replace(graph: Graph, node: Node, qw: Quantized, bits: int) -> Node:
+    consts = [graph.add_const(a, f"{node.inputs[1].name}_{part}")
+              for a, part in ((qw.q, "q"), (qw.scale, "scale"), (qw.zero, "zero"))]
+    inputs = [node.inputs[0], *consts, *node.inputs[2:3]]
+    new = graph.add_node("quant_linear", inputs,
+                         {"bits": bits, "activation": node.attrs["activation"]},
+                         node.scope, before=node)
+    graph.replace_all_uses(node.output, new.output)
+    _unlink(graph, node)
+    return new
+
+
+def _unlink(graph: Graph, node: Node) -> None:
+    graph.nodes.remove(node)
+    for v in node.inputs:
+        v.users.remove(node)
+
+
+def _divide_input(graph: Graph, nodes: list[Node], s: np.ndarray) -> None:
+    """x / s for the group's quantized layers: folded into the affine of a layer norm that
+    feeds only them, else one multiply by 1/s before them (fused into x's producer)."""
+    x = nodes[0].inputs[0]
+    norm = x.producer
+    if norm is not None and norm.op in NORMS and len(norm.inputs) > 1 \
+            and all(v.is_const for v in norm.inputs[1:]) \
+            and {id(u) for u in x.users} == {id(n) for n in nodes} \
+            and not any(o is x for o in graph.outputs):
+        for i, v in enumerate(norm.inputs[1:], start=1):
+            scaled = graph.add_const((v.data / s).astype(v.dtype), v.name + "_awq")
+            v.users.remove(norm)
+            norm.inputs[i] = scaled
+            scaled.users.append(norm)
+        return
+    inv = graph.add_const((1.0 / s).astype(np.float32), x.name + "_awq_inv")
+    scaled = graph.add_node("mul", [x, inv], scope=nodes[0].scope, before=nodes[0]).output
+    for node in nodes:
+        node.inputs[0] = scaled
+        scaled.users.append(node)
+        x.users.remove(node)

@@ -1,0 +1,120 @@
+"""Weight-only int8 / int4 quantization against PyTorch models whose weights were fake-quantized
+by a reference written here, compiled kernels (packed weights, dequantized in the loop) against
+the interpreter, AWQ scaling, and the refusals."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+import honer
+from honer.errors import PassError
+from honer.frontend import capture
+from honer.ir import interpret
+from honer.passes import Calibration, run_pipeline
+from honer.tests.models.zoo import ZOO
+
+TOL = 1e-5  # same dequantized weights, the same float arithmetic in another order
+
+
+def fake_quant(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
+    """Round-to-nearest: int8 symmetric per output row; int4 asymmetric per group."""
+    if bits == 8:
+        scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
+        return (w / scale).round().clamp(-127, 127) * scale
+    g = w.reshape(w.shape[0], -1, group)
+    lo, hi = g.amin(-1, keepdim=True).clamp_max(0), g.amax(-1, keepdim=True).clamp_min(0)
+    scale = (hi - lo).clamp_min(1e-12) / 15
+    zero = (-lo / scale).round().clamp(0, 15)
+    q = ((g / scale).round() + zero).clamp(0, 15)
+    return ((q - zero) * scale).reshape(w.shape)
+
+
+def quantized_copy(model: torch.nn.Module, bits: int, group: int) -> torch.nn.Module:
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for m in ref.modules():
+            if isinstance(m, torch.nn.Linear) and (bits == 8 or m.in_features % group == 0):
+                m.weight.copy_(fake_quant(m.weight, bits, group))
+    return ref
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+@pytest.mark.parametrize("spec, bits, group", [
+    ("weight_quant:bits=8", 8, 0), ("weight_quant:bits=4,group=64", 4, 64),
+    ("weight_quant:bits=4,group=128", 4, 128)])
+def test_round_to_nearest_matches_pytorch_with_fake_quantized_weights(spec, bits, group):
+    model, inputs = ZOO["bert_minilm"](seq=32)
+    out, [report] = run_pipeline(capture(model, inputs), [spec])
+    with torch.no_grad():
+        want = quantized_copy(model, bits, group)(*inputs).numpy()
+        full = model(*inputs).numpy()
+    got = interpret(out, [x.numpy() for x in inputs])[0]
+    assert _rel(got, want) <= TOL
+    assert _rel(got, full) > 1e-4  # it did change the model
+    assert report.matches == 36 and {n.op for n in out.nodes} >= {"quant_linear"}
+    assert "linear" not in {n.op for n in out.nodes}
+    ratio = report.effect["weight_bytes_before"] / report.effect["weight_bytes_after"]
+    assert ratio > (3.9 if bits == 8 else 6.0)
+
+
+@pytest.mark.parametrize("spec", ["weight_quant:bits=8", "weight_quant:bits=4,group=32"])
+def test_compiled_kernels_agree_with_the_interpreter_and_store_packed_weights(spec):
+    model, inputs = ZOO["llama_smollm2"](layers=2, seq=16)
+    graph, _ = run_pipeline(capture(model, inputs), [spec])
+    arrays = [x.numpy() for x in inputs]
+    compiled = honer.compile(graph, check=False)
+    assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= TOL
+    stored = {w["dtype"] for w in compiled.manifest["weights"]}
+    assert ("int8" if "bits=8" in spec else "uint8") in stored
+
+
+def _outlier_mlp():
+    """A LayerNorm -> Linear -> GELU -> Linear block whose inputs have a few channels 30x
+    larger than the rest, the case AWQ is for."""
+    torch.manual_seed(0)
+    norm = torch.nn.LayerNorm(256)
+    with torch.no_grad():
+        norm.weight.copy_(torch.ones(256))
+        norm.weight[:8] = 30.0
+    model = torch.nn.Sequential(norm, torch.nn.Linear(256, 512), torch.nn.GELU(),
+                                torch.nn.Linear(512, 256)).eval()
+    return model, torch.randn(4, 64, 256)
+
+
+def test_awq_scaling_beats_round_to_nearest_where_activations_have_outliers():
+    model, x = _outlier_mlp()
+    graph = capture(model, (x,))
+    calib = Calibration([(torch.randn(4, 64, 256).numpy(),)])
+    sqnr = {}
+    for awq in (False, True):
+        out, [report] = run_pipeline(graph, [f"weight_quant:bits=4,group=32,awq={awq}"], calib)
+        layers = report.effect["layers"]
+        sqnr[awq] = layers["1"]["sqnr_db"]
+        got = interpret(out, [x.numpy()])[0]
+        with torch.no_grad():
+            err = _rel(got, model(x).numpy())
+        sqnr[f"err{awq}"] = err
+    assert sqnr[True] > sqnr[False] + 1.0 and sqnr["errTrue"] < sqnr["errFalse"]
+    # the first layer's 1/s went into the LayerNorm's affine; the second needs a multiply
+    ops = [n.op for n in out.nodes]
+    assert ops.count("mul") == (1 if report.effect["layers"]["3"]["alpha"] else 0)
+    assert ops.index("layer_norm") < ops.index("quant_linear")
+
+
+def test_refusals_and_kept_layers_are_reported():
+    model, inputs = ZOO["bert_minilm"](seq=16)
+    graph = capture(model, inputs)
+    _, [report] = run_pipeline(graph, ["weight_quant:bits=8,keep_float=*layer.0.*+*layer.5.*"])
+    kept = [r for r in report.rejections if "keep_float" in r["reason"]]
+    assert report.matches == 24 and len(kept) == 12
+    with pytest.raises(PassError, match="bits=3"):
+        run_pipeline(graph, ["weight_quant:bits=3"])
+    with pytest.raises(PassError, match="group=48"):
+        run_pipeline(graph, ["weight_quant:bits=4,group=48"])
+    _, [report] = run_pipeline(graph, ["weight_quant:bits=8"])
+    assert any("no calibration data" in r["reason"] for r in report.rejections)
