@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,14 @@ def save_curve(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: s
     return [json_path, csv_path, png_path]
 
 
+def replot(json_path: Path) -> Path:
+    """Draws a saved curve's PNG again from its JSON."""
+    data = json.loads(json_path.read_text())
+    png = json_path.with_suffix(".png")
+    _plot(png, data["curves"], data["title"], data["metric"])
+    return png
+
+
 def _plot(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str,
           metric_name: str) -> None:
     import matplotlib
@@ -133,7 +142,7 @@ def _plot(path: Path, curves: dict[str, Sequence[dict[str, Any]]], title: str,
     ax.set_xlabel("measured speedup over the baseline (same run)")
     ax.set_ylabel(metric_name if all(r["metric"] is not None for rows in curves.values()
                                      for r in rows) else "max output error / scale")
-    ax.set_title(title, fontsize=9)
+    ax.set_title("\n".join(textwrap.wrap(title, 60)), fontsize=9)
     ax.grid(alpha=0.3)
     if len(curves) > 1:
         ax.legend(fontsize=8)
