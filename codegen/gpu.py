@@ -361,8 +361,9 @@ def compile_fatbin(source: str, archs: tuple[str, ...], workdir: Path) -> tuple[
     log = workdir / "nvcc.log"
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
+        errors = [ln for ln in proc.stderr.splitlines() if ": error" in ln]
         raise BuildError(f"nvcc failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                         f"see {log}:\n{_tail(proc.stderr)}")
+                         f"see {log}:\n{_tail(chr(10).join(errors) or proc.stderr)}")
     return out.read_bytes(), proc.stdout + proc.stderr
 
 

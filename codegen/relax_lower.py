@@ -345,6 +345,13 @@ def _one_hot(idx: relax.Expr, depth: int, dt: str) -> relax.Expr:
     return R.one_hot(idx, on, off, depth)
 
 
+def _blend(mask: relax.Expr, a: relax.Expr, b: relax.Expr, dt: str) -> relax.Expr:
+    """where(mask, a, b) for a 0/1 float mask, exact for finite a and b. The plans use it
+    instead of bool masks: TVM's CUDA code generator mistypes a vectorized bool `where` fused
+    into a matmul epilogue (it assigns a ushort2 to a float2)."""
+    return R.add(R.multiply(a, mask), R.multiply(b, R.subtract(_const(1, dt), mask)))
+
+
 def _every_other(x: relax.Expr, first: int, n: int, axis: int = 1) -> relax.Expr:
     return R.strided_slice(x, [axis], [first], [n], [2])
 
@@ -360,12 +367,11 @@ def _lower_tome_plan(bb, node, args):
     scores = R.matmul(_every_other(metric, 0, n),
                       R.permute_dims(_every_other(metric, 1, n), [0, 2, 1]))
     free, into_padding, protected, protected_score = tome_score_tables(na, nb, protect)
-    zero = _const(0, dt)
-    real_b = R.expand_dims(R.greater(_every_other(size, 1, n), zero), 1)
-    scores = R.where(real_b, scores, _const(into_padding, dt))
-    real_a = R.expand_dims(R.greater(_every_other(size, 0, n), zero), 2)
-    scores = R.where(real_a, scores, _const(free, dt))
-    scores = bb.emit(R.where(_const(protected, "bool"), _const(protected_score, dt), scores))
+    real_b = R.expand_dims(R.sign(_every_other(size, 1, n)), 1)
+    scores = _blend(real_b, scores, _const(into_padding, dt), dt)
+    real_a = R.expand_dims(R.sign(_every_other(size, 0, n)), 2)
+    scores = _blend(real_a, scores, _const(free, dt), dt)
+    scores = bb.emit(_blend(_const(protected, dt), _const(protected_score, dt), scores, dt))
     order = bb.emit(R.argsort(R.max(scores, axis=[-1]), axis=-1, descending=True, dtype="int64"))
     src = bb.emit(R.strided_slice(order, [1], [0], [r]))
     unmerged = R.sort(R.strided_slice(order, [1], [r], [na]), axis=-1)
@@ -390,8 +396,8 @@ def _lower_prune_plan(bb, node, args):
     logits = R.add(logits, R.reshape(R.log(size), [kt.shape[0], 1, 1, n]))
     attended = R.reshape(R.mean(R.nn.softmax(logits, axis=-1), axis=[1]), [kt.shape[0], n])
     idx = np.arange(n, dtype=np.float32)
-    score = R.where(R.greater(size, _const(0, dt)), attended, _const(-1.0 - idx, dt))
-    score = bb.emit(R.where(_const(idx < protect, "bool"), _const(FREE_MERGE, dt), score))
+    score = _blend(R.sign(size), attended, _const(-1.0 - idx, dt), dt)
+    score = bb.emit(_blend(_const(idx < protect, dt), _const(FREE_MERGE, dt), score, dt))
     order = R.argsort(score, axis=-1, descending=True, dtype="int64")
     keep = R.sort(R.strided_slice(order, [1], [0], [n - r]), axis=-1)
     return _one_hot(keep, n, dt)

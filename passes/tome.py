@@ -13,9 +13,10 @@ broadcast shapes are rewritten) and attention takes log(size) as a bias (proport
 attention). Protected tokens are never merged: the first `protect` (the class token, found
 from the head reading token 0). Padding (from a key-padding attention mask) has size 0, so
 log(size) keeps it masked and merging it is lossless: padding merges first, and a real token
-only ever moves into a padding slot when no real partner is left. After the last block the tokens are spread
-back to their positions (x = W^T x': a mean pooling becomes the size-weighted mean, per-token
-outputs keep their shape), unless the head only reads the class token.
+only ever moves into a padding slot when no real partner is left. After the last block the
+tokens are spread back to their positions (x = W^T x': a mean pooling becomes the
+size-weighted mean, per-token outputs keep their shape), unless the head only reads the class
+token.
 
 r per block: `schedule=constant` (r everywhere), `decreasing` (ToMe's: 1.5r falling to 0.5r
 over the selected blocks) or an explicit list `16+8+4` (one per selected block). An r above
