@@ -418,9 +418,9 @@ def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, dtype: str,
     def weight(kk, n):
         if bits == 8:
             value = q[kk, n].astype(dtype)
-        else:  # the even k in the low nibble
-            shift = ((kk % 2) * 4).astype("uint8")
-            value = ((q[kk // 2, n] >> shift) & tvm.tirx.const(15, "uint8")).astype(dtype)
+        else:  # the even k in the low nibble; shifted as int32 (x86 has no 8-bit vector shift)
+            byte = q[kk // 2, n].astype("int32")
+            value = ((byte >> ((kk % 2) * 4)) & 15).astype(dtype)
         if not symmetric:
             value = value - zero[kk // group, n].astype(dtype)
         return value * scale[kk // group, n]

@@ -21,7 +21,13 @@ def rand(*shape, dtype=F, low=-2.0, high=2.0):
 
 
 # op -> (inputs, attrs); positive inputs where the op needs them
+SIZES = np.array([[1, 1, 2, 1, 1, 1, 1, 3, 1], [1, 1, 1, 1, 1, 0, 0, 0, 0]], np.float32)
 CASES = {
+    "tome_plan": ([rand(2, 3, 9, 4), SIZES], {"r": 3, "protect": 1}),
+    "prune_plan": ([rand(2, 3, 9, 4), rand(2, 3, 9, 4), SIZES], {"r": 3, "protect": 1}),
+    "quant_linear": ([rand(2, 3, 64), RNG.integers(0, 256, (5, 32)).astype(np.uint8),
+                      rand(5, 2, low=0.01, high=0.1), RNG.integers(0, 16, (5, 2)).astype(np.uint8),
+                      rand(5)], {"bits": 4}),
     "log": ([rand(3, 4, low=0.1)], {}), "sqrt": ([rand(3, 4, low=0.1)], {}),
     "rsqrt": ([rand(3, 4, low=0.1)], {}), "reciprocal": ([rand(3, 4, low=0.5)], {}),
     "pow": ([rand(3, 4, low=0.1), rand(3, 4)], {}),

