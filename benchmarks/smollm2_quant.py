@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=16, help="evaluation windows")
     parser.add_argument("--calibration", type=int, default=4, help="calibration windows")
     parser.add_argument("--past", type=int, default=256, help="past tokens of the step")
-    parser.add_argument("--group", type=int, default=128, help="int4 group size")
+    parser.add_argument("--group", type=int, default=64,
+                        help="int4 group size (64 divides all of SmolLM2's widths)")
     args = parser.parse_args(argv)
     harness.pin_threads(2)
 
