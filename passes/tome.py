@@ -231,17 +231,22 @@ def _check_masks(sites: list[Site], report: PassReport) -> str:
     return "keys" if "keys" in kinds else "none"
 
 
-def _constant(v: Value, limit: int = 1 << 22) -> np.ndarray | None:
-    """The value of `v` if it is computed from constants alone (evaluated here)."""
+def _constant(v: Value, limit: int = 1 << 22,
+              memo: dict[int, np.ndarray | None] | None = None) -> np.ndarray | None:
+    """The value of `v` if it is computed from constants alone (evaluated here, each value
+    once)."""
+    memo = {} if memo is None else memo
     if v.is_const:
         return v.data
-    node = v.producer
-    if node is None or len(node.outputs) != 1 or v.type.size > limit:
-        return None
-    args = [_constant(x, limit) for x in node.inputs]
-    if any(a is None for a in args):
-        return None
-    return np.asarray(get_schema(node.op).reference(node.attrs, *args)).astype(v.dtype)
+    if id(v) in memo:
+        return memo[id(v)]
+    node, result = v.producer, None
+    if node is not None and len(node.outputs) == 1 and v.type.size <= limit:
+        args = [_constant(x, limit, memo) for x in node.inputs]
+        if all(a is not None for a in args):
+            result = np.asarray(get_schema(node.op).reference(node.attrs, *args)).astype(v.dtype)
+    memo[id(v)] = result
+    return result
 
 
 def _query_invariant(v: Value) -> bool:
