@@ -27,33 +27,61 @@ import sys
 import tarfile
 import time
 import zlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-# (zoo name, factory kwargs, precision, timed against torch.compile)
-CASES: list[tuple[str, dict[str, int], str, bool]] = [
-    ("mlp", {}, "fp32", False),
-    ("conv_bn_relu_cnn", {}, "fp32", False),
-    ("resnet18", {}, "fp32", False),
-    ("gpt2_6l", {}, "fp32", False),
-    ("llama_smollm2", {}, "fp32", False),
-    ("vit_deit_tiny", {"batch": 1}, "fp32", True),
-    ("vit_deit_tiny", {"batch": 8}, "fp32", False),
-    ("bert_minilm", {"batch": 1}, "fp32", True),
-    ("bert_minilm", {"batch": 8}, "fp32", False),
-    ("vit_deit_tiny", {"batch": 1}, "fp16", True),
-    ("vit_deit_tiny", {"batch": 8}, "fp16", True),
-    ("bert_minilm", {"batch": 1}, "fp16", True),
-    ("bert_minilm", {"batch": 8}, "fp16", True),
+
+@dataclass(frozen=True)
+class Case:
+    model: str  # a zoo name or one of EXTRA_MODELS
+    kwargs: dict[str, int] = field(default_factory=dict)
+    precision: str = "fp32"
+    compare_compile: bool = False  # also timed against torch.compile
+    passes: tuple[str, ...] = ()
+
+    @property
+    def id(self) -> str:
+        tags = [p.replace(":", "_").replace("=", "").replace(",", "_") for p in self.passes]
+        return "_".join([self.model, *(f"{k}{v}" for k, v in self.kwargs.items()), *tags,
+                         self.precision])
+
+
+INT8 = "weight_quant:bits=8"
+INT4 = "weight_quant:bits=4,group=64"
+# fp16 first: torch.compile is timed only while the run is young (it compiles for seconds)
+CASES: list[Case] = [
+    Case("vit_deit_tiny", {"batch": 1}, "fp16", True),
+    Case("vit_deit_tiny", {"batch": 8}, "fp16", True),
+    Case("bert_minilm", {"batch": 1}, "fp16", True),
+    Case("bert_minilm", {"batch": 8}, "fp16", True),
+    # the acceleration passes on the GPU: weight-only int8/int4 where weights dominate (one
+    # token through a 4-layer SmolLM2-sized Llama, one large linear layer), token merging
+    Case("llama_smollm2", {"seq": 1, "layers": 4}, "fp16", True),
+    Case("llama_smollm2", {"seq": 1, "layers": 4}, "fp16", False, (INT8,)),
+    Case("llama_smollm2", {"seq": 1, "layers": 4}, "fp16", False, (INT4,)),
+    Case("linear_4096", {"batch": 1}, "fp16", True),
+    Case("linear_4096", {"batch": 1}, "fp16", False, (INT8,)),
+    Case("linear_4096", {"batch": 1}, "fp16", False, (INT4,)),
+    Case("linear_4096", {"batch": 1}, "fp16", False, ("sparse24:form=compressed",)),
+    Case("linear_4096", {"batch": 1}, "fp16", False, ("sparse24:form=compressed,bits=8",)),
+    Case("linear_4096", {"batch": 256}, "fp16"),
+    Case("linear_4096", {"batch": 256}, "fp16", False, ("sparse24:form=compressed",)),
+    Case("vit_deit_tiny", {"batch": 8}, "fp16", False, ("tome:r=8",)),
+    Case("mlp"),
+    Case("conv_bn_relu_cnn"),
+    Case("resnet18"),
+    Case("gpt2_6l"),
+    Case("llama_smollm2"),
+    Case("vit_deit_tiny", {"batch": 1}, "fp32", True),
+    Case("vit_deit_tiny", {"batch": 8}),
+    Case("bert_minilm", {"batch": 1}, "fp32", True),
+    Case("bert_minilm", {"batch": 8}),
 ]
 LAYOUTS = {"as-is": lambda a: a, "transposed": lambda a: a.T,
            "HWIO": lambda a: a.transpose(2, 3, 1, 0)}
-
-
-def case_id(name: str, kwargs: dict[str, int], precision: str) -> str:
-    return "_".join([name, *(f"{k}{v}" for k, v in kwargs.items()), precision])
 
 
 def fill_weights(model: Any) -> Any:
@@ -76,44 +104,89 @@ def fill_weights(model: Any) -> Any:
     return model
 
 
+def linear_4096(batch: int = 1) -> tuple[Any, tuple]:
+    """One 4096x4096 linear layer: the shape where weight bytes decide the speed."""
+    import torch
+
+    torch.manual_seed(0)
+    return torch.nn.Linear(4096, 4096), (torch.randn(batch, 4096),)
+
+
+EXTRA_MODELS = {"linear_4096": linear_4096}
+
+
 def make_model(name: str, kwargs: dict[str, int]) -> tuple[Any, tuple]:
     from ..tests.models.zoo import ZOO
 
-    model, inputs = ZOO[name](**kwargs)
+    model, inputs = {**ZOO, **EXTRA_MODELS}[name](**kwargs)
     return fill_weights(model).eval(), inputs
 
 
 # ---------------------------------------------------------------- step 1: build (no GPU)
 
-def build(out: Path, python_version: str, only: set[str] | None = None) -> None:
-    """`only`: rebuild just these case ids, keeping the others already in `out`."""
-    import honer
-
+def build(out: Path, python_version: str, only: set[str] | None = None,
+          select: list[str] | None = None) -> None:
+    """`only`: rebuild just these case ids, keeping the others already in `out`; `select`:
+    the bundle holds only the cases whose id contains one of these strings."""
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "cases.json"
     kept = {c["id"]: c for c in json.loads(listing.read_text())} \
         if only and listing.exists() else {}
     cases = []
-    for name, kwargs, precision, compare in CASES:
-        cid = case_id(name, kwargs, precision)
-        if only and cid not in only and cid in kept:
-            cases.append(kept[cid])
+    for case in CASES:
+        if select and not any(s in case.id for s in select):
             continue
-        start = time.perf_counter()
-        model, inputs = make_model(name, kwargs)
-        compiled = honer.compile(model, inputs, target=f"cuda:precision={precision}")
-        recipe = save_case(out / cid, compiled, model, inputs)
-        cases.append({"id": cid, "model": name, "kwargs": kwargs, "precision": precision,
-                      "compare_compile": compare, "recipe": recipe,
-                      "build_s": round(time.perf_counter() - start, 1),
-                      "kernels": compiled.report["build"]["schedule"]["kernels"]})
-        print(f"{cid}: built in {cases[-1]['build_s']} s, "
-              f"{sum(1 for r in recipe if 'key' in r)}/{len(recipe)} weights by recipe",
-              flush=True)
-    (out / "cases.json").write_text(json.dumps(cases, indent=1))
-    probes = [build_probe(out, name, kwargs) for name, kwargs in PROBES]
+        if only and case.id not in only and case.id in kept:
+            cases.append(kept[case.id])
+        else:
+            cases.append(build_case(out, case))
+        (out / "cases.json").write_text(json.dumps(cases, indent=1))
+    probes = [build_probe(out, name, kwargs) for name, kwargs in PROBES
+              if not select or any(s in "probe_" + Case(name, kwargs).id for s in select)]
     (out / "probes.json").write_text(json.dumps(probes, indent=1))
     pack_runtime(out / "runtime", python_version)
+
+
+def build_case(out: Path, case: Case) -> dict[str, Any]:
+    import honer
+    from honer.ir import interpret
+
+    start = time.perf_counter()
+    model, inputs = make_model(case.model, case.kwargs)
+    compiled = honer.compile(model, inputs, target=f"cuda:precision={case.precision}",
+                             passes=list(case.passes))
+    recipe = save_case(out / case.id, compiled, model, inputs, derivations(case.passes))
+    if case.passes:  # the reference for an approximate model is its own graph, interpreted
+        expected = interpret(compiled.graph, [x.numpy() for x in inputs])[0]
+        np.save(out / case.id / "expected.npy", expected)
+    row = {"id": case.id, "model": case.model, "kwargs": case.kwargs,
+           "precision": case.precision, "passes": list(case.passes),
+           "compare_compile": case.compare_compile, "recipe": recipe,
+           "build_s": round(time.perf_counter() - start, 1),
+           "kernels": compiled.report["build"]["schedule"]["kernels"]}
+    print(f"{case.id}: built in {row['build_s']} s, "
+          f"{sum(1 for r in recipe if 'key' in r)}/{len(recipe)} weights by recipe", flush=True)
+    return row
+
+
+def derivations(passes: tuple[str, ...]) -> list[list]:
+    """The deterministic weight rewrites among `passes` (round-to-nearest quantization,
+    2:4 pruning by magnitude): their weights are rebuilt on the GPU machine from the torch
+    parameters by the same functions, instead of shipped. ["quant", bits, group] or
+    ["sparse24", bits]."""
+    from honer.passes import sparse24, weight_quant
+
+    found = []
+    for spec in passes:
+        name, _, opts = spec.partition(":")
+        kv = dict(o.split("=") for o in opts.split(",") if o)
+        numbers = {k: int(v) for k, v in kv.items() if k in ("bits", "group")}
+        if name == "weight_quant":
+            cfg = weight_quant.Config(**numbers)
+            found.append(["quant", cfg.bits, cfg.group])
+        elif name == "sparse24" and kv.get("method", "magnitude") == "magnitude":
+            found.append(["sparse24", sparse24.Config(**numbers).bits])
+    return found
 
 
 # Models whose every intermediate value is compared with the IR interpreter on the GPU, so a
@@ -142,7 +215,7 @@ def build_probe(out: Path, name: str, kwargs: dict[str, int]) -> dict[str, Any]:
     probed = [n.output for n in graph.nodes if len(n.outputs) == 1]
     graph.set_outputs(probed)
     compiled = honer.compile(graph, inputs, target="cuda")
-    pid = "probe_" + case_id(name, kwargs, "fp32")
+    pid = "probe_" + Case(name, kwargs).id
     recipe = save_case(out / pid, compiled, model, inputs)
     want = interpret(graph, [x.numpy() for x in inputs])
     nodes = {id(n.output): n for n in graph.nodes if len(n.outputs) == 1}
@@ -152,39 +225,69 @@ def build_probe(out: Path, name: str, kwargs: dict[str, int]) -> dict[str, Any]:
                        for v, w in zip(probed, want)]}
 
 
-def save_case(case_dir: Path, compiled: Any, model: Any, inputs: tuple) -> list[dict]:
+def save_case(case_dir: Path, compiled: Any, model: Any, inputs: tuple,
+              derived: list[list] = ()) -> list[dict]:
     """The artifact without its weight file (replaced by the recipe it returns), and the
     example inputs."""
     if case_dir.exists():
         shutil.rmtree(case_dir)
     compiled.save(case_dir)
-    recipe = weight_recipe(case_dir, model)
+    recipe = weight_recipe(case_dir, model, derived)
     (case_dir / "weights.bin").unlink()
     np.savez(case_dir / "inputs.npz", *[x.numpy() for x in inputs])
     return recipe
 
 
-def weight_recipe(artifact: Path, model: Any) -> list[dict[str, Any]]:
+def weight_recipe(artifact: Path, model: Any, derived: list[list] = ()
+                  ) -> list[dict[str, Any]]:
     """For each stored weight: the torch parameter or buffer (and layout, dtype) whose bytes
-    it is, or else the file holding the weight itself."""
+    it is, or a part of what one of the `derived` rewrites makes of it (see `derivations`),
+    or else the file holding the weight itself."""
     manifest = json.loads((artifact / "manifest.json").read_text())
     blob = np.memmap(artifact / "weights.bin", dtype=np.uint8, mode="r")
-    by_size: dict[int, list[tuple[str, np.ndarray]]] = {}
+    by_size: dict[int, list[tuple[dict[str, Any], np.ndarray]]] = {}
     for key, t in model.state_dict().items():
-        by_size.setdefault(t.numel(), []).append((key, t.detach().numpy()))
+        a = t.detach().numpy()
+        by_size.setdefault(a.size, []).append(({"key": key}, a))
+        for how in derived if a.ndim == 2 else ():
+            for part, q in derived_parts(a, how).items():
+                by_size.setdefault(q.size, []).append(
+                    ({"key": key, "derive": how, "part": part}, q))
     recipe = []
     for i, w in enumerate(manifest["weights"]):
         want = bytes(blob[w["offset"]:w["offset"] + w["nbytes"]])
-        found = next(({"key": key, "layout": w.get("layout", "as-is"), "dtype": w["dtype"]}
-                      for key, a in by_size.get(int(np.prod(w["shape"])), [])
-                      if _stored(a, w.get("layout", "as-is"), w["dtype"], w["shape"]) == want),
-                     None)
+        layout = w.get("layout", "as-is")
+        found = next(({**source, "layout": layout, "dtype": w["dtype"]}
+                      for source, a in sorted(by_size.get(int(np.prod(w["shape"])), []),
+                                              key=lambda c: str(c[1].dtype) != w["dtype"])
+                      if _stored(a, layout, w["dtype"], w["shape"]) == want), None)
         if found is None:
             np.save(artifact / f"weight_{i}.npy",
                     np.frombuffer(want, dtype=w["dtype"]).reshape(w["shape"]))
             found = {"file": f"weight_{i}.npy"}
         recipe.append(found)
     return recipe
+
+
+def derived_parts(a: np.ndarray, how: list) -> dict[str, np.ndarray]:
+    from honer.ir.ops import compress_24
+    from honer.passes import sparse24
+    from honer.passes.weight_quant import quantize_weight
+
+    if how[0] == "quant":
+        bits, group = how[1:]
+        if bits == 4 and a.shape[1] % group:
+            return {}
+        qw = quantize_weight(a, bits, group)
+        return {"q": qw.q, "scale": qw.scale, "zero": qw.zero}
+    if a.shape[1] % 8:
+        return {}
+    pruned = sparse24.prune_24(a)
+    values, index = compress_24(pruned)
+    parts = {"dense": pruned, "values": values, "index": index}
+    if how[1]:
+        parts["values"], parts["scale"] = sparse24.int8_rows(values)
+    return parts
 
 
 def _stored(a: np.ndarray, layout: str, dtype: str, shape: list[int]) -> bytes | None:
@@ -305,8 +408,13 @@ def rebuild_weights(artifact: Path, case: dict[str, Any], model: Any) -> None:
     weights = manifest["weights"]
     blob = bytearray(max((w["offset"] + w["nbytes"] for w in weights), default=0))
     for w, r in zip(weights, case["recipe"]):
-        data = (np.load(artifact / r["file"]) if "file" in r
-                else LAYOUTS[r["layout"]](state[r["key"]]).astype(r["dtype"]))
+        if "file" in r:
+            data = np.load(artifact / r["file"])
+        else:
+            source = state[r["key"]]
+            if "derive" in r:
+                source = derived_parts(source, r["derive"])[r["part"]]
+            data = LAYOUTS[r["layout"]](source).astype(r["dtype"])
         raw = np.ascontiguousarray(data).tobytes()
         blob[w["offset"]:w["offset"] + len(raw)] = raw
     (artifact / "weights.bin").write_bytes(bytes(blob))
@@ -332,6 +440,11 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
     scale = float(np.abs(want).max()) or 1.0
     row: dict[str, Any] = {"max_scaled_error_vs_eager_fp32": float(np.abs(got - want).max())
                            / scale}
+    if (artifact / "expected.npy").exists():  # approximate passes: checked against their
+        expected = np.load(artifact / "expected.npy")  # own graph, the cost reported apart
+        row["max_scaled_error_vs_pass_reference"] = float(np.abs(got - expected).max()) / (
+            float(np.abs(expected).max()) or 1.0)
+        row["pass_error_vs_eager_fp32"] = row.pop("max_scaled_error_vs_eager_fp32")
     runner = loaded.compiled
     device_inputs = runner.to_device(arrays)
     timings = {"honer": harness.measure("honer", lambda: (runner.on_device(device_inputs),
@@ -371,7 +484,11 @@ def _time_torch(name: str, model: Any, inputs: list[Any]) -> Any:
 def summary(rows: list[dict[str, Any]]) -> str:
     from . import harness
 
-    table = [[r["id"], f"{r.get('max_scaled_error_vs_eager_fp32', float('nan')):.2e}",
+    def error(r: dict[str, Any]) -> float:  # against eager, or a pass's own reference
+        return r.get("max_scaled_error_vs_eager_fp32",
+                     r.get("max_scaled_error_vs_pass_reference", float("nan")))
+
+    table = [[r["id"], f"{error(r):.2e}",
               *(r.get("median_ms", {}).get(k, "-") for k in ("honer", "eager", "torch.compile")),
               r.get("error", "")[:60]] for r in rows]
     return harness.table(table, ["case", "err/scale", "honer ms", "eager ms", "compile ms",
@@ -385,6 +502,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", type=Path, default=Path(".gpu_bundle"))
     b.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
     b.add_argument("--only", help="comma-separated case ids to rebuild (others are kept)")
+    b.add_argument("--select", help="comma-separated strings: bundle only the cases whose "
+                   "id contains one")
     r = sub.add_parser("run", help="run the bundle on a GPU machine")
     r.add_argument("--bundle", type=Path, default=Path(".gpu_bundle"))
     r.add_argument("--out", type=Path,
@@ -399,7 +518,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.step == "build":
         build(args.out, args.python_version,
-              set(args.only.split(",")) if args.only else None)
+              set(args.only.split(",")) if args.only else None,
+              args.select.split(",") if args.select else None)
     elif args.step == "run":
         run(args.bundle, args.out, args.compile_until_s)
     else:

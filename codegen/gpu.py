@@ -28,6 +28,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
+from . import sparse_tc
 from .build import last_error_line
 from .relax_lower import LoweredModule
 
@@ -68,7 +69,7 @@ class KernelLaunch:
 @dataclass
 class CudaBuild:
     executable: relax.VMExecutable
-    source: str  # the CUDA C++ TVM generated
+    source: str  # the CUDA C++ TVM generated (the kernels' key at load time)
     fatbin: bytes  # nvcc's output for every arch
     launches: dict[str, KernelLaunch]
     half_params: list[int]  # indices of weights now stored in `precision`
@@ -129,7 +130,11 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
         raise BuildError(f"TVM build for {tvm_target} failed: {last_error_line(e)}") from e
     source = _cuda_source(executable.mod)
-    fatbin, ptxas_log = compile_fatbin(source, cfg.archs, workdir)
+    # the runtime asks for kernels by TVM's source (CudaBuild.source_sha256); what nvcc
+    # compiles may add the device functions honer's hand-written kernels call
+    compiled = sparse_tc.DEVICE_SOURCE + source if sparse_tc.uses_tensor_cores(source) \
+        else source
+    fatbin, ptxas_log = compile_fatbin(compiled, cfg.archs, workdir)
     _merge_ptxas_resources(launches, ptxas_log)
     check_launch_limits(launches, cfg.archs)
     return CudaBuild(executable, source, fatbin, launches, half_params)
@@ -226,15 +231,71 @@ def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, l
         # numpy has no bfloat16, so the artifact keeps these weights in float32 and the cast
         # runs on the device with each call
         return _to_bf16(mod), []
-    mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
-    return _half_params(mod, precision)
+    # 2:4-sparse layers go to the sparse tensor cores, which take half inputs
+    return _half_params(sparse_tc.on_tensor_cores(_to_mixed_precision(mod)), precision)
 
 
 def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
     """ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with every cast to
     float16 made a cast to bfloat16 (the other ops take their dtype from their inputs)."""
-    mod = relax.transform.ToMixedPrecision(out_dtype="float32")(mod)
-    return _rewrite_main(mod, _CastsToBF16())
+    return _rewrite_main(_to_mixed_precision(mod), _CastsToBF16())
+
+
+def _to_mixed_precision(mod: tvm.IRModule) -> tvm.IRModule:
+    """TVM 0.27's ToMixedPrecision asserts ("Expected TensorType, but got R.Callable") on a
+    `call_tir` whose tensor argument it has converted: it types the kernel's GlobalVar as if it
+    were a tensor. honer's own kernels (quantized matmuls, token plans) are call_tir, so each
+    is hidden in a private Relax function while the pass runs (their inputs are cast back to
+    float32 as for any op it leaves alone) and put back in place afterwards."""
+    hider = _TirCallsAsFunctions(mod)
+    main = hider.visit_expr(mod["main"])
+    wrapped = _with_main(hider.builder_.get(), main)
+    converted = relax.transform.ToMixedPrecision(out_dtype="float32")(wrapped)
+    wrappers = {gv: f for gv, f in converted.functions.items()
+                if gv.name_hint.startswith(_TIR_WRAPPER)}
+    restored = _rewrite_main(converted, _InlineTirWrappers(wrappers))
+    for gv in wrappers:
+        del restored[gv]
+    return restored
+
+
+_TIR_WRAPPER = "honer_tir_call_"
+
+
+@relax.expr_functor.mutator
+class _TirCallsAsFunctions(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule) -> None:
+        super().__init__(mod)
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):
+            return call
+        params = [relax.Var(f"a{i}", a.ty) for i, a in enumerate(call.args[1].fields)]
+        wrapper = relax.BlockBuilder()
+        with wrapper.function("wrapper", params, private=True):
+            out = wrapper.emit(relax.Call(call.op, [call.args[0], relax.Tuple(params)],
+                                          call.attrs, call.ty_args))
+            wrapper.emit_func_output(out)
+        func = wrapper.get()["wrapper"]
+        gv = self.builder_.add_func(func, _TIR_WRAPPER + call.args[0].name_hint)
+        return relax.Call(gv, list(call.args[1].fields))
+
+
+@relax.expr_functor.mutator
+class _InlineTirWrappers(relax.PyExprMutator):
+    def __init__(self, wrappers: dict[relax.GlobalVar, relax.Function]) -> None:
+        super().__init__()
+        self.wrappers = wrappers
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        func = self.wrappers.get(call.op) if isinstance(call.op, relax.GlobalVar) else None
+        if func is None:
+            return call
+        inner = func.body.blocks[-1].bindings[-1].value  # the call_tir
+        return relax.Call(inner.op, [inner.args[0], relax.Tuple(list(call.args))], inner.attrs,
+                          inner.ty_args)
 
 
 @relax.expr_functor.mutator
@@ -315,6 +376,7 @@ def _device_kernels(mod: tvm.IRModule) -> dict[str, tirx.PrimFunc]:
 _INT = r"(?:T\.int(?:32|64)\()?(\d+)\)?"
 _THREAD_BINDING = re.compile(
     rf'T\.thread_binding\((?:{_INT}, )?{_INT}, thread="(\w+)\.([xyz])"')
+_LAUNCH_THREAD = re.compile(rf'T\.launch_thread\("(\w+)\.([xyz])", {_INT}\)')
 
 
 def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -322,11 +384,14 @@ def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]
     extents are left out). TVM's Python API has no TIR visitor any more, so they are read off
     the printed TIR."""
     threads, blocks = [1, 1, 1], [1, 1, 1]
-    for m in _THREAD_BINDING.finditer(func.script()):
-        start, stop = int(m.group(1) or 0), int(m.group(2))
-        dims = threads if m.group(3) == "threadIdx" else blocks
-        axis = "xyz".index(m.group(4))
-        dims[axis] = max(dims[axis], stop - start)
+    script = func.script()
+    bindings = [(int(m.group(2)) - int(m.group(1) or 0), m.group(3), m.group(4))
+                for m in _THREAD_BINDING.finditer(script)]
+    bindings += [(int(m.group(3)), m.group(1), m.group(2))  # hand-written kernels
+                 for m in _LAUNCH_THREAD.finditer(script)]
+    for extent, kind, axis in bindings:
+        dims = threads if kind == "threadIdx" else blocks
+        dims["xyz".index(axis)] = max(dims["xyz".index(axis)], extent)
     return tuple(threads), tuple(blocks)
 
 

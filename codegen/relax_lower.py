@@ -403,47 +403,111 @@ def _lower_prune_plan(bb, node, args):
     return _one_hot(keep, n, dt)
 
 
-# ---- weight-only quantized linear: dequantized inside the matmul's inner loop ---------------
+# ---- compressed linear weights, decoded inside the matmul's inner loop ------------------------
+#
+# quant_linear and sparse_linear keep their weights compressed in memory ([in-ish, out]: output
+# channels contiguous, so the kernels vectorize over them) and compute every weight element from
+# the compressed form where the matmul reads it: memory traffic shrinks, the FLOPs do not.
+
+
+BITS_DTYPE = "int16"
+
+
+def _bits(value):
+    """Bit fields are unpacked in int16: relax's emit_te rewrites int32 arithmetic to int64
+    (its index type), and 64-bit lanes would make the decode four times as wide as the floats
+    it feeds; x86 shifts 16-bit lanes by a common count in one instruction."""
+    from tvm import tirx
+
+    return tirx.const(value, BITS_DTYPE) if isinstance(value, int) else value.astype(BITS_DTYPE)
+
+
+def _decoded_matmul(x, weight, in_features: int, out: int, name: str):
+    """TE compute of y[m, n] = sum_k x[m, k] * weight(k, n)."""
+    from tvm import te
+
+    k = te.reduce_axis((0, in_features), name="k")
+    return te.compute((x.shape[0], out), lambda m, n: te.sum(x[m, k] * weight(k, n), axis=k),
+                      name=name)
 
 
 def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, dtype: str,
                     symmetric: bool):
-    """TE compute of y[m, n] = sum_k x[m, k] * w[k, n], w dequantized from q ([in or in/2,
-    out], output channels contiguous) as it is read: the weight stays packed in memory."""
-    from tvm import te
-
+    """w dequantized from q ([in or in/2, out]) as it is read."""
     group = in_features // scale.shape[0]
-    k = te.reduce_axis((0, in_features), name="k")
 
     def weight(kk, n):
         if bits == 8:
             value = q[kk, n].astype(dtype)
-        else:  # the even k in the low nibble; shifted as int32 (x86 has no 8-bit vector shift)
-            byte = q[kk // 2, n].astype("int32")
-            value = ((byte >> ((kk % 2) * 4)) & 15).astype(dtype)
+        else:  # the even k in the low nibble (x86 has no 8-bit vector shift)
+            byte = _bits(q[kk // 2, n])
+            value = ((byte >> _bits((kk % 2) * 4)) & _bits(15)).astype(dtype)
         if not symmetric:
             value = value - zero[kk // group, n].astype(dtype)
         return value * scale[kk // group, n]
 
-    return te.compute((x.shape[0], q.shape[1]),
-                      lambda m, n: te.sum(x[m, k] * weight(k, n), axis=k), name="dequant_matmul")
+    return _decoded_matmul(x, weight, in_features, q.shape[1], "dequant_matmul")
+
+
+def _sparse_matmul(x, values, index, scale, in_features: int, dtype: str, scaled: bool):
+    """y[m, n] = sum over the kept weights of values[j, n] * x[m, position(j, n)]: half the
+    multiply-adds of the dense product. values is [in/2, out], index [in/8, out]; the input a
+    kept value meets is picked from its group's four by comparing its 2-bit position (a blend
+    per candidate, vectorized over n, where a gather would be a load per lane)."""
+    from tvm import te, tirx
+
+    j = te.reduce_axis((0, in_features // 2), name="j")
+
+    def term(m, n, j):
+        group = j // 2
+        nibble = (_bits(index[j // 4, n]) >> _bits((group % 2) * 4)) & _bits(15)
+        position = (nibble >> _bits((j % 2) * 2)) & _bits(3)
+        picked = x[m, group * 4 + 3]
+        for p in (2, 1, 0):
+            picked = tirx.Select(position == _bits(p), x[m, group * 4 + p], picked)
+        return picked * values[j, n].astype(dtype)
+
+    out = te.compute((x.shape[0], values.shape[1]),
+                     lambda m, n: te.sum(term(m, n, j), axis=j), name="sparse_matmul")
+    if not scaled:
+        return out
+    return te.compute(out.shape, lambda m, n: out[m, n] * scale[0, n], name="sparse_scale")
+
+
+def _compressed_operands(bb, args, transposed: list[bool], count: int) -> list[relax.Expr]:
+    """x and the first `count - 1` compressed operands, each as [in-ish, out]."""
+    return [a if t else bb.emit(R.permute_dims(a, [1, 0]))
+            for a, t in zip(args[:count], [True] + transposed[1:count])]
+
+
+def _lower_decoded(bb, node, args, y_of_flat) -> relax.Expr:
+    """Flattens x to rows, runs the decoded matmul, restores x's leading axes, adds the bias."""
+    xt = node.inputs[0].type
+    in_features, out = xt.shape[-1], node.output.shape[-1]
+    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    y = y_of_flat(bb.emit(R.reshape(args[0], [rows, in_features])), in_features)
+    y = R.reshape(y, list(xt.shape[:-1]) + [out])
+    if len(args) > 4:  # x and three compressed operands, then the bias
+        y = R.add(bb.emit(y), args[-1])
+    return _epilogue(bb, node, y)
 
 
 def _lower_quant_linear(bb, node, args, transposed: list[bool]):
-    x, q, scale, zero = (a if t else bb.emit(R.permute_dims(a, [1, 0]))
-                         for a, t in zip(args[:4], [True] + transposed[1:4]))
-    xt, dt = node.inputs[0].type, _dtype(node)
-    in_features, out = xt.shape[-1], node.output.shape[-1]
-    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    x, q, scale, zero = _compressed_operands(bb, args, transposed, 4)
     zero_value = node.inputs[3].data
     symmetric = zero_value is not None and not zero_value.any()
-    flat = bb.emit(R.reshape(x, [rows, in_features]))
-    y = bb.emit_te(_dequant_matmul, flat, q, scale, zero, node.attrs["bits"], in_features, dt,
-                   symmetric, primfunc_name_hint="dequant_matmul")
-    y = R.reshape(y, list(xt.shape[:-1]) + [out])
-    if len(args) > 4:
-        y = R.add(bb.emit(y), args[4])
-    return _epilogue(bb, node, y)
+    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k: bb.emit_te(
+        _dequant_matmul, flat, q, scale, zero, node.attrs["bits"], k, _dtype(node), symmetric,
+        primfunc_name_hint="dequant_matmul"))
+
+
+def _lower_sparse_linear(bb, node, args, transposed: list[bool]):
+    x, values, index, scale = _compressed_operands(bb, args, transposed, 4)
+    scale_value = node.inputs[3].data
+    scaled = scale_value is None or not np.all(scale_value == 1)
+    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k: bb.emit_te(
+        _sparse_matmul, flat, values, index, scale, k, _dtype(node), scaled,
+        primfunc_name_hint="sparse_matmul"))
 
 
 LOWERINGS: dict[str, Lowering] = {
@@ -459,7 +523,10 @@ LOWERINGS: dict[str, Lowering] = {
     "attention": _lower_attention,
     "tome_plan": _lower_tome_plan, "prune_plan": _lower_prune_plan,
     "quant_linear": functools.partial(_lower_quant_linear, transposed=[False] * 5),
+    "sparse_linear": functools.partial(_lower_sparse_linear, transposed=[False] * 5),
 }
+COMPRESSED_LINEAR = {"quant_linear": _lower_quant_linear,
+                     "sparse_linear": _lower_sparse_linear}
 for _op in REDUCE_RELAX:
     LOWERINGS[_op] = _lower_reduce
 for _op, _fn in UNARY_RELAX.items():
@@ -489,8 +556,9 @@ def _weight_only(v: Value, op: str) -> bool:
 
 
 def _quant_operand(v: Value) -> bool:
-    """A quantized weight, its scales or zeros, read by quant_linear kernels only."""
-    return bool(v.users) and all(u.op == "quant_linear" and v in u.inputs[1:4] and
+    """A compressed weight (quantized or 2:4 sparse) or its scales, zeros or positions, read
+    by the kernels that decode it only."""
+    return bool(v.users) and all(u.op in COMPRESSED_LINEAR and v in u.inputs[1:4] and
                                  v is not u.inputs[0] for u in v.users)
 
 
@@ -561,9 +629,9 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
         lowering = _lower_linear_pretransposed
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
-    elif node.op == "quant_linear":
+    elif node.op in COMPRESSED_LINEAR:
         transposed = [stored.get(id(v)) == "transposed" for v in node.inputs]
-        lowering = functools.partial(_lower_quant_linear, transposed=transposed)
+        lowering = functools.partial(COMPRESSED_LINEAR[node.op], transposed=transposed)
     try:
         expr = bb.emit(lowering(bb, node, args))
     except CodegenError:

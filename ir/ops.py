@@ -1015,3 +1015,62 @@ def _quant_linear_ref(a: dict[str, Any], x, q, scale, zero, b=None):
 register("quant_linear", _quant_linear_infer, _quant_linear_ref,
          {"bits": REQUIRED, "activation": "none"}, num_inputs=(4, 5),
          doc="linear with an int8 or packed int4 weight, dequantized per group in the kernel")
+
+
+# ---- 2:4 structured sparse linear ------------------------------------------------------------
+#
+# In every group of 4 consecutive input channels of a weight row, 2 are zero (the pattern
+# NVIDIA's sparse tensor cores run). Stored compressed: values [out, in/2] (the kept pair of
+# each group, in order; float32, or int8 times a per-row scale) and index uint8 [out, in/8]:
+# per group a nibble holding the two kept positions (first in bits 0-1, second in bits 2-3),
+# the even group in the low nibble. w[n, 4g + index(n, g, j)] = values[n, 2g + j] * scale[n].
+
+
+def compress_24(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A 2:4-sparse [out, in] matrix -> (values [out, in/2], index uint8 [out, in/8]). Each
+    group keeps its two largest-magnitude positions (ties to the first), so a group with more
+    than two non-zeros is pruned here."""
+    out, k = w.shape
+    if k % 8:
+        raise IRError(f"2:4 compression needs the input size to be a multiple of 8, got {k}")
+    groups = w.reshape(out, k // 4, 4)
+    keep = np.sort(np.argsort(-np.abs(groups), axis=-1, kind="stable")[..., :2], axis=-1)
+    values = np.take_along_axis(groups, keep, axis=-1).reshape(out, k // 2)
+    nibble = (keep[..., 0] | (keep[..., 1] << 2)).astype(np.uint8)  # [out, in/4]
+    return values, (nibble[:, 0::2] | (nibble[:, 1::2] << 4)).astype(np.uint8)
+
+
+def decompress_24(values: np.ndarray, index: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """(values [out, in/2], index [out, in/8], scale [out, 1]) -> the dense float32 weight."""
+    out, half = values.shape
+    nibble = np.stack([index & 15, index >> 4], axis=-1).reshape(out, -1)  # [out, in/4]
+    keep = np.stack([nibble & 3, nibble >> 2], axis=-1).astype(np.int64)  # [out, in/4, 2]
+    dense = np.zeros((out, half // 2, 4), np.float32)
+    kept = values.reshape(out, half // 2, 2).astype(np.float32) * scale.reshape(out, 1, 1)
+    np.put_along_axis(dense, keep, kept, axis=-1)
+    return dense.reshape(out, half * 2)
+
+
+def _sparse_linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, values, index, scale = types[:4]
+    k, out = x.shape[-1], values.shape[0] if values.shape else 0
+    if k % 8 or values.shape != (out, k // 2) or values.dtype not in ("float32", "int8"):
+        raise IRError(f"sparse_linear: values for {k} inputs must be float32 or int8 "
+                      f"[out, {k // 2}] (and {k} a multiple of 8), got {values}")
+    if index.shape != (out, k // 8) or index.dtype != "uint8":
+        raise IRError(f"sparse_linear: index must be uint8[{out}, {k // 8}], got {index}")
+    if scale.shape != (out, 1) or scale.dtype != x.dtype:
+        raise IRError(f"sparse_linear: scale must be {x.dtype}[{out}, 1], got {scale}")
+    if len(types) == 5 and types[4].shape != (out,):
+        raise IRError(f"sparse_linear: bias {types[4]} does not match {out} outputs")
+    return [TensorType(x.shape[:-1] + (out,), x.dtype)]
+
+
+def _sparse_linear_ref(a: dict[str, Any], x, values, index, scale, b=None):
+    return _linear_ref({"activation": a["activation"]}, x, decompress_24(values, index, scale), b)
+
+
+register("sparse_linear", _sparse_linear_infer, _sparse_linear_ref, {"activation": "none"},
+         num_inputs=(4, 5),
+         doc="linear with a 2:4-sparse weight kept compressed (values, 2-bit positions, a "
+             "per-row scale), decompressed in the kernel")

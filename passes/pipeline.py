@@ -19,6 +19,7 @@ from . import (
     linear_fold,
     qkv_merge,
     repvgg,
+    sparse24,
     tome,
     weight_quant,
 )
@@ -36,6 +37,7 @@ REGISTRY: dict[str, ModuleType] = {
     "qkv_merge": qkv_merge,
     "act_fuse": act_fuse,
     "layer_skip": layer_skip,
+    "sparse24": sparse24,
     "tome": tome,
     "weight_quant": weight_quant,
 }

@@ -19,16 +19,15 @@ float and why. Belongs last among the graph passes (after merging and folding pa
 
 from __future__ import annotations
 
-import fnmatch
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..errors import PassError
-from ..ir import Graph, Node, interpret
+from ..ir import Graph, Node
 from ..ir.ops import dequantize, pack_int4
 from .base import Calibration, PassReport, PassResult
-from .rewrite import where
+from .linears import calibration_inputs, const_linears, replace_linear, scope_patterns, sqnr_db
 
 NAME = "weight_quant"
 NORMS = ("layer_norm", "rms_norm")
@@ -72,17 +71,12 @@ def _dequantized(w: np.ndarray, bits: int, group: int) -> np.ndarray:
     return dequantize(qw.q, qw.scale, qw.zero, bits, w.shape[1])
 
 
-def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
-    noise = float(((reference - approx) ** 2).sum())
-    return float("inf") if noise == 0 else 10 * np.log10(float((reference ** 2).sum()) / noise)
-
-
 def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
     report = PassReport(NAME, asdict(cfg), exact=False)
     _check(cfg)
     out = graph.copy()
     groups = _matches(out, cfg, report)
-    inputs = _calibration_inputs(out, groups, calib, cfg) if calib else {}
+    inputs = calibration_inputs(out, groups, calib, cfg.max_tokens) if calib else {}
     layers, bytes_before, bytes_after = {}, 0, 0
     for source, nodes in groups.items():
         x = inputs.get(source)
@@ -123,40 +117,14 @@ def _check(cfg: Config) -> None:
 
 def _matches(graph: Graph, cfg: Config, report: PassReport) -> dict[int, list[Node]]:
     """Linears to quantize, grouped by the value they read (they share AWQ scales)."""
-    patterns = [p for p in cfg.keep_float.replace(",", "+").split("+") if p]
-    groups: dict[int, list[Node]] = {}
-    for node in graph.nodes:
-        if node.op != "linear":
-            continue
-        w = node.inputs[1]
-        if not w.is_const or w.dtype != "float32":
-            report.reject(where(node), "weight is not a float32 constant")
-        elif any(fnmatch.fnmatch(node.scope, p) for p in patterns):
-            report.reject(where(node), "kept float (keep_float)")
-        elif cfg.bits == 4 and w.shape[1] % cfg.group:
-            report.reject(where(node), f"{w.shape[1]} input channels are not a multiple of "
-                                       f"group={cfg.group}; kept float")
-        else:
-            groups.setdefault(id(node.inputs[0]), []).append(node)
-    return groups
+    def unsuitable(w: np.ndarray) -> str | None:
+        if cfg.bits == 4 and w.shape[1] % cfg.group:
+            return f"{w.shape[1]} input channels are not a multiple of group={cfg.group}; " \
+                   "kept float"
+        return None
 
-
-def _calibration_inputs(graph: Graph, groups: dict[int, list[Node]], calib: Calibration,
-                        cfg: Config) -> dict[int, np.ndarray]:
-    """Each group's input activations on the calibration data, [tokens, in] (at most
-    `max_tokens` rows, evenly spread)."""
-    names = {nodes[0].inputs[0].name: key for key, nodes in groups.items()}
-    rows: dict[int, list[np.ndarray]] = {key: [] for key in groups}
-    for sample in calib.samples:
-        _, seen = interpret(graph, list(sample), capture=list(names))
-        for name, key in names.items():
-            rows[key].append(seen[name].reshape(-1, seen[name].shape[-1]))
-    out = {}
-    for key, parts in rows.items():
-        x = np.concatenate(parts).astype(np.float32)
-        step = max(1, len(x) // cfg.max_tokens)
-        out[key] = x[::step][:cfg.max_tokens]
-    return out
+    return const_linears(graph, scope_patterns(cfg.keep_float), "kept float (keep_float)",
+                         report, unsuitable)
 
 
 def _awq_scales(nodes: list[Node], x: np.ndarray, cfg: Config
@@ -178,21 +146,8 @@ def _awq_scales(nodes: list[Node], x: np.ndarray, cfg: Config
 
 
 def _replace(graph: Graph, node: Node, qw: Quantized, bits: int) -> Node:
-    consts = [graph.add_const(a, f"{node.inputs[1].name}_{part}")
-              for a, part in ((qw.q, "q"), (qw.scale, "scale"), (qw.zero, "zero"))]
-    inputs = [node.inputs[0], *consts, *node.inputs[2:3]]
-    new = graph.add_node("quant_linear", inputs,
-                         {"bits": bits, "activation": node.attrs["activation"]},
-                         node.scope, before=node)
-    graph.replace_all_uses(node.output, new.output)
-    _unlink(graph, node)
-    return new
-
-
-def _unlink(graph: Graph, node: Node) -> None:
-    graph.nodes.remove(node)
-    for v in node.inputs:
-        v.users.remove(node)
+    return replace_linear(graph, node, "quant_linear",
+                          [(qw.q, "q"), (qw.scale, "scale"), (qw.zero, "zero")], {"bits": bits})
 
 
 def _divide_input(graph: Graph, nodes: list[Node], s: np.ndarray) -> None:

@@ -7,6 +7,7 @@ from honer.api import compile as honer_compile
 from honer.codegen.relax_lower import supported_ops
 from honer.errors import CodegenError
 from honer.ir import Graph, all_ops, interpret
+from honer.ir.ops import compress_24
 
 RNG = np.random.default_rng(0)
 F = "float32"
@@ -21,6 +22,7 @@ def rand(*shape, dtype=F, low=-2.0, high=2.0):
 
 
 # op -> (inputs, attrs); positive inputs where the op needs them
+SPARSE_VALUES, SPARSE_INDEX = compress_24(rand(5, 64))
 SIZES = np.array([[1, 1, 2, 1, 1, 1, 1, 3, 1], [1, 1, 1, 1, 1, 0, 0, 0, 0]], np.float32)
 CASES = {
     "tome_plan": ([rand(2, 3, 9, 4), SIZES], {"r": 3, "protect": 1}),
@@ -28,6 +30,8 @@ CASES = {
     "quant_linear": ([rand(2, 3, 64), RNG.integers(0, 256, (5, 32)).astype(np.uint8),
                       rand(5, 2, low=0.01, high=0.1), RNG.integers(0, 16, (5, 2)).astype(np.uint8),
                       rand(5)], {"bits": 4}),
+    "sparse_linear": ([rand(2, 3, 64), SPARSE_VALUES, SPARSE_INDEX,
+                       rand(5, 1, low=0.5, high=1.5), rand(5)], {"activation": "relu"}),
     "log": ([rand(3, 4, low=0.1)], {}), "sqrt": ([rand(3, 4, low=0.1)], {}),
     "rsqrt": ([rand(3, 4, low=0.1)], {}), "reciprocal": ([rand(3, 4, low=0.5)], {}),
     "pow": ([rand(3, 4, low=0.1), rand(3, 4)], {}),

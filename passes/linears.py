@@ -1,0 +1,81 @@
+"""What the passes that rewrite linear weights share: finding the linears with a constant float
+weight (minus those a scope pattern keeps), grouped by the value they read, and capturing
+those values on calibration data."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable
+
+import numpy as np
+
+from ..ir import Graph, Node, interpret
+from .base import Calibration, PassReport
+from .rewrite import where
+
+
+def scope_patterns(spec: str) -> list[str]:
+    """'*lm_head*+*.0.*' (or comma-separated) -> the fnmatch patterns."""
+    return [p for p in spec.replace(",", "+").split("+") if p]
+
+
+def const_linears(graph: Graph, keep: list[str], keep_reason: str, report: PassReport,
+                  unsuitable: Callable[[np.ndarray], str | None] = lambda w: None
+                  ) -> dict[int, list[Node]]:
+    """Linears with a float32 constant weight, grouped by the id of the value they read;
+    the others are listed in the report with the reason (`unsuitable(weight)` may give one)."""
+    groups: dict[int, list[Node]] = {}
+    for node in graph.nodes:
+        if node.op != "linear":
+            continue
+        w = node.inputs[1]
+        reason = ("weight is not a float32 constant" if not w.is_const or w.dtype != "float32"
+                  else keep_reason if any(fnmatch.fnmatch(node.scope, p) for p in keep)
+                  else unsuitable(w.data))
+        if reason:
+            report.reject(where(node), reason)
+        else:
+            groups.setdefault(id(node.inputs[0]), []).append(node)
+    return groups
+
+
+def calibration_inputs(graph: Graph, groups: dict[int, list[Node]], calib: Calibration,
+                       max_tokens: int) -> dict[int, np.ndarray]:
+    """Each group's input activations on the calibration data, [tokens, in] (at most
+    `max_tokens` rows, evenly spread)."""
+    names = {nodes[0].inputs[0].name: key for key, nodes in groups.items()}
+    rows: dict[int, list[np.ndarray]] = {key: [] for key in groups}
+    for sample in calib.samples:
+        _, seen = interpret(graph, list(sample), capture=list(names))
+        for name, key in names.items():
+            rows[key].append(seen[name].reshape(-1, seen[name].shape[-1]))
+    out = {}
+    for key, parts in rows.items():
+        x = np.concatenate(parts).astype(np.float32)
+        step = max(1, len(x) // max_tokens)
+        out[key] = x[::step][:max_tokens]
+    return out
+
+
+def sqnr_db(reference: np.ndarray, approx: np.ndarray) -> float:
+    noise = float(((reference - approx) ** 2).sum())
+    return float("inf") if noise == 0 else 10 * np.log10(float((reference ** 2).sum()) / noise)
+
+
+def unlink(graph: Graph, node: Node) -> None:
+    graph.nodes.remove(node)
+    for v in node.inputs:
+        v.users.remove(node)
+
+
+def replace_linear(graph: Graph, node: Node, op: str, weights: list[tuple[np.ndarray, str]],
+                   attrs: dict) -> Node:
+    """node (a linear) -> `op`(x, *weights as constants named after its weight, bias), with the
+    linear's activation."""
+    consts = [graph.add_const(a, f"{node.inputs[1].name}_{part}") for a, part in weights]
+    new = graph.add_node(op, [node.inputs[0], *consts, *node.inputs[2:3]],
+                         {**attrs, "activation": node.attrs["activation"]}, node.scope,
+                         before=node)
+    graph.replace_all_uses(node.output, new.output)
+    unlink(graph, node)
+    return new
