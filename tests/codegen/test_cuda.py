@@ -114,6 +114,19 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
 
 
 @needs_nvcc
+def test_cuda_graphs_option_captures_the_static_kernels(tmp_path):
+    from honer.codegen.gpu import build_cuda
+
+    model, inputs = ZOO["mlp"]()
+    target = get_target("cuda:graphs=on")
+    build = build_cuda(target.lower(frontend.capture(model, inputs)), target.tvm_target(),
+                       target.config, tmp_path)
+    assert "vm.builtin.cuda_graph.run_or_capture" in build.executable.as_text()
+    with pytest.raises(HonerError, match="graphs='yes'"):
+        get_target("cuda:graphs=yes")
+
+
+@needs_nvcc
 def test_bf16_builds():
     model, inputs = ZOO["mlp"]()
     compiled = honer.compile(model, inputs, target="cuda:precision=bf16")
