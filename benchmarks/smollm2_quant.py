@@ -70,6 +70,17 @@ def real_past(llama, tokens: np.ndarray) -> tuple:
     return torch.from_numpy(tokens[None, -1:].copy()), keys, values
 
 
+def _forms(effect: dict) -> dict[str, int] | None:
+    """How many layers a 2:4 pass kept compressed and how many dense (None for other passes)."""
+    layers = effect.get("layers", {})
+    if not layers or "form" not in next(iter(layers.values())):
+        return None
+    forms: dict[str, int] = {}
+    for layer in layers.values():
+        forms[layer["form"]] = forms.get(layer["form"], 0) + 1
+    return forms
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -133,7 +144,9 @@ def main(argv: list[str] | None = None) -> None:
                      "weight_bytes": report.get("weight_bytes_after"),
                      "weight_bytes_fp32": report.get("weight_bytes_before"),
                      "layers": report.get("layers"), "kept_float": lm.report["passes"][0][
-                         "rejections"] if passes else []})
+                         "rejections"] if passes else [],
+                     "step_forms": _forms(stepper.report["passes"][0]["effect"]) if passes
+                     else None})
         print(rows[-1]["scheme"], rows[-1]["perplexity"], rows[-1]["step_ms"],
               rows[-1]["step_speedup"], flush=True)
     print(harness.table([[r["scheme"], r["perplexity"], r["step_ms"], r["step_speedup"]]
