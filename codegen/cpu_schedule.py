@@ -221,16 +221,35 @@ def _same_domain(sch: s_tir.Schedule, producer, consumer) -> bool:
     return len(shape(consumer)) == 1 and shape(consumer) == shape(producer)
 
 
-def _row_axis(sch: s_tir.Schedule, spatial: list, jpos: int, cfg: CPUScheduleConfig):
+def _row_axis(sch: s_tir.Schedule, block, spatial: list, jpos: int,
+              cfg: CPUScheduleConfig):
     """The matmul's row loop: the one just outside the columns, unless it is too short to fill
     a register tile (a [tokens, 1, features] matmul from a sequence-first attention), then the
-    longest other spatial loop."""
+    longest other spatial loop. A loop that indexes the vectorized operand (the panel of a
+    weight stored in panels, [out / P, in, P]) is no row: its tile would reuse nothing."""
     if jpos != len(spatial) - 1 or len(spatial) < 2:
         return spatial[-2]
-    i = spatial[-2]
+    panel_axes = _vector_operand_axes(sch.get(block), len(spatial))
+    candidates = [lp for k, lp in enumerate(spatial[:-1]) if k not in panel_axes] \
+        or spatial[:-1]
+    i = candidates[-1]
     if _extent(sch, i) >= cfg.rows:
         return i
-    return max(spatial[:-1], key=lambda lp: _extent(sch, lp))
+    return max(candidates, key=lambda lp: _extent(sch, lp))
+
+
+def _vector_operand_axes(stmt, spatial_count: int) -> set[int]:
+    """Positions of the spatial iterators that index the input read along the vectorized
+    (last) iterator, besides that one."""
+    spatial = [it.var for it in stmt.iter_vars[:spatial_count]]
+    last = spatial[-1]
+    for region in stmt.reads:
+        index = region.region[-1].min
+        if isinstance(index, tirx.Var) and index.same_as(last):
+            used = {k for k, var in enumerate(spatial[:-1])
+                    for r in region.region if isinstance(r.min, tirx.Var) and r.min.same_as(var)}
+            return used
+    return set()
 
 
 def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
@@ -246,7 +265,7 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     if len(reduce) > 1:
         i = spatial[-1] if jpos != len(spatial) - 1 else spatial[1]
     else:
-        i = _row_axis(sch, spatial, jpos, cfg)
+        i = _row_axis(sch, block, spatial, jpos, cfg)
     outer = [lp for lp in spatial if not (lp.same_as(i) or lp.same_as(j))]
     ext_i, ext_j = _extent(sch, i), _extent(sch, j)
     nj = _tile_width(ext_j, cfg.lanes)

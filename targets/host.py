@@ -29,6 +29,12 @@ class HostTarget(Target):
         return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu(),
                 "num-cores": len(os.sched_getaffinity(0))}
 
+    def lower(self, graph: Any) -> Any:
+        from ..codegen.relax_lower import lower
+
+        # linear weights in panels of two vectors of output columns (the register tile's width)
+        return lower(graph, panel=2 * self.schedule().lanes)
+
     def schedule(self) -> CPUScheduleConfig:
         import tvm
 
