@@ -228,27 +228,37 @@ def _lower_linear(bb, node, args):
     return _epilogue(bb, node, R.linear(args[0], args[1], args[2] if len(args) > 2 else None))
 
 
+def _as_rows(bb, x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
+    """x as a [rows, features] matrix; a reshape only where x has more than two axes (on a
+    model input even an identity reshape would run as a copy kernel)."""
+    if len(shape) == 2:
+        return x
+    return bb.emit(R.reshape(x, [int(np.prod(shape[:-1], dtype=np.int64)), shape[-1]]))
+
+
 def _lower_linear_panels(bb, node, args):
     """linear whose weight param is stored in panels [out / P, in, P]: a matmul into
-    [rows, out / P, P], bias and activation on that shape (so the CPU schedule fuses them into
-    the tile write-back), then the free reshape to the output's shape."""
+    [rows, out / P, P] with the bias added in the same kernel and the activation on that shape
+    (so the CPU schedule fuses both into the tile write-back), then the free reshape to the
+    output's shape."""
     from tvm import te
 
     xt = node.inputs[0].type
     in_features, out = xt.shape[-1], node.output.shape[-1]
     rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
-    panels, panel = (int(d) for d in args[1].ty.shape.values[:1] + args[1].ty.shape.values[2:])
+    panels, _, panel = (int(d) for d in args[1].ty.shape.values)
 
-    def matmul(x, w):
+    def matmul(x, w, *bias):
         k = te.reduce_axis((0, in_features), name="k")
-        return te.compute((rows, panels, panel),
-                          lambda m, j, p: te.sum(x[m, k] * w[j, k, p], axis=k),
-                          name="panel_matmul")
+        y = te.compute((rows, panels, panel),
+                       lambda m, j, p: te.sum(x[m, k] * w[j, k, p], axis=k), name="panel_matmul")
+        if not bias:
+            return y
+        return te.compute(y.shape, lambda m, j, p: y[m, j, p] + bias[0][j * panel + p],
+                          name="panel_bias")
 
-    flat = bb.emit(R.reshape(args[0], [rows, in_features]))
-    y = bb.emit_te(matmul, flat, args[1], primfunc_name_hint="panel_matmul")
-    if len(args) > 2:
-        y = bb.emit(R.add(y, bb.emit(R.reshape(args[2], [panels, panel]))))
+    y = bb.emit_te(matmul, _as_rows(bb, args[0], xt.shape), *args[1:3],
+                   primfunc_name_hint="panel_matmul")
     y = bb.emit(_epilogue(bb, node, y))
     return R.reshape(y, list(xt.shape[:-1]) + [out])
 
@@ -509,9 +519,9 @@ def _lower_decoded(bb, node, args, y_of_flat) -> relax.Expr:
     """Flattens x to rows, runs the decoded matmul, restores x's leading axes, adds the bias."""
     xt = node.inputs[0].type
     in_features, out = xt.shape[-1], node.output.shape[-1]
-    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
-    y = y_of_flat(bb.emit(R.reshape(args[0], [rows, in_features])), in_features)
-    y = R.reshape(y, list(xt.shape[:-1]) + [out])
+    y = y_of_flat(_as_rows(bb, args[0], xt.shape), in_features)
+    if len(xt.shape) != 2:
+        y = R.reshape(y, list(xt.shape[:-1]) + [out])
     if len(args) > 4:  # x and three compressed operands, then the bias
         y = R.add(bb.emit(y), args[-1])
     return _epilogue(bb, node, y)

@@ -204,18 +204,20 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     database = TuningDatabase(cfg.database)
     known = {_key(e) for e in database.entries()}
     report = TuneReport()
-    todo = []
+    todo, total = [], 0.0
     for name, (func, calls_) in _unique(funcs, calls or {}).items():
         entry_key = _key({"target": _target_key(target),
                           "workload": ms.database.Workload(_as_module(func)).as_json()})
+        by_rules = rules(func)
+        task = _Task(name, func, by_rules, calls_, measure_kernel(by_rules, target))
+        total += task.cost_ms  # the share is of the whole model's kernel time
         if entry_key in known:
             report.reused += 1
-            continue
-        by_rules = rules(func)
-        todo.append(_Task(name, func, by_rules, calls_, measure_kernel(by_rules, target)))
+        else:
+            todo.append(task)
     # tune where the time goes under the rules; kernels below min_share are not worth a round
+    # (of the model's time, tuned kernels included: a retune does not take up the leftovers)
     todo.sort(key=lambda t: -t.cost_ms)
-    total = sum(t.cost_ms for t in todo)
     worth = [t for t in todo if t.cost_ms >= cfg.min_share * total]
     report.skipped = len(todo) - len(worth)
     for k, task in enumerate(worth):
