@@ -457,92 +457,129 @@ def _bits(value):
     return tirx.const(value, BITS_DTYPE) if isinstance(value, int) else value.astype(BITS_DTYPE)
 
 
-def _decoded_matmul(x, weight, in_features: int, out: int, name: str):
-    """TE compute of y[m, n] = sum_k x[m, k] * weight(k, n)."""
+def _col(t, row, col: tuple):
+    """Element [row, n] of a compressed operand stored [rows, out] (col = (n,)) or in panels
+    [out / P, rows, P] (col = (panel, lane))."""
+    return t[row, col[0]] if len(col) == 1 else t[col[0], row, col[1]]
+
+
+def _decoded_matmul(x, weight, in_features: int, out: int, panel: int, name: str):
+    """TE compute of y[m, n] = sum_k x[m, k] * weight(k, col of n): [rows, out], or with
+    `panel` [rows, out / panel, panel] (the operands are in panels, see _col)."""
     from tvm import te
 
     k = te.reduce_axis((0, in_features), name="k")
-    return te.compute((x.shape[0], out), lambda m, n: te.sum(x[m, k] * weight(k, n), axis=k),
+    if panel:
+        return te.compute((x.shape[0], out // panel, panel),
+                          lambda m, j, p: te.sum(x[m, k] * weight(k, (j, p)), axis=k), name=name)
+    return te.compute((x.shape[0], out), lambda m, n: te.sum(x[m, k] * weight(k, (n,)), axis=k),
                       name=name)
 
 
-def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, dtype: str,
-                    symmetric: bool):
-    """w dequantized from q ([in or in/2, out]) as it is read."""
-    group = in_features // scale.shape[0]
+def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
+                    dtype: str, symmetric: bool):
+    """w dequantized from q ([in or in/2, out] or in panels) as it is read."""
+    groups = scale.shape[-2] if panel else scale.shape[0]
+    group = in_features // groups
 
-    def weight(kk, n):
+    def weight(kk, col):
         if bits == 8:
-            value = q[kk, n].astype(dtype)
+            value = _col(q, kk, col).astype(dtype)
         else:  # the even k in the low nibble (x86 has no 8-bit vector shift)
-            byte = _bits(q[kk // 2, n])
+            byte = _bits(_col(q, kk // 2, col))
             value = ((byte >> _bits((kk % 2) * 4)) & _bits(15)).astype(dtype)
         if not symmetric:
-            value = value - zero[kk // group, n].astype(dtype)
-        return value * scale[kk // group, n]
+            value = value - _col(zero, kk // group, col).astype(dtype)
+        return value * _col(scale, kk // group, col)
 
-    return _decoded_matmul(x, weight, in_features, q.shape[1], "dequant_matmul")
+    return _decoded_matmul(x, weight, in_features, out, panel, "dequant_matmul")
 
 
-def _sparse_matmul(x, values, index, scale, in_features: int, dtype: str, scaled: bool):
+def _sparse_matmul(x, values, index, scale, in_features: int, out: int, panel: int, dtype: str,
+                   scaled: bool):
     """y[m, n] = sum over the kept weights of values[j, n] * x[m, position(j, n)]: half the
-    multiply-adds of the dense product. values is [in/2, out], index [in/8, out]; the input a
-    kept value meets is picked from its group's four by comparing its 2-bit position (a blend
-    per candidate, vectorized over n, where a gather would be a load per lane)."""
+    multiply-adds of the dense product. values is [in/2, out], index [in/8, out] (or both in
+    panels); the input a kept value meets is picked from its group's four by comparing its
+    2-bit position (a blend per candidate, vectorized over n, where a gather would be a load
+    per lane)."""
     from tvm import te, tirx
 
     j = te.reduce_axis((0, in_features // 2), name="j")
 
-    def term(m, n, j):
+    def term(m, col, j):
         group = j // 2
-        nibble = (_bits(index[j // 4, n]) >> _bits((group % 2) * 4)) & _bits(15)
+        nibble = (_bits(_col(index, j // 4, col)) >> _bits((group % 2) * 4)) & _bits(15)
         position = (nibble >> _bits((j % 2) * 2)) & _bits(3)
         picked = x[m, group * 4 + 3]
         for p in (2, 1, 0):
             picked = tirx.Select(position == _bits(p), x[m, group * 4 + p], picked)
-        return picked * values[j, n].astype(dtype)
+        return picked * _col(values, j, col).astype(dtype)
 
-    out = te.compute((x.shape[0], values.shape[1]),
-                     lambda m, n: te.sum(term(m, n, j), axis=j), name="sparse_matmul")
+    if panel:
+        y = te.compute((x.shape[0], out // panel, panel),
+                       lambda m, c, p: te.sum(term(m, (c, p), j), axis=j), name="sparse_matmul")
+    else:
+        y = te.compute((x.shape[0], out), lambda m, n: te.sum(term(m, (n,), j), axis=j),
+                       name="sparse_matmul")
     if not scaled:
-        return out
-    return te.compute(out.shape, lambda m, n: out[m, n] * scale[0, n], name="sparse_scale")
+        return y
+    return te.compute(y.shape, lambda m, *col: y[(m, *col)] * _col(scale, 0, col),
+                      name="sparse_scale")
 
 
-def _compressed_operands(bb, args, transposed: list[bool], count: int) -> list[relax.Expr]:
-    """x and the first `count - 1` compressed operands, each as [in-ish, out]."""
-    return [a if t else bb.emit(R.permute_dims(a, [1, 0]))
-            for a, t in zip(args[:count], [True] + transposed[1:count])]
+def _panel_of(layouts: list[str | None]) -> int:
+    """P when the compressed weight (the operand after x) is stored in panels, else 0."""
+    layout = layouts[1] or ""
+    return int(layout[len("panels"):]) if layout.startswith("panels") else 0
+
+
+def _compressed_operands(bb, args, layouts: list[str | None], count: int
+                         ) -> list[relax.Expr]:
+    """x and the first `count - 1` compressed operands, each as [in-ish, out], or all in
+    panels when the weight is (an operand small enough to be inlined is put in the same
+    layout here)."""
+    panel = _panel_of(layouts)
+    out = [args[0]]
+    for a, layout in zip(args[1:count], layouts[1:count]):
+        if layout == "transposed" or (panel and layout == f"panels{panel}"):
+            out.append(a)
+            continue
+        a = bb.emit(R.permute_dims(a, [1, 0]))  # [out, X] -> [X, out]
+        if panel:
+            rows, cols = (int(d) for d in a.ty.shape.values)
+            a = bb.emit(R.permute_dims(R.reshape(a, [rows, cols // panel, panel]), [1, 0, 2]))
+        out.append(a)
+    return out
 
 
 def _lower_decoded(bb, node, args, y_of_flat) -> relax.Expr:
     """Flattens x to rows, runs the decoded matmul, restores x's leading axes, adds the bias."""
     xt = node.inputs[0].type
     in_features, out = xt.shape[-1], node.output.shape[-1]
-    y = y_of_flat(_as_rows(bb, args[0], xt.shape), in_features)
-    if len(xt.shape) != 2:
+    y = y_of_flat(_as_rows(bb, args[0], xt.shape), in_features, out)
+    if len(xt.shape) != 2 or len(y.ty.shape.values) != 2:
         y = R.reshape(y, list(xt.shape[:-1]) + [out])
     if len(args) > 4:  # x and three compressed operands, then the bias
         y = R.add(bb.emit(y), args[-1])
     return _epilogue(bb, node, y)
 
 
-def _lower_quant_linear(bb, node, args, transposed: list[bool]):
-    x, q, scale, zero = _compressed_operands(bb, args, transposed, 4)
+def _lower_quant_linear(bb, node, args, layouts: list[str | None]):
+    x, q, scale, zero = _compressed_operands(bb, args, layouts, 4)
     zero_value = node.inputs[3].data
     symmetric = zero_value is not None and not zero_value.any()
-    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k: bb.emit_te(
-        _dequant_matmul, flat, q, scale, zero, node.attrs["bits"], k, _dtype(node), symmetric,
-        primfunc_name_hint="dequant_matmul"))
+    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k, out: bb.emit_te(
+        _dequant_matmul, flat, q, scale, zero, node.attrs["bits"], k, out, _panel_of(layouts),
+        _dtype(node), symmetric, primfunc_name_hint="dequant_matmul"))
 
 
-def _lower_sparse_linear(bb, node, args, transposed: list[bool]):
-    x, values, index, scale = _compressed_operands(bb, args, transposed, 4)
+def _lower_sparse_linear(bb, node, args, layouts: list[str | None]):
+    x, values, index, scale = _compressed_operands(bb, args, layouts, 4)
     scale_value = node.inputs[3].data
     scaled = scale_value is None or not np.all(scale_value == 1)
-    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k: bb.emit_te(
-        _sparse_matmul, flat, values, index, scale, k, _dtype(node), scaled,
-        primfunc_name_hint="sparse_matmul"))
+    return _lower_decoded(bb, node, [x, *args[1:]], lambda flat, k, out: bb.emit_te(
+        _sparse_matmul, flat, values, index, scale, k, out, _panel_of(layouts), _dtype(node),
+        scaled, primfunc_name_hint="sparse_matmul"))
 
 
 LOWERINGS: dict[str, Lowering] = {
@@ -557,8 +594,8 @@ LOWERINGS: dict[str, Lowering] = {
     "layer_norm": _lower_layer_norm, "rms_norm": _lower_rms_norm,
     "attention": _lower_attention,
     "tome_plan": _lower_tome_plan, "prune_plan": _lower_prune_plan,
-    "quant_linear": functools.partial(_lower_quant_linear, transposed=[False] * 5),
-    "sparse_linear": functools.partial(_lower_sparse_linear, transposed=[False] * 5),
+    "quant_linear": functools.partial(_lower_quant_linear, layouts=[None] * 5),
+    "sparse_linear": functools.partial(_lower_sparse_linear, layouts=[None] * 5),
 }
 COMPRESSED_LINEAR = {"quant_linear": _lower_quant_linear,
                      "sparse_linear": _lower_sparse_linear}
@@ -597,6 +634,11 @@ def _quant_operand(v: Value) -> bool:
                                  v is not u.inputs[0] for u in v.users)
 
 
+def _compressed_panels(v: Value, panel: int) -> bool:
+    """A compressed weight operand whose layers have outputs in whole panels."""
+    return _quant_operand(v) and all(u.output.shape[-1] % panel == 0 for u in v.users)
+
+
 def _kernel_layout(v: Value, panel: int) -> str:
     """How a weight param is stored for the kernels that read it:
     - "panels<P>" (with `panel` P): a linear weight as [out / P, in, P], each panel of P output
@@ -608,7 +650,8 @@ def _kernel_layout(v: Value, panel: int) -> str:
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
-    if panel and _weight_only(v, "linear") and v.shape[0] % panel == 0:
+    if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)) \
+            and v.shape[0] % panel == 0:
         return f"panels{panel}"
     if _weight_only(v, "linear") or _quant_operand(v):
         return "transposed"
@@ -686,8 +729,8 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
     elif node.op in COMPRESSED_LINEAR:
-        transposed = [stored.get(id(v)) == "transposed" for v in node.inputs]
-        lowering = functools.partial(COMPRESSED_LINEAR[node.op], transposed=transposed)
+        lowering = functools.partial(COMPRESSED_LINEAR[node.op],
+                                     layouts=[stored.get(id(v)) for v in node.inputs])
     try:
         expr = bb.emit(lowering(bb, node, args))
     except CodegenError:
