@@ -186,6 +186,24 @@ def _lower_gather(bb, node, args):
     return R.take(args[0], idx, axis)
 
 
+def _lower_gather_rows_from_panels(bb, node, args, panel: int):
+    """Rows of a [n, d] table stored in panels [n / P, d, P] (a tied LM head's weight): row i
+    is panel i / P, lane i % P, strided but only d values per looked-up row."""
+    from tvm import te
+
+    idx = _nonneg_indices(bb, node, args[1], node.inputs[0].shape[0])
+    idx = idx if isinstance(idx, relax.Var) else bb.emit(idx)
+    width = node.inputs[0].shape[1]
+
+    def rows(table, ids):
+        def at(*pos):
+            i = ids[pos[:-1]].astype("int64")
+            return table[i // panel, pos[-1], i % panel]
+        return te.compute((*ids.shape, width), at, name="take_panels")
+
+    return bb.emit_te(rows, args[0], idx, primfunc_name_hint="take_panels")
+
+
 def _lower_gather_elements(bb, node, args):
     axis = node.attrs["axis"] % len(node.inputs[0].shape)
     idx = _nonneg_indices(bb, node, args[1], node.inputs[0].shape[axis])
@@ -634,6 +652,17 @@ def _quant_operand(v: Value) -> bool:
                                  v is not u.inputs[0] for u in v.users)
 
 
+def _tied_embedding(v: Value) -> bool:
+    """A linear weight that is also gathered by rows (an LM head tied to the token
+    embedding): stored for the linear, the gather reads its rows from the panels."""
+    linear = [u for u in v.users if u.op == "linear"]
+    rows = [u for u in v.users if u.op == "gather" and u.inputs[0] is v and u.inputs[1] is not v
+            and u.attrs["axis"] % len(v.shape) == 0]
+    return bool(linear) and bool(rows) and len(linear) + len(rows) == len(v.users) and all(
+        u.inputs[1] is v and all(x is not v for x in u.inputs[:1] + u.inputs[2:])
+        for u in linear)
+
+
 def _compressed_panels(v: Value, panel: int) -> bool:
     """A compressed weight operand whose layers have outputs in whole panels."""
     return _quant_operand(v) and all(u.output.shape[-1] % panel == 0 for u in v.users)
@@ -650,8 +679,8 @@ def _kernel_layout(v: Value, panel: int) -> str:
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
-    if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)) \
-            and v.shape[0] % panel == 0:
+    if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
+                  or _tied_embedding(v)) and v.shape[0] % panel == 0:
         return f"panels{panel}"
     if _weight_only(v, "linear") or _quant_operand(v):
         return "transposed"
@@ -726,6 +755,9 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
         lowering = _lower_linear_pretransposed
     elif node.op == "linear" and layout and layout.startswith("panels"):
         lowering = _lower_linear_panels
+    elif node.op == "gather" and (stored.get(id(node.inputs[0])) or "").startswith("panels"):
+        lowering = functools.partial(_lower_gather_rows_from_panels, panel=int(
+            stored[id(node.inputs[0])][len("panels"):]))
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
     elif node.op in COMPRESSED_LINEAR:
