@@ -85,3 +85,21 @@ def test_sequence_first_projection_tiles_over_tokens_not_the_unit_batch():
     cfg = CPUScheduleConfig(lanes=8, rows=4)
     script = schedule_module(tvm.IRModule({"main": kernel}), cfg)["main"].script()
     assert "T.unroll(T.int64(4))" in script  # four token rows per tile
+
+
+@pytest.mark.parametrize("rows", [1, 5])
+def test_tied_embedding_and_head_share_one_panel_stored_table(rows):
+    """A table both gathered by rows (token embedding) and used as a linear weight (the tied
+    LM head) is stored once, in panels of output columns, and both ops read it there."""
+    g = Graph()
+    ids = g.add_input("ids", (rows,), "int64")
+    table = g.add_const(const(64, 24), "table")
+    emb = g.add_node("gather", [table, ids], {"axis": 0}, "embed")
+    head = g.add_node("linear", [emb.output, table], {"activation": "none"}, "head")
+    g.set_outputs([head.output])
+    compiled = honer.compile(g, None, check=False)
+    [stored] = compiled.manifest["weights"]
+    assert stored["layout"] == f"panels{2 * compiled.report['build']['schedule']['lanes']}"
+    tokens = RNG.integers(0, 64, rows).astype(np.int64)
+    np.testing.assert_allclose(compiled(tokens), interpret(g, [tokens])[0], rtol=1e-5,
+                               atol=1e-5)
