@@ -4,11 +4,14 @@ Two steps, because GPU machines are lent for minutes and carry no compiler toolc
 
 1. Here (TVM's compiler and nvcc installed, no GPU needed):
    `python -m honer.benchmarks.gpu_check build --out .gpu_bundle`
-   compiles every random-weight coverage model for `cuda` (fp32, batch 1), and the ViT and BERT
-   at batch 1 and 8 in fp16 and fp32. Each model's weights are first set by `fill_weights`, a
-   rule that depends only on parameter names and shapes, so the GPU machine can rebuild the very
-   same torch model; the bundle then carries each artifact without its weight file plus a
-   recipe naming the torch parameter (and layout) behind every stored weight, the example
+   compiles every random-weight coverage model for `cuda` (fp32, batch 1), the ViT and BERT
+   at batch 1 and 8 in fp16 (with and without CUDA graphs) and fp32, and the acceleration
+   passes on the GPU (weight-only int8/int4, 2:4 on mma.sp, token merging), each checked
+   against its own graph interpreted; `--select` bundles a subset. Each model's weights are
+   first set by `fill_weights`, a rule that depends only on parameter names and shapes, so the
+   GPU machine can rebuild the very same torch model; the bundle then carries each artifact
+   without its weight file plus a recipe naming the torch parameter (and layout, or the
+   quantization or pruning derived from it) behind every stored weight, the example
    inputs, and a runtime-only TVM for the GPU machine's Python. It stays a few MB.
 2. On the GPU machine: `benchmarks/gpu_check.sh .gpu_bundle` installs that runtime, rebuilds the
    weight files from the recipes (`honer.load` then checks every byte against the manifest's
