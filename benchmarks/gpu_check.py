@@ -416,13 +416,17 @@ def rebuild_weights(artifact: Path, case: dict[str, Any], model: Any) -> None:
     state = {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     weights = manifest["weights"]
     blob = bytearray(max((w["offset"] + w["nbytes"] for w in weights), default=0))
+    derived: dict[str, dict[str, np.ndarray]] = {}  # the parts of one rewrite come together
     for w, r in zip(weights, case["recipe"]):
         if "file" in r:
             data = np.load(artifact / r["file"])
         else:
             source = state[r["key"]]
             if "derive" in r:
-                source = derived_parts(source, r["derive"])[r["part"]]
+                how = json.dumps([r["key"], r["derive"]])
+                if how not in derived:
+                    derived[how] = derived_parts(source, r["derive"])
+                source = derived[how][r["part"]]
             data = LAYOUTS[r["layout"]](source).astype(r["dtype"])
         raw = np.ascontiguousarray(data).tobytes()
         blob[w["offset"]:w["offset"] + len(raw)] = raw

@@ -268,9 +268,6 @@ _TIR_WRAPPER = "honer_tir_call_"
 
 @relax.expr_functor.mutator
 class _TirCallsAsFunctions(relax.PyExprMutator):
-    def __init__(self, mod: tvm.IRModule) -> None:
-        super().__init__(mod)
-
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
         if not (isinstance(call.op, tvm.ir.Op) and call.op.name == "relax.call_tir"):

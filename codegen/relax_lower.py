@@ -547,8 +547,7 @@ def _sparse_matmul(x, values, index, scale, in_features: int, out: int, panel: i
 
 def _panel_of(layouts: list[str | None]) -> int:
     """P when the compressed weight (the operand after x) is stored in panels, else 0."""
-    layout = layouts[1] or ""
-    return int(layout[len("panels"):]) if layout.startswith("panels") else 0
+    return panel_width(layouts[1])
 
 
 def _compressed_operands(bb, args, layouts: list[str | None], count: int
@@ -559,7 +558,7 @@ def _compressed_operands(bb, args, layouts: list[str | None], count: int
     panel = _panel_of(layouts)
     out = [args[0]]
     for a, layout in zip(args[1:count], layouts[1:count]):
-        if layout == "transposed" or (panel and layout == f"panels{panel}"):
+        if layout == "transposed" or (panel and panel_width(layout) == panel):
             out.append(a)
             continue
         a = bb.emit(R.permute_dims(a, [1, 0]))  # [out, X] -> [X, out]
@@ -681,7 +680,7 @@ def _kernel_layout(v: Value, panel: int) -> str:
     - "as-is" otherwise."""
     if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
                   or _tied_embedding(v)) and v.shape[0] % panel == 0:
-        return f"panels{panel}"
+        return f"{PANELS}{panel}"
     if _weight_only(v, "linear") or _quant_operand(v):
         return "transposed"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
@@ -695,10 +694,18 @@ def _panels(a: np.ndarray, panel: int) -> np.ndarray:
     return a.T.reshape(a.shape[1], a.shape[0] // panel, panel).transpose(1, 0, 2)
 
 
+PANELS = "panels"  # the layout "panels<P>": see _kernel_layout
+
+
+def panel_width(layout: str | None) -> int:
+    """P of a "panels<P>" layout, 0 for any other layout (or none)."""
+    return int(layout[len(PANELS):]) if layout and layout.startswith(PANELS) else 0
+
+
 def stored_layout(layout: str) -> Callable[[np.ndarray], np.ndarray]:
     """The function that puts a weight in `layout` (see _kernel_layout)."""
-    if layout.startswith("panels"):
-        return functools.partial(_panels, panel=int(layout[len("panels"):]))
+    if panel_width(layout):
+        return functools.partial(_panels, panel=panel_width(layout))
     return STORED_LAYOUT[layout]
 
 
@@ -753,11 +760,11 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
     layout = stored.get(id(node.inputs[1])) if len(node.inputs) > 1 else None
     if node.op == "linear" and layout == "transposed":
         lowering = _lower_linear_pretransposed
-    elif node.op == "linear" and layout and layout.startswith("panels"):
+    elif node.op == "linear" and panel_width(layout):
         lowering = _lower_linear_panels
-    elif node.op == "gather" and (stored.get(id(node.inputs[0])) or "").startswith("panels"):
-        lowering = functools.partial(_lower_gather_rows_from_panels, panel=int(
-            stored[id(node.inputs[0])][len("panels"):]))
+    elif node.op == "gather" and panel_width(stored.get(id(node.inputs[0]))):
+        lowering = functools.partial(_lower_gather_rows_from_panels,
+                                     panel=panel_width(stored[id(node.inputs[0])]))
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
     elif node.op in COMPRESSED_LINEAR:

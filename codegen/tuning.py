@@ -202,19 +202,19 @@ def tune_kernels(funcs: dict[str, tirx.PrimFunc], target: tvm.target.Target,
     start = time.monotonic()
     budget = _Budget(cfg.budget_s)
     database = TuningDatabase(cfg.database)
-    known = {_key(e) for e in database.entries()}
+    known = {_key(e): e for e in database.entries()}
     report = TuneReport()
-    todo, total = [], 0.0
+    todo, total = [], 0.0  # total: the whole model's kernel time under the rules
     for name, (func, calls_) in _unique(funcs, calls or {}).items():
-        entry_key = _key({"target": _target_key(target),
-                          "workload": ms.database.Workload(_as_module(func)).as_json()})
-        by_rules = rules(func)
-        task = _Task(name, func, by_rules, calls_, measure_kernel(by_rules, target))
-        total += task.cost_ms  # the share is of the whole model's kernel time
-        if entry_key in known:
+        entry = known.get(_key({"target": _target_key(target),
+                                "workload": ms.database.Workload(_as_module(func)).as_json()}))
+        if entry is not None:  # its rule timing is on record
             report.reused += 1
-        else:
-            todo.append(task)
+            total += calls_ * entry["rules_ms"]
+            continue
+        by_rules = rules(func)
+        todo.append(_Task(name, func, by_rules, calls_, measure_kernel(by_rules, target)))
+        total += todo[-1].cost_ms
     # tune where the time goes under the rules; kernels below min_share are not worth a round
     # (of the model's time, tuned kernels included: a retune does not take up the leftovers)
     todo.sort(key=lambda t: -t.cost_ms)

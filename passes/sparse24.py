@@ -70,7 +70,8 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
             form, timings = _choose_form(cfg, rows, w.shape, node.inputs[0].dtype)
             new = _rewrite(out, node, pruned, cfg.bits, form)
             bytes_before += w.nbytes
-            bytes_after += sum(v.data.nbytes for v in new.inputs[1:4] if v.is_const)
+            weights = new.inputs[1:2] if new.op == "linear" else new.inputs[1:4]  # no bias
+            bytes_after += sum(v.data.nbytes for v in weights)
             layers[node.scope or node.name] = {**info, "rows": rows, **timings, "form": form}
     out.remove_dead()
     report.matches = len(layers)
