@@ -33,9 +33,10 @@ def _pre_schedule_passes(target: tvm.target.Target,
 
 
 def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: ScheduleStats,
-                 tuned: TunedKernels | None = None) -> tvm.transform.Pass:
+                 tuned: TunedKernels | None = None,
+                 finalize: list[tvm.transform.Pass] | None = None) -> tvm.transform.Pass:
     """TVM's CPU pipeline with honer's schedules (tuned where the database has a faster one,
-    rules otherwise) between fusion and lowering."""
+    rules otherwise) between fusion and lowering; `finalize` replaces the VM's last passes."""
     from tvm.relax.backend.cpu_generic import pipeline as cpu_generic
 
     @tvm.transform.module_pass(opt_level=0, name="HonerCPUSchedule")
@@ -47,7 +48,7 @@ def cpu_pipeline(target: tvm.target.Target, cfg: CPUScheduleConfig, stats: Sched
         with target:
             passes = (_pre_schedule_passes(target, cfg) + [apply_rules]
                       + cpu_generic.dataflow_lower_passes(target)
-                      + cpu_generic.finalize_passes(target))
+                      + (cpu_generic.finalize_passes(target) if finalize is None else finalize))
             return tvm.transform.Sequential(passes)(mod)
 
     return pipeline
@@ -108,6 +109,33 @@ def build_relax(lowered: LoweredModule, tvm_target: dict[str, Any],
             return relax.build(lowered.mod, target=target, relax_pipeline=pipeline)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
         raise BuildError(f"TVM build for {tvm_target} failed: {last_error_line(e)}") from e
+
+
+def plan_static(lowered: LoweredModule, tvm_target: dict[str, Any],
+                schedule: CPUScheduleConfig, stats: ScheduleStats,
+                tuned: TunedKernels | None = None) -> tvm.IRModule:
+    """The CPU pipeline with the same schedules as build_relax, stopped after static memory
+    planning (the VM's own lowering passes skipped): `main` becomes a flat list of storage
+    allocations, views into them and kernel calls, which codegen.aot turns into C."""
+    target = tvm.target.Target(tvm_target)
+    finalize = [relax.transform.StaticPlanBlockMemory(), relax.transform.AttachGlobalSymbol()]
+    try:
+        return cpu_pipeline(target, schedule, stats, tuned, finalize)(lowered.mod)
+    except Exception as e:
+        raise BuildError(f"TVM lowering for {tvm_target} failed: {last_error_line(e)}") from e
+
+
+def build_kernels_object(mod: tvm.IRModule, tvm_target: dict[str, Any], path: Path) -> None:
+    """Compiles the module's kernels into one object file. With a system-lib prefix the kernels
+    need no dynamic loader's registry: they are plain symbols (`__tvm_ffi_<name>`)."""
+    kernels = {gv: f for gv, f in mod.functions.items() if isinstance(f, tirx.PrimFunc)}
+    target = tvm.target.Target(tvm_target)
+    try:
+        kmod = tvm.IRModule(kernels).with_attr("system_lib_prefix", "honer_")
+        tvm.tirx.build(kmod, target=target).write_to_file(os.fspath(path))
+    except Exception as e:
+        raise BuildError(f"TVM kernel build for {tvm_target} failed: {last_error_line(e)}") \
+            from e
 
 
 def export_library(executable: relax.VMExecutable, path: Path, workdir: Path) -> None:

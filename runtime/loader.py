@@ -1,7 +1,8 @@
 """Loads an artifact and runs it with numpy in and out. Imports neither torch nor onnx.
 
 Each artifact form names how its compiled code runs. The `relax-vm` form runs the shared library
-through TVM's runtime (imported lazily, only when such an artifact is loaded).
+through TVM's runtime (imported lazily, only when such an artifact is loaded); the standalone
+forms (`aot-shared`, `aot-exec`) need no TVM at all (runtime/standalone.py).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError
 from .artifact import WEIGHTS, read_manifest, read_weights
+from .standalone import open_aot_exec, open_aot_shared
 
 
 class LoadedModel:
@@ -322,4 +324,6 @@ FORMS: dict[str, Callable[[Path, dict[str, Any], list[np.ndarray]], Callable]] =
     "relax-vm": _open_relax_vm,
     "relax-vm-cuda": _open_relax_vm_cuda,
     "hls-csim": _open_hls_csim,
+    "aot-shared": open_aot_shared,
+    "aot-exec": open_aot_exec,
 }

@@ -1,8 +1,10 @@
-"""The host CPU: LLVM for this machine's own CPU, run in-process through TVM's Relax VM."""
+"""The host CPU: LLVM for this machine's own CPU, run in-process through TVM's Relax VM
+(form=vm, the default) or as a standalone library with honer's C runtime (form=standalone)."""
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,15 +15,32 @@ from ..codegen.build import build_relax, export_library, tune_cpu
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
+from ..errors import HonerError
 from .base import BuildOutput, Target, Tool
+from .standalone import CToolchain, build_standalone, schedule_report
 
 LIBRARY = "model.so"
+FORMS = ("vm", "standalone")
 
 
 class HostTarget(Target):
     name = "host"
-    description = "this machine's CPU (LLVM, native CPU features), Relax VM runtime"
-    tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),)
+    description = ("this machine's CPU (LLVM, native CPU features); option form=vm (Relax VM "
+                   "runtime, the default) or form=standalone (C runtime, no TVM to run it)")
+    tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),
+             Tool("gcc", "install the system C compiler: apt-get install gcc"))
+
+    def __init__(self, form: str = "vm"):
+        if form not in FORMS:
+            raise HonerError(f"target host: form={form!r}; choose one of {', '.join(FORMS)}")
+        self.form = form
+
+    @classmethod
+    def from_options(cls, options: dict[str, str]) -> HostTarget:
+        if set(options) - {"form"}:
+            raise HonerError(f"target host: unknown option(s) {sorted(set(options) - {'form'})}"
+                             "; it takes ['form']")
+        return cls(**options)
 
     def tvm_target(self) -> dict[str, Any]:
         # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
@@ -57,14 +76,12 @@ class HostTarget(Target):
         stats = ScheduleStats()
         tuned = TunedKernels(TuningDatabase(tuning.database),
                              tvm.target.Target(self.tvm_target())) if tuning else None
+        if self.form == "standalone":
+            return build_standalone(lowered, self.tvm_target(), self.schedule(), stats, tuned,
+                                    CToolchain("gcc", platform.machine(), ("-O2",)),
+                                    out_dir, workdir)
         executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats, tuned)
         export_library(executable, out_dir / LIBRARY, workdir)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
                            manifest={"library": LIBRARY, "device": "cpu"},
-                           report={"schedule": {"lanes": self.schedule().lanes,
-                                                "contractions": stats.contractions,
-                                                "reductions": stats.reductions,
-                                                "elementwise": stats.elementwise,
-                                                "tuned": stats.tuned,
-                                                "serial": stats.serial,
-                                                "fallbacks": stats.fallbacks}})
+                           report={"schedule": schedule_report(self.schedule(), stats)})
