@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import HonerError
+from .arm import ArmTarget
 from .base import Target
 from .cuda import CudaTarget
 from .fpga_hls import FpgaHlsTarget
@@ -12,6 +13,7 @@ from .host import HostTarget
 
 TARGETS: dict[str, type[Target]] = {
     "host": HostTarget,
+    "arm": ArmTarget,
     "cuda": CudaTarget,
     "fpga-hls": FpgaHlsTarget,
 }
