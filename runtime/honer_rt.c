@@ -3,13 +3,23 @@
 #define _GNU_SOURCE
 #include "honer_rt.h"
 
-#include <pthread.h>
-#include <sched.h>
 #include <stdarg.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#ifdef HONER_SINGLE_THREAD /* no threads (wasm32 without the threads proposal) */
+#define LOCK(m) ((void)(m))
+#define UNLOCK(m) ((void)(m))
+#define DECLARE_MUTEX(name) static char name
+#else
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#define LOCK(m) pthread_mutex_lock(m)
+#define UNLOCK(m) pthread_mutex_unlock(m)
+#define DECLARE_MUTEX(name) static pthread_mutex_t name = PTHREAD_MUTEX_INITIALIZER
+#endif
 
 #define MAX_THREADS 64
 #define MAX_ARGS 256
@@ -31,14 +41,14 @@
 /* ---- errors: one message, written by whichever thread failed ---------------------------- */
 
 static char error_text[1024];
-static pthread_mutex_t error_mu = PTHREAD_MUTEX_INITIALIZER;
+DECLARE_MUTEX(error_mu);
 
 static void set_error(const char* fmt, ...) {
   va_list ap;
   va_start(ap, fmt);
-  pthread_mutex_lock(&error_mu);
+  LOCK(&error_mu);
   vsnprintf(error_text, sizeof error_text, fmt, ap);
-  pthread_mutex_unlock(&error_mu);
+  UNLOCK(&error_mu);
   va_end(ap);
 }
 
@@ -69,11 +79,11 @@ HONER_API int TVMFFIEnvModRegisterSystemLibSymbol(const char* name, void* symbol
  * fresh large malloc is a fresh mmap whose pages fault in again each time. */
 #define CACHED_BLOCKS 32
 static struct { void* ptr; uint64_t size; } cache[CACHED_BLOCKS];
-static pthread_mutex_t cache_mu = PTHREAD_MUTEX_INITIALIZER;
+DECLARE_MUTEX(cache_mu);
 
 static void* take_cached(uint64_t nbytes) {
   int best = -1;
-  pthread_mutex_lock(&cache_mu);
+  LOCK(&cache_mu);
   for (int i = 0; i < CACHED_BLOCKS; ++i) {
     if (cache[i].ptr && cache[i].size >= nbytes && cache[i].size / 2 <= nbytes &&
         (best < 0 || cache[i].size < cache[best].size)) {
@@ -82,7 +92,7 @@ static void* take_cached(uint64_t nbytes) {
   }
   void* ptr = best >= 0 ? cache[best].ptr : NULL;
   if (best >= 0) cache[best].ptr = NULL;
-  pthread_mutex_unlock(&cache_mu);
+  UNLOCK(&cache_mu);
   return ptr;
 }
 
@@ -103,14 +113,14 @@ HONER_API int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr)
   (void)device_type, (void)device_id;
   if (!ptr) return 0;
   unsigned char* block = (unsigned char*)ptr - 64;
-  pthread_mutex_lock(&cache_mu);
+  LOCK(&cache_mu);
   int slot = 0; /* a free slot, or else the smallest block is dropped */
   for (int i = 0; i < CACHED_BLOCKS && cache[slot].ptr; ++i) {
     if (!cache[i].ptr || cache[i].size < cache[slot].size) slot = i;
   }
   void* dropped = cache[slot].ptr;
   cache[slot].ptr = block, cache[slot].size = *(uint64_t*)block;
-  pthread_mutex_unlock(&cache_mu);
+  UNLOCK(&cache_mu);
   free(dropped);
   return 0;
 }
@@ -119,6 +129,21 @@ HONER_API int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr)
 
 typedef struct { void* sync_handle; int32_t num_task; } group_env_t; /* TVMParallelGroupEnv */
 typedef int (*parallel_fn)(int task_id, group_env_t* penv, void* cdata);
+DECLARE_MUTEX(run_mu); /* one run at a time per model */
+
+#ifdef HONER_SINGLE_THREAD
+HONER_API int honer_set_num_threads(int n) { (void)n; return 1; }
+HONER_API int honer_num_threads(void) { return 1; }
+HONER_API int TVMBackendParallelLaunch(parallel_fn fn, void* cdata, int num_task) {
+  (void)num_task;
+  group_env_t env = {NULL, 1};
+  return fn(0, &env, cdata);
+}
+HONER_API int TVMBackendParallelBarrier(int task_id, group_env_t* penv) {
+  (void)task_id, (void)penv;
+  return 0;
+}
+#else
 
 /* Workers are created once and kept: spawning threads per launch costs more than most of the
  * kernels' parallel loops. A launch publishes one word, `work` = generation << 32 | tasks << 16
@@ -214,12 +239,10 @@ static int ensure_workers(int threads) {
   return pool.threads;
 }
 
-static pthread_mutex_t run_mu = PTHREAD_MUTEX_INITIALIZER; /* one run at a time per model */
-
 HONER_API int honer_set_num_threads(int n) {
-  pthread_mutex_lock(&run_mu); /* workers are created between runs, never during a launch */
+  LOCK(&run_mu); /* workers are created between runs, never during a launch */
   int threads = ensure_workers(n > 0 ? n : available_cores());
-  pthread_mutex_unlock(&run_mu);
+  UNLOCK(&run_mu);
   return threads;
 }
 
@@ -267,6 +290,7 @@ HONER_API int TVMBackendParallelBarrier(int task_id, group_env_t* penv) {
   }
   return 0;
 }
+#endif /* HONER_SINGLE_THREAD */
 
 /* ---- executor --------------------------------------------------------------------------- */
 
@@ -322,13 +346,13 @@ int honer_rt_execute(const honer_model_t* m, void* const* inputs, void* const* o
     set_error("honer_run: inputs or outputs is NULL");
     return -1;
   }
-  pthread_mutex_lock(&run_mu);
+  LOCK(&run_mu);
   int rc = place_tensors(m, inputs, outputs, weights, arena);
   if (rc == 0) rc = run_calls(m);
   for (int32_t i = 0; rc == 0 && i < m->num_copies; ++i) {
     const honer_copy_t* copy = &m->copies[i];
     memmove(outputs[copy->output], m->tensors[copy->tensor].data, (size_t)copy->nbytes);
   }
-  pthread_mutex_unlock(&run_mu);
+  UNLOCK(&run_mu);
   return rc;
 }

@@ -169,9 +169,9 @@ def open_aot_exec(path: Path, manifest: dict[str, Any], weights: list[np.ndarray
     emulator = aot.get("emulator") or []
     if aot.get("machine") != platform.machine():
         if not emulator or not isinstance(emulator, list) or shutil.which(emulator[0]) is None:
+            hint = aot.get("emulator_hint") or "an emulator for it"
             raise ArtifactError(f"{path}: built for {aot.get('machine')}; running it here "
-                                f"({platform.machine()}) needs {emulator[:1] or 'an emulator'} "
-                                "(for aarch64: apt-get install qemu-user)")
+                                f"({platform.machine()}) needs {hint}")
         launcher = [str(a) for a in emulator]
     # a model without weights still takes a (then empty) weights file
     weights_file = listed_file(path, manifest, WEIGHTS) if manifest.get("weights") \

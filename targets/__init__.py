@@ -10,12 +10,14 @@ from .base import Target
 from .cuda import CudaTarget
 from .fpga_hls import FpgaHlsTarget
 from .host import HostTarget
+from .wasm import WasmTarget
 
 TARGETS: dict[str, type[Target]] = {
     "host": HostTarget,
     "arm": ArmTarget,
     "cuda": CudaTarget,
     "fpga-hls": FpgaHlsTarget,
+    "wasm": WasmTarget,
 }
 
 

@@ -43,7 +43,8 @@ class ArmTarget(Target):
         if tuning is not None:
             raise HonerError("target arm has no tuner (kernels cannot be timed here); compile "
                              "without tune=")
-        toolchain = CToolchain(CC, "aarch64", ("-O2", "-march=armv8-a"), EMULATOR, driver=True)
+        toolchain = CToolchain(CC, "aarch64", ("-O2", "-march=armv8-a"), EMULATOR,
+                               "qemu-aarch64 (apt-get install qemu-user)", driver=True)
         return build_standalone(lowered, self.tvm_target(), self.schedule(), ScheduleStats(),
                                 None, toolchain, out_dir, workdir)
 
