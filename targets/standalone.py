@@ -27,7 +27,7 @@ LIBRARY = "model.so"
 DRIVER = "honer_main"
 WASM = "model.wasm"
 NODE_DRIVER = "honer_node.mjs"
-JS_FILES = ("honer.mjs", NODE_DRIVER)
+JS_FILES = ("honer.mjs", NODE_DRIVER, "honer_page.html")
 HEADERS = ("model.h", "honer_rt.h")
 API = ("honer_run", "honer_model", "honer_last_error", "honer_set_num_threads",
        "honer_num_threads")
@@ -101,7 +101,7 @@ def _link_elf(cc: CToolchain, compile_flags: list[str], linked: list[str], src: 
 def _link_wasm(cc: CToolchain, compile_flags: list[str], linked: list[str], src: Path,
                out_dir: Path, workdir: Path) -> tuple[str, list[str], str | None]:
     """model.wasm (a WASI reactor exporting honer's API and an allocator for the loader), the
-    JavaScript loader and its Node.js driver."""
+    JavaScript loader, its Node.js driver and a page that runs the model in a browser."""
     exports = ",".join(f"--export={name}" for name in (*API, "aligned_alloc"))
     _run(cc.cc, [*cc.flags, "-mexec-model=reactor", "-o", str(out_dir / WASM), *linked, "-lm",
                  f"-Wl,{exports},--strip-all"], workdir)
