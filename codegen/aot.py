@@ -15,19 +15,21 @@ them against the manifest, so a weights file laid out differently is refused, no
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import tvm
-from tvm import relax
+from tvm import relax, tirx
 
 from ..errors import BuildError
 
 ALIGN = 64  # arena, constants and weights: kernels may assume 64-byte aligned buffers
 BASES = {"arena": "HONER_ARENA", "weights": "HONER_WEIGHTS", "consts": "HONER_CONSTS",
          "input": "HONER_INPUT", "output": "HONER_OUTPUT"}
-DLPACK_CODES = {"int": 0, "uint": 1, "float": 2, "bfloat": 4, "bool": 6}
+# functions kernels may call by name that runtime/honer_rt.c provides (TVM's contrib sort)
+RUNTIME_FUNCTIONS = frozenset({"tvm.contrib.sort.argsort", "tvm.contrib.sort.sort"})
 
 
 @dataclass(frozen=True)
@@ -169,8 +171,25 @@ class _Planner:
                              "lowering (only kernels, allocations and reshapes do)")
 
 
+def _check_called_functions(mod: tvm.IRModule) -> None:
+    """Kernels that call a packed function by name need it from the C runtime: refuse the
+    build, naming them, rather than link a library that fails (or crashes) when run."""
+    missing: dict[str, set[str]] = {}
+    for gv, func in mod.functions.items():
+        # TVM 0.27 exposes no TIR visitor to Python; the printed form names every call
+        text = str(func) if isinstance(func, tirx.PrimFunc) else ""
+        for name in re.findall(r'call_packed(?:_lowered)?\("([^"]+)"', text):
+            if name not in RUNTIME_FUNCTIONS:
+                missing.setdefault(name, set()).add(gv.name_hint)
+    if missing:
+        raise BuildError("standalone form: kernels call functions honer's C runtime lacks: "
+                         + "; ".join(f"{name} (in {', '.join(sorted(kernels))})"
+                                     for name, kernels in sorted(missing.items())))
+
+
 def plan(mod: tvm.IRModule, num_inputs: int) -> AotPlan:
     """The AotPlan of a module after static memory planning (see codegen.build.plan_static)."""
+    _check_called_functions(mod)
     main = mod["main"]
     planner = _Planner(main, num_inputs)
     for block in main.body.blocks:

@@ -125,6 +125,127 @@ HONER_API int TVMBackendFreeWorkspace(int device_type, int device_id, void* ptr)
   return 0;
 }
 
+/* ---- functions kernels call by name: TVM's contrib sort (argsort, sort) ------------------ */
+
+typedef int (*builtin_fn)(const honer_any_t* args, int32_t num_args);
+typedef struct { const char* name; builtin_fn fn; } builtin_t;
+
+static int dtype_is(const honer_tensor_t* t, int code, int bits) {
+  return t->dtype.code == code && t->dtype.bits == bits && t->dtype.lanes == 1;
+}
+
+static int readable(const honer_tensor_t* t) {
+  return dtype_is(t, 2, 32) || dtype_is(t, 2, 64) || dtype_is(t, 0, 32) || dtype_is(t, 0, 64);
+}
+
+static double load_at(const honer_tensor_t* t, int64_t i) {
+  const char* p = (const char*)t->data + t->byte_offset;
+  if (dtype_is(t, 2, 32)) return ((const float*)p)[i];
+  if (dtype_is(t, 2, 64)) return ((const double*)p)[i];
+  if (dtype_is(t, 0, 32)) return ((const int32_t*)p)[i];
+  return (double)((const int64_t*)p)[i];
+}
+
+static void store_at(honer_tensor_t* t, int64_t i, double v) {
+  char* p = (char*)t->data + t->byte_offset;
+  if (dtype_is(t, 2, 32)) ((float*)p)[i] = (float)v;
+  else if (dtype_is(t, 2, 64)) ((double*)p)[i] = v;
+  else if (dtype_is(t, 0, 32)) ((int32_t*)p)[i] = (int32_t)v;
+  else ((int64_t*)p)[i] = (int64_t)v;
+}
+
+/* Stable merge sort of positions by key (TVM sorts with std::stable_sort: ties keep order). */
+static void sort_positions(int64_t* pos, int64_t* tmp, int64_t n, const double* key, int up) {
+  for (int64_t width = 1; width < n; width *= 2) {
+    for (int64_t lo = 0; lo < n; lo += 2 * width) {
+      int64_t mid = lo + width < n ? lo + width : n, hi = lo + 2 * width < n ? lo + 2 * width : n;
+      int64_t a = lo, b = mid, k = lo;
+      while (a < mid && b < hi) {
+        int b_first = up ? key[pos[b]] < key[pos[a]] : key[pos[b]] > key[pos[a]];
+        tmp[k++] = b_first ? pos[b++] : pos[a++];
+      }
+      while (a < mid) tmp[k++] = pos[a++];
+      while (b < hi) tmp[k++] = pos[b++];
+    }
+    memcpy(pos, tmp, (size_t)n * sizeof *pos);
+  }
+}
+
+/* (data, out, axis, is_ascend): out gets the sorted values, or their positions (indices). */
+static int sort_along(const honer_any_t* args, int32_t num_args, int indices) {
+  if (num_args < 4 || args[0].type_index != TYPE_DLTENSOR_PTR ||
+      args[1].type_index != TYPE_DLTENSOR_PTR) {
+    set_error("sort: expected (data, out, axis, is_ascend)");
+    return -1;
+  }
+  const honer_tensor_t* in = args[0].v_ptr;
+  honer_tensor_t* out = args[1].v_ptr;
+  int axis = (int)args[2].v_int64 < 0 ? (int)args[2].v_int64 + in->ndim : (int)args[2].v_int64;
+  if (axis < 0 || axis >= in->ndim || !readable(in) || !readable(out)) {
+    set_error("sort: axis %d or dtypes not supported", axis);
+    return -1;
+  }
+  int64_t outer = 1, n = in->shape[axis], inner = 1;
+  for (int d = 0; d < axis; ++d) outer *= in->shape[d];
+  for (int d = axis + 1; d < in->ndim; ++d) inner *= in->shape[d];
+  double* key = malloc((size_t)(n ? n : 1) * sizeof *key);
+  int64_t* pos = malloc((size_t)(n ? n : 1) * 2 * sizeof *pos);
+  if (!key || !pos) {
+    free(key), free(pos);
+    set_error("sort: out of memory");
+    return -1;
+  }
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t k = 0; k < inner; ++k) {
+      int64_t base = o * n * inner + k;
+      for (int64_t i = 0; i < n; ++i) key[i] = load_at(in, base + i * inner), pos[i] = i;
+      sort_positions(pos, pos + n, n, key, args[3].v_int64 != 0);
+      for (int64_t i = 0; i < n; ++i) {
+        store_at(out, base + i * inner, indices ? (double)pos[i] : key[pos[i]]);
+      }
+    }
+  }
+  free(key), free(pos);
+  return 0;
+}
+
+static int argsort_fn(const honer_any_t* args, int32_t n) { return sort_along(args, n, 1); }
+static int sort_fn(const honer_any_t* args, int32_t n) { return sort_along(args, n, 0); }
+
+static const builtin_t builtins[] = {
+    {"tvm.contrib.sort.argsort", argsort_fn},
+    {"tvm.contrib.sort.sort", sort_fn},
+};
+
+/* A kernel's first call of a function by name looks it up here and keeps the handle. */
+HONER_API int TVMFFIEnvModLookupFromImports(void* library_ctx, const char* name, void** out) {
+  (void)library_ctx;
+  for (size_t i = 0; i < sizeof builtins / sizeof builtins[0]; ++i) {
+    if (strcmp(builtins[i].name, name) == 0) {
+      *out = (void*)&builtins[i];
+      return 0;
+    }
+  }
+  set_error("the standalone runtime has no function %s", name);
+  return -1;
+}
+
+/* Lookups return the same handle every time, so two threads racing here store equal values. */
+HONER_API int TVMFFIHandleInitOnce(void** handle, int (*init)(void** result)) {
+  void* found = NULL;
+  if (*handle == NULL) {
+    if (init(&found) != 0) return -1;
+    *handle = found;
+  }
+  return 0;
+}
+
+HONER_API int TVMFFIFunctionCall(void* func, honer_any_t* args, int32_t num_args,
+                                 honer_any_t* result) {
+  result->type_index = 0; /* None */
+  return ((const builtin_t*)func)->fn(args, num_args);
+}
+
 /* ---- thread pool ------------------------------------------------------------------------ */
 
 typedef struct { void* sync_handle; int32_t num_task; } group_env_t; /* TVMParallelGroupEnv */
