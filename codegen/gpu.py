@@ -30,6 +30,7 @@ from tvm import relax, tirx
 from ..errors import BuildError
 from . import sparse_tc
 from .build import last_error_line
+from .gpu_matmul import TensorCoreMatmul
 from .relax_lower import LoweredModule
 
 R = relax.op
@@ -43,6 +44,9 @@ class GPUConfig:
     # replay the kernel sequence as CUDA graphs (Relax's RewriteCUDAGraph): one launch for
     # the static stretches instead of one per kernel, which is what small models wait on
     graphs: bool = False
+    # block tile of fp16 tensor-core matmuls: "auto" sizes it to the problem (gpu_matmul.py);
+    # "128x128" is dlight's fixed tile
+    mma_tile: str = "auto"
 
 
 # Per-architecture limits (CUDA C programming guide, "compute capabilities" table).
@@ -82,8 +86,9 @@ class CudaBuild:
         return hashlib.sha256(self.source.encode()).hexdigest()
 
 
-def _dlight_schedule() -> tvm.transform.Pass:
-    """dlight's GPU rules, each declining a kernel it fails on so the next rule takes it:
+def _dlight_schedule(cfg: GPUConfig) -> tvm.transform.Pass:
+    """honer's tensor-core matmul rule (gpu_matmul.py; left out for dlight's own 128x128 tile),
+    then dlight's GPU rules, each declining a kernel it fails on so the next rule takes it:
     TVM 0.27's GEMV rule asserts on some batched matrix-vector shapes (a token-merge plan
     applied to the token sizes, [B, N', N] x [B, N, 1]) instead of returning None."""
     from tvm.s_tir import dlight as dl
@@ -98,8 +103,9 @@ def _dlight_schedule() -> tvm.transform.Pass:
             except Exception:  # noqa: BLE001 - the rule's own failure: let the next one try
                 return None
 
-    rules = (dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(), dl.gpu.GeneralReduction(),
-             dl.gpu.Fallback())
+    tensor_cores = () if cfg.mma_tile == "128x128" else (TensorCoreMatmul(cfg.mma_tile),)
+    rules = (*tensor_cores, dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+             dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     return dl.ApplyDefaultSchedule(*(Declining(r) for r in rules))
 
 
@@ -110,9 +116,11 @@ def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pas
     @tvm.transform.module_pass(opt_level=0, name="HonerGPUPipeline")
     def pipeline(mod: tvm.IRModule, _ctx: tvm.transform.PassContext) -> tvm.IRModule:
         with target:
-            legalize = [_dlight_schedule() if isinstance(p, dl.ApplyDefaultSchedule) else p
+            legalize = [_dlight_schedule(cfg) if isinstance(p, dl.ApplyDefaultSchedule) else p
                         for p in cuda.legalize_passes(target)]
-            passes = (cuda.library_dispatch_passes(target) + legalize
+            # a matmul with a transposed [out, in] weight: one kernel (see gpu_matmul.py)
+            passes = (cuda.library_dispatch_passes(target)
+                      + [relax.transform.FuseTransposeMatmul()] + legalize
                       + cuda.dataflow_lower_passes(target) + cuda.finalize_passes(target))
             return tvm.transform.Sequential(passes)(mod)
 
@@ -236,13 +244,41 @@ def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, l
         # runs on the device with each call
         return _to_bf16(mod), []
     # 2:4-sparse layers go to the sparse tensor cores, which take half inputs
-    return _half_params(sparse_tc.on_tensor_cores(_to_mixed_precision(mod)), precision)
+    return _half_params(sparse_tc.on_tensor_cores(_casts_before_transposes(
+        _to_mixed_precision(mod))), precision)
 
 
 def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
     """ToMixedPrecision speaks float16 only; bfloat16 reuses its decisions with every cast to
     float16 made a cast to bfloat16 (the other ops take their dtype from their inputs)."""
-    return _rewrite_main(_to_mixed_precision(mod), _CastsToBF16())
+    return _rewrite_main(_casts_before_transposes(_to_mixed_precision(mod)), _CastsToBF16())
+
+
+def _casts_before_transposes(mod: tvm.IRModule) -> tvm.IRModule:
+    """ToMixedPrecision casts a linear's transposed [out, in] weight to half after the
+    transpose; cast first, so the weight is stored in half (`_half_params`) and the transpose
+    meets the matmul directly, which FuseTransposeMatmul folds into one kernel."""
+    return _rewrite_main(mod, _SwapCastTranspose(mod))
+
+
+@relax.expr_functor.mutator
+class _SwapCastTranspose(relax.PyExprMutator):
+    """astype(permute_dims(w)) -> permute_dims(astype(w)) for a function parameter w."""
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (_is_op(call, "relax.astype") and isinstance(call.args[0], relax.Var)):
+            return call
+        source = self.lookup_binding(call.args[0])
+        if not (_is_op(source, "relax.permute_dims") and isinstance(source.args[0], relax.Var)
+                and self.lookup_binding(source.args[0]) is None):
+            return call
+        cast = self.builder_.emit(R.astype(source.args[0], call.attrs.dtype))
+        return R.permute_dims(cast, source.attrs.axes)
+
+
+def _is_op(expr: Any, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def _to_mixed_precision(mod: tvm.IRModule) -> tvm.IRModule:

@@ -667,21 +667,23 @@ def _compressed_panels(v: Value, panel: int) -> bool:
     return _quant_operand(v) and all(u.output.shape[-1] % panel == 0 for u in v.users)
 
 
-def _kernel_layout(v: Value, panel: int) -> str:
+def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
     """How a weight param is stored for the kernels that read it:
     - "panels<P>" (with `panel` P): a linear weight as [out / P, in, P], each panel of P output
       columns contiguous, so a matmul streams through one panel at a time (a plain [in, out]
       weight is read a short row per page: a matrix-vector product with a 4096 x 4096 weight
       ran 2.9x slower that way on the x86 host);
     - "transposed": a linear weight as [in, out], so matmuls read output columns contiguously
-      (quantized and 2:4-compressed weights and their scales, zeros and positions too);
+      (quantized and 2:4-compressed weights and their scales, zeros and positions too); without
+      `transpose_linears` plain linear weights stay [out, in] (GPUs: a tensor-core tile reads
+      its slice of both operands along the reduction, coalesced only in that layout);
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
     if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
                   or _tied_embedding(v)) and v.shape[0] % panel == 0:
         return f"{PANELS}{panel}"
-    if _weight_only(v, "linear") or _quant_operand(v):
+    if (_weight_only(v, "linear") and transpose_linears) or _quant_operand(v):
         return "transposed"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
             u.attrs["groups"] == 1 for u in v.users):
@@ -718,17 +720,19 @@ def _stored_shape(v: Value, layout: str) -> tuple[int, ...]:
     return stored_layout(layout)(np.broadcast_to(np.zeros((), v.dtype), v.shape)).shape
 
 
-def lower(graph: Graph, inline_limit: int = 16, panel: int = 0) -> LoweredModule:
+def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
+          transpose_linears: bool = True) -> LoweredModule:
     """Builds the Relax module for `graph`; weights above `inline_limit` elements become params.
 
     Linear weights are stored transposed ([in, out]) so the matmul kernels read them along
     contiguous rows instead of transposing them on every call; with `panel` (a multiple of the
-    target's vector width: CPUs), in panels of that many output columns."""
+    target's vector width: CPUs), in panels of that many output columns; without
+    `transpose_linears` (GPUs), as they are ([out, in]), see _kernel_layout."""
     missing = sorted({n.op for n in graph.nodes if n.op not in LOWERINGS})
     if missing:
         raise CodegenError(f"no Relax lowering for op(s) {missing}")
     params = [c for c in graph.constants if c.type.size > inline_limit]
-    layouts = [_kernel_layout(c, panel) for c in params]
+    layouts = [_kernel_layout(c, panel, transpose_linears) for c in params]
     stored_shapes = [_stored_shape(c, lay) for c, lay in zip(params, layouts)]
     stored = {id(c): lay for c, lay in zip(params, layouts) if lay != "as-is"}
     bb = relax.BlockBuilder()

@@ -9,6 +9,7 @@ from typing import Any
 
 from ..codegen.build import export_library
 from ..codegen.gpu import ARCH_LIMITS, PRECISIONS, GPUConfig, build_cuda, launch_report
+from ..codegen.gpu_matmul import TILE_NAMES
 from ..codegen.relax_lower import LoweredModule
 from ..errors import HonerError
 from .base import BuildOutput, Target, Tool
@@ -22,12 +23,14 @@ class CudaTarget(Target):
     name = "cuda"
     description = ("NVIDIA GPUs (sm_80, sm_90 by default): dlight-scheduled CUDA kernels "
                    "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
-                   "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs)")
+                   "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs), "
+                   "mma_tile=auto|128x128|64x128|64x64|32x64|32x32 (fp16 tensor-core tile)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 
     def __init__(self, archs: tuple[str, ...] = GPUConfig.archs,
-                 precision: str = GPUConfig.precision, graphs: bool = GPUConfig.graphs):
+                 precision: str = GPUConfig.precision, graphs: bool = GPUConfig.graphs,
+                 mma_tile: str = GPUConfig.mma_tile):
         unknown = [a for a in archs if a not in ARCH_LIMITS]
         if unknown or not archs:
             raise HonerError(f"target cuda: unknown arch(s) {unknown}; known: "
@@ -35,11 +38,14 @@ class CudaTarget(Target):
         precision = PRECISION_ALIASES.get(precision, precision)
         if precision not in PRECISIONS:
             raise HonerError(f"target cuda: precision {precision!r}; choose fp32, fp16 or bf16")
-        self.config = GPUConfig(tuple(archs), precision, graphs)
+        if mma_tile not in TILE_NAMES:
+            raise HonerError(f"target cuda: mma_tile={mma_tile!r}; choose one of "
+                             f"{'|'.join(TILE_NAMES)}")
+        self.config = GPUConfig(tuple(archs), precision, graphs, mma_tile)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> CudaTarget:
-        known = {"arch", "precision", "graphs"}
+        known = {"arch", "precision", "graphs", "mma_tile"}
         if set(options) - known:
             raise HonerError(f"target cuda: unknown option(s) {sorted(set(options) - known)}; "
                              f"it takes {sorted(known)}")
@@ -52,7 +58,15 @@ class CudaTarget(Target):
             if options["graphs"] not in ("on", "off"):
                 raise HonerError(f"target cuda: graphs={options['graphs']!r}; use on or off")
             kwargs["graphs"] = options["graphs"] == "on"
+        if "mma_tile" in options:
+            kwargs["mma_tile"] = options["mma_tile"]
         return cls(**kwargs)
+
+    def lower(self, graph: Any) -> Any:
+        from ..codegen.relax_lower import lower
+
+        # linear weights as [out, in]: the matmul reads both operands along the reduction
+        return lower(graph, transpose_linears=False)
 
     def tvm_target(self) -> dict[str, Any]:
         # code is generated for the oldest arch, so one CUDA source compiles for all of them;
@@ -75,6 +89,7 @@ class CudaTarget(Target):
                       "cuda": {"kernels": KERNELS, "archs": list(self.config.archs),
                                "precision": self.config.precision,
                                "graphs": self.config.graphs,
+                               "mma_tile": self.config.mma_tile,
                                "source_sha256": build.source_sha256}},
             report={"schedule": {"family": "dlight", "precision": self.config.precision,
                                  "archs": list(self.config.archs),

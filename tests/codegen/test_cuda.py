@@ -16,7 +16,6 @@ from tvm import relax
 import honer
 from honer import frontend
 from honer.codegen.gpu import bools_as_int8, scans_as_matmul
-from honer.codegen.relax_lower import lower
 from honer.errors import ArtifactError, BuildError, HonerError
 from honer.ir import interpret
 from honer.runtime.loader import _runs_on
@@ -143,20 +142,45 @@ def test_fp16_stores_matmul_weights_in_half(tmp_path):
         0.6 * full.report["artifact_bytes"]["weights.bin"]
 
 
+def _run_on_host(mod, lowered, arrays, half=()):
+    vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
+    params = [tvm.runtime.tensor(a.astype(np.float16) if i in half else a)
+              for i, (_, a) in enumerate(lowered.stored_params())]
+    return vm["main"](*[tvm.runtime.tensor(a) for a in arrays], *params).numpy()
+
+
 @pytest.mark.parametrize("name", ["gpt2_6l", "bert_minilm"])
 def test_gpu_rewrites_keep_the_meaning(name):
-    """The cumsum and bool rewrites, built for the host, against the IR interpreter."""
+    """The GPU's lowering ([out, in] linear weights, each transpose fused into its matmul) and
+    its cumsum and bool rewrites, built for the host, against the IR interpreter."""
     model, inputs = ZOO[name]()
     graph = frontend.capture(model, inputs)
-    lowered = lower(graph)
-    mod = bools_as_int8(scans_as_matmul(lowered.mod))
-    assert "relax.cumsum" not in mod.script()
-    vm = relax.VirtualMachine(relax.build(mod, target="llvm"), tvm.cpu())
+    lowered = get_target("cuda").lower(graph)
+    mod = relax.transform.FuseTransposeMatmul()(bools_as_int8(scans_as_matmul(lowered.mod)))
+    assert "relax.cumsum" not in mod.script() and "NT_matmul" in mod.script()
     arrays = [x.numpy() for x in inputs]
-    params = [tvm.runtime.tensor(a) for _, a in lowered.stored_params()]
-    got = vm["main"](*[tvm.runtime.tensor(a) for a in arrays], *params).numpy()
+    got = _run_on_host(mod, lowered, arrays)
     want = interpret(graph, arrays)[0]
     assert np.abs(got - want).max() <= 1e-4 * np.abs(want).max()
+
+
+def test_half_precision_keeps_the_meaning():
+    """fp16: every linear weight stored in half and read by one NT matmul, within fp16's
+    rounding (2e-3 of the output scale) of the interpreter."""
+    from honer.codegen.gpu import _mixed_precision
+
+    model, inputs = ZOO["mlp"]()
+    graph = frontend.capture(model, inputs)
+    lowered = get_target("cuda").lower(graph)
+    mod, half = _mixed_precision(lowered.mod, "float16")
+    matrices = [i for i, v in enumerate(lowered.params) if len(v.shape) == 2]
+    assert half == matrices and all(lowered.param_layouts[i] == "as-is" for i in half)
+    mod = relax.transform.FuseTransposeMatmul()(mod)
+    assert mod.script().count("NT_matmul") >= len(half)
+    arrays = [x.numpy() for x in inputs]
+    got = _run_on_host(mod, lowered, arrays, set(half))
+    want = interpret(graph, arrays)[0]
+    assert np.abs(got - want).max() <= 2e-3 * np.abs(want).max()
 
 
 def test_target_options_are_checked():
@@ -167,7 +191,7 @@ def test_target_options_are_checked():
         get_target("cuda:precision=int3")
     with pytest.raises(HonerError, match="unknown option"):
         get_target("cuda:threads=4")
-    with pytest.raises(HonerError, match="takes no options"):
+    with pytest.raises(HonerError, match=r"unknown option\(s\) \['arch'\]"):
         get_target("host:arch=sm_80")
     with pytest.raises(HonerError, match="key=value"):
         get_target("cuda:fp16")
@@ -189,3 +213,32 @@ def test_launch_limits_are_enforced():
         check_launch_limits(too_many, ("sm_80",))
     with pytest.raises(BuildError, match="threads per block"):
         check_launch_limits({"k": KernelLaunch((2048, 1, 1))}, ("sm_90",))
+
+
+def test_tensor_core_tile_fills_the_gpu():
+    from honer.codegen.gpu_matmul import MIN_BLOCKS, choose_tile
+
+    assert choose_tile(1, 4096, 4096, "auto").name == "128x128"  # 1024 blocks already
+    bert_b8 = choose_tile(1, 1024, 384, "auto")  # 128x128 would leave 108 of 132 SMs idle
+    assert bert_b8.name == "32x64" and 32 * 6 >= MIN_BLOCKS
+    assert choose_tile(1, 128, 384, "auto").name == "32x32"  # the smallest, still too few
+    assert choose_tile(None, 128, 384, "auto").name == "128x128"  # dynamic: dlight's size
+    assert choose_tile(1, 128, 384, "64x64").name == "64x64"
+
+
+@needs_nvcc
+@pytest.mark.parametrize("tile, warps, blocks", [("auto", 4, 192), ("128x128", 16, 24),
+                                                 ("32x32", 4, 384)])
+def test_tensor_core_tiles_compile(tile, warps, blocks):
+    """fp16 matmuls (1024 tokens x 384 -> 1536 -> 384, bias and GELU fused) on wmma with
+    each tile; nvcc compiles them for sm_80 and sm_90 within the launch limits."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(384, 1536), torch.nn.GELU(),
+                                torch.nn.Linear(1536, 384)).eval()
+    compiled = honer.compile(model, (torch.randn(1024, 384),),
+                             target=f"cuda:precision=fp16,mma_tile={tile}")
+    kernels = compiled.report["build"]["kernels"]
+    down = next(v for k, v in kernels.items() if k.startswith("fused_NT_matmul1"))
+    assert down["threads"] == [32, warps, 1] and np.prod(down["blocks"]) == blocks
+    with pytest.raises(HonerError, match="mma_tile='16x16'"):
+        get_target("cuda:mma_tile=16x16")
