@@ -17,7 +17,8 @@ Two steps, because GPU machines are lent for minutes and carry no compiler toolc
    weight files from the recipes (`honer.load` then checks every byte against the manifest's
    sha256), runs each artifact against PyTorch eager on the GPU, and times honer (kernels
    only: inputs already on the device), eager and `torch.compile` side by side, median of 50
-   runs after warm-up. Results: benchmarks/results/gpu_check.json.
+   runs after warm-up; cases marked `profile` add each kernel's GPU time per run, honer's and
+   torch.compile's (CUPTI, through torch.profiler). Results: benchmarks/results/gpu_check.json.
 """
 
 from __future__ import annotations
@@ -45,24 +46,31 @@ class Case:
     compare_compile: bool = False  # also timed against torch.compile
     passes: tuple[str, ...] = ()
     graphs: bool = False  # the target's CUDA-graph option
+    mma_tile: str = "auto"  # the target's tensor-core tile option
+    profile: bool = False  # also time each kernel (CUPTI, through torch.profiler)
 
     @property
     def id(self) -> str:
         tags = [p.replace(":", "_").replace("=", "").replace(",", "_") for p in self.passes]
         return "_".join([self.model, *(f"{k}{v}" for k, v in self.kwargs.items()), *tags,
-                         self.precision] + (["graphs"] if self.graphs else []))
+                         self.precision] + (["graphs"] if self.graphs else [])
+                        + ([f"tile{self.mma_tile}"] if self.mma_tile != "auto" else []))
 
     @property
     def target(self) -> str:
-        return f"cuda:precision={self.precision}" + (",graphs=on" if self.graphs else "")
+        return (f"cuda:precision={self.precision},mma_tile={self.mma_tile}"
+                + (",graphs=on" if self.graphs else ""))
 
 
 INT8 = "weight_quant:bits=8"
 INT4 = "weight_quant:bits=4,group=64"
 # fp16 first: torch.compile is timed only while the run is young (it compiles for seconds)
 CASES: list[Case] = [
-    *(Case(name, {"batch": batch}, "fp16", True, graphs=True)
+    *(Case(name, {"batch": batch}, "fp16", True, graphs=True, profile=batch == 8)
       for name in ("vit_deit_tiny", "bert_minilm") for batch in (1, 8)),
+    # the tensor-core tile: dlight's fixed 128x128 beside the problem-sized choice above
+    *(Case("bert_minilm", {"batch": 8}, "fp16", graphs=True, mma_tile=t, profile=True)
+      for t in ("128x128", "32x64")),
     Case("vit_deit_tiny", {"batch": 1}, "fp16", True),
     Case("vit_deit_tiny", {"batch": 8}, "fp16", True),
     Case("bert_minilm", {"batch": 1}, "fp16", True),
@@ -170,7 +178,7 @@ def build_case(out: Path, case: Case) -> dict[str, Any]:
         np.save(out / case.id / "expected.npy", expected)
     row = {"id": case.id, "model": case.model, "kwargs": case.kwargs,
            "precision": case.precision, "passes": list(case.passes),
-           "compare_compile": case.compare_compile, "recipe": recipe,
+           "compare_compile": case.compare_compile, "profile": case.profile, "recipe": recipe,
            "build_s": round(time.perf_counter() - start, 1),
            "kernels": compiled.report["build"]["schedule"]["kernels"]}
     print(f"{case.id}: built in {row['build_s']} s, "
@@ -486,7 +494,37 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
     row["median_ms"] = {k: round(t.median_ms, 4) for k, t in timings.items()}
     row["honer_speedup"] = {k: round(t.median_ms / timings["honer"].median_ms, 3)
                             for k, t in timings.items() if k != "honer"}
+    if case.get("profile"):
+        row["kernels_us"] = {"honer": kernel_profile(lambda: runner.on_device(device_inputs))}
+        if "torch.compile" in timings:
+            compiled_peer = torch.compile(peer)
+            with torch.no_grad():
+                row["kernels_us"]["torch.compile"] = kernel_profile(
+                    lambda: compiled_peer(*peer_inputs))
     return row
+
+
+def kernel_profile(step: Any, runs: int = 20, top: int = 24) -> list[list]:
+    """[kernel, launches per run, microseconds per run] of the `top` kernels by GPU time,
+    from CUPTI's activity trace (torch.profiler), which sees every kernel the process
+    launches, TVM's included."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    step()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(runs):
+            step()
+        torch.cuda.synchronize()
+    rows = []
+    for event in prof.key_averages():
+        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if total:
+            rows.append([event.key[:120], round(event.count / runs, 2), round(total / runs, 2)])
+    rows.sort(key=lambda r: -r[2])
+    return [["(all kernels)", sum(r[1] for r in rows), round(sum(r[2] for r in rows), 2)],
+            *rows[:top]]
 
 
 def _time_torch(name: str, model: Any, inputs: list[Any]) -> Any:
