@@ -87,7 +87,7 @@ class CudaBuild:
 
 
 def _dlight_schedule(cfg: GPUConfig) -> tvm.transform.Pass:
-    """honer's tensor-core matmul rule (gpu_matmul.py; left out for dlight's own 128x128 tile),
+    """honer's tensor-core matmul rule (gpu_matmul.py; it leaves 128x128 tiles to dlight's),
     then dlight's GPU rules, each declining a kernel it fails on so the next rule takes it:
     TVM 0.27's GEMV rule asserts on some batched matrix-vector shapes (a token-merge plan
     applied to the token sizes, [B, N', N] x [B, N, 1]) instead of returning None."""
@@ -103,8 +103,7 @@ def _dlight_schedule(cfg: GPUConfig) -> tvm.transform.Pass:
             except Exception:  # noqa: BLE001 - the rule's own failure: let the next one try
                 return None
 
-    tensor_cores = () if cfg.mma_tile == "128x128" else (TensorCoreMatmul(cfg.mma_tile),)
-    rules = (*tensor_cores, dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
+    rules = (TensorCoreMatmul(cfg.mma_tile), dl.gpu.Matmul(), dl.gpu.GEMV(), dl.gpu.Reduction(),
              dl.gpu.GeneralReduction(), dl.gpu.Fallback())
     return dl.ApplyDefaultSchedule(*(Declining(r) for r in rules))
 

@@ -5,7 +5,8 @@ transformer's projections at small batch are narrow: BERT-MiniLM's 128 or 1024 t
 outputs make 3 or 24 blocks, so on a 132-SM GPU most of the chip idles. This rule is the same
 kind of schedule (wmma fragments of 16x16x16, operands staged through shared memory with a
 two-stage software pipeline, fp32 accumulation, epilogue fused into the store), but picks the
-largest tile that still gives every SM a block, down to 32x32 (4 warps of one fragment each).
+largest tile that still gives every SM a block, down to 32x32 (4 warps of one fragment each);
+where 128x128 is that tile, it leaves the kernel to dlight's rule.
 """
 
 from __future__ import annotations
@@ -22,6 +23,10 @@ WARP = 32
 VECTOR = 4  # halves per thread in a shared-memory copy
 # a block per SM on the largest built-for GPU (H100/H200: 132 SMs; A100: 108)
 MIN_BLOCKS = 132
+STAGES = 2  # software pipeline: operand tiles are double-buffered
+PAD = 8  # halves added to each operand row in shared memory (no bank conflicts)
+OUT_PAD = 4  # floats added to each output row
+DEFAULT_SHARED = 48 * 1024  # per block without opting in (TVM opts in for dynamic above it)
 
 
 @dataclass(frozen=True)
@@ -59,9 +64,24 @@ class MmaTile:
     def name(self) -> str:
         return f"{self.rows}x{self.cols}"
 
+    def shared_bytes(self) -> tuple[int, int]:
+        """(dynamic, static) shared memory of a block: the staged operand tiles, and the
+        output tile where it is staged apart (out_scope)."""
+        operands = STAGES * (self.rows + self.cols) * (FRAGMENT * self.k_frags + PAD) * 2
+        out = self.rows * (self.cols + OUT_PAD) * 4
+        return (operands + out, 0) if self.out_scope == "shared.dyn" else (operands, out)
 
-TILES = (MmaTile(4, 2, 4, 2), MmaTile(2, 2, 4, 2), MmaTile(2, 2, 2, 2), MmaTile(2, 1, 2, 2),
-         MmaTile(2, 1, 2, 1))
+    def launches(self) -> bool:
+        """Without opting in, a block gets 48 KiB of shared memory, static and dynamic
+        together; TVM opts in (up to the GPU's 164/227 KiB) only where the dynamic part alone
+        reaches 48 KiB. A 64x64 tile (36 KiB dynamic + 17 KiB static) failed to launch on an
+        H200 for that reason."""
+        dynamic, static = self.shared_bytes()
+        return dynamic >= DEFAULT_SHARED or dynamic + static <= DEFAULT_SHARED
+
+
+DLIGHT_TILE = MmaTile(4, 2, 4, 2)  # dlight's own rule schedules this one
+TILES = (DLIGHT_TILE, MmaTile(2, 2, 4, 2), MmaTile(2, 1, 2, 2), MmaTile(2, 1, 2, 1))
 TILE_NAMES = ("auto", *(t.name for t in TILES))
 
 
@@ -102,6 +122,8 @@ class TensorCoreMatmul:
                                                        for e in extents[1:]):
             return None
         tile = choose_tile(*extents[:3], self.tile)
+        if tile == DLIGHT_TILE:
+            return None
         try:
             _schedule(sch, reductions[0], tile)
         except RuntimeError:  # TVM's ScheduleError: a shape the wmma loops cannot take

@@ -24,7 +24,7 @@ class CudaTarget(Target):
     description = ("NVIDIA GPUs (sm_80, sm_90 by default): dlight-scheduled CUDA kernels "
                    "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
                    "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs), "
-                   "mma_tile=auto|128x128|64x128|64x64|32x64|32x32 (fp16 tensor-core tile)")
+                   "mma_tile=auto|128x128|64x128|32x64|32x32 (fp16 tensor-core tile)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 

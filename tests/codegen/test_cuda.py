@@ -216,14 +216,18 @@ def test_launch_limits_are_enforced():
 
 
 def test_tensor_core_tile_fills_the_gpu():
-    from honer.codegen.gpu_matmul import MIN_BLOCKS, choose_tile
+    from honer.codegen.gpu_matmul import MIN_BLOCKS, TILES, choose_tile
+
+    assert all(t.launches() for t in TILES)  # within the shared memory a launch gets
+    assert [t.shared_bytes() for t in TILES[1:]] == [(55296, 33792), (27648, 8704), (18432, 4608)]
 
     assert choose_tile(1, 4096, 4096, "auto").name == "128x128"  # 1024 blocks already
     bert_b8 = choose_tile(1, 1024, 384, "auto")  # 128x128 would leave 108 of 132 SMs idle
     assert bert_b8.name == "32x64" and 32 * 6 >= MIN_BLOCKS
     assert choose_tile(1, 128, 384, "auto").name == "32x32"  # the smallest, still too few
     assert choose_tile(None, 128, 384, "auto").name == "128x128"  # dynamic: dlight's size
-    assert choose_tile(1, 128, 384, "64x64").name == "64x64"
+    assert choose_tile(1, 128, 384, "64x128").name == "64x128"
+    assert choose_tile(1, 256, 4096, "auto").name == "32x64"  # 64x128 makes 128 blocks
 
 
 @needs_nvcc
