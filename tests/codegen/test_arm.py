@@ -6,12 +6,11 @@ import struct
 
 import numpy as np
 import pytest
-import torch
 
 import honer
 from honer.errors import ArtifactError, InputError, ToolchainError
 from honer.targets import get_target
-from honer.tests.conftest import scaled_error
+from honer.tests.conftest import error_on_new_inputs
 from honer.tests.models.zoo import ZOO
 
 EM_AARCH64 = 183
@@ -53,12 +52,9 @@ def test_build_is_aarch64_with_neon_width_schedules(mlp):
 def test_mlp_runs_under_qemu_and_matches_eager(mlp):
     model, examples, compiled = mlp
     assert compiled.report["check"]["max_scaled_error"] <= 1e-4
-    x = torch.randn_like(examples[0])
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert scaled_error(compiled(x.numpy()), want) <= 1e-4
+    assert error_on_new_inputs(model, examples, compiled) <= 1e-4
     with pytest.raises(InputError, match="dtype float64"):
-        compiled(x.numpy().astype(np.float64))
+        compiled(examples[0].numpy().astype(np.float64))
 
 
 @needs_cross

@@ -1,13 +1,7 @@
 """The wasm target: model.wasm (wasm32-wasi, SIMD128) with the JavaScript loader, run in
 Node.js and in headless Chromium (a real page over HTTP) and compared with PyTorch eager."""
 
-import base64
-import functools
-import http.server
-import re
 import shutil
-import subprocess
-import threading
 
 import numpy as np
 import pytest
@@ -15,8 +9,9 @@ import torch
 
 import honer
 from honer.errors import InputError, ToolchainError
+from honer.runtime.browser import run_in_chromium
 from honer.targets import get_target
-from honer.tests.conftest import scaled_error
+from honer.tests.conftest import error_on_new_inputs, scaled_error
 from honer.tests.models.zoo import ZOO
 
 needs_clang = pytest.mark.skipif(
@@ -50,10 +45,7 @@ def test_build_is_a_wasm_module_with_its_loader(mlp):
 def test_mlp_runs_in_node_and_matches_eager(mlp):
     model, examples, compiled = mlp
     assert compiled.report["check"]["max_scaled_error"] <= 1e-4
-    x = torch.randn_like(examples[0])
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert scaled_error(compiled(x.numpy()), want) <= 1e-4
+    assert error_on_new_inputs(model, examples, compiled) <= 1e-4
     with pytest.raises(InputError, match="shape"):
         compiled(np.zeros((2, 784), np.float32))
 
@@ -71,31 +63,11 @@ def test_models_run_in_node_and_match_eager(name):
 @pytest.mark.skipif(shutil.which("chromium") is None, reason="needs chromium")
 def test_mlp_runs_in_headless_chromium_and_matches_eager(mlp, tmp_path):
     model, examples, compiled = mlp
-    site = compiled.save(tmp_path / "site")
     x = torch.randn_like(examples[0])
-    (site / "inputs.bin").write_bytes(x.numpy().tobytes())
-    handler = functools.partial(_QuietHandler, directory=str(site))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-        url = f"http://127.0.0.1:{server.server_address[1]}/honer_page.html?inputs=inputs.bin"
-        dom = subprocess.run(["chromium", "--headless", "--no-sandbox", "--disable-gpu",
-                              "--virtual-time-budget=20000", "--dump-dom", url],
-                             capture_output=True, text=True, timeout=120).stdout
-        server.shutdown()
-    assert '<pre id="status">done</pre>' in dom, dom[-2000:]
-    encoded = re.search(r'<pre id="outputs">([^<]*)</pre>', dom).group(1)
-    got = np.frombuffer(base64.b64decode(encoded), np.float32).reshape(1, 10)
+    got = run_in_chromium(compiled.save(tmp_path / "site"), [x.numpy()])
     with torch.no_grad():
         want = model(x).numpy()
-    assert scaled_error(got, want) <= 1e-4
-
-
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
-    extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
-                      ".mjs": "text/javascript", ".wasm": "application/wasm"}
-
-    def log_message(self, *args):  # keeps pytest's output clean
-        pass
+    assert got[0].shape == (1, 10) and scaled_error(got, want) <= 1e-4
 
 
 def test_missing_clang_names_the_packages(monkeypatch):

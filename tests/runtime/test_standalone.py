@@ -8,7 +8,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 import tvm
 from tvm.script import tirx as T
 
@@ -19,7 +18,7 @@ from honer.frontend import capture
 from honer.ir import interpret
 from honer.passes import run_pipeline
 from honer.targets import get_target
-from honer.tests.conftest import scaled_error
+from honer.tests.conftest import error_on_new_inputs, scaled_error
 from honer.tests.models.zoo import ZOO
 
 STANDALONE = "host:form=standalone"
@@ -34,10 +33,7 @@ def mlp():
 def test_mlp_matches_eager_on_new_inputs(mlp):
     model, examples, compiled = mlp
     assert compiled.report["check"]["max_scaled_error"] <= 1e-4
-    x = torch.randn_like(examples[0])
-    with torch.no_grad():
-        want = model(x).numpy()
-    assert scaled_error(compiled(x.numpy()), want) <= 1e-4
+    assert error_on_new_inputs(model, examples, compiled) <= 1e-4
 
 
 def test_manifest_records_form_plan_and_sizes(mlp):
