@@ -11,7 +11,10 @@ where 128x128 is that tile, it leaves the kernel to dlight's rule.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -121,6 +124,7 @@ class TensorCoreMatmul:
         if not _fp16_in(sch.get(reductions[0])) or any(e is not None and e <= 64
                                                        for e in extents[1:]):
             return None
+        tensor_intrinsics()  # before dlight's rule imports them the slow way
         tile = choose_tile(*extents[:3], self.tile)
         if tile == DLIGHT_TILE:
             return None
@@ -129,6 +133,30 @@ class TensorCoreMatmul:
         except RuntimeError:  # TVM's ScheduleError: a shape the wmma loops cannot take
             return None
         return sch
+
+
+@functools.cache
+def tensor_intrinsics() -> Any:
+    """TVM's CUDA tensor intrinsics (tvm.s_tir.tensor_intrin.cuda), imported once. Importing
+    it parses ~250 TVMScript functions, and TVMScript's decorator calls `inspect.stack()`, which
+    reads the source file of every frame on the stack: 90 s in a plain process here, minutes
+    under pytest's deep stacks. The parser looks at the first three frames only, so the import
+    runs with a stack of four (12 s)."""
+    full = inspect.stack
+
+    def shallow(context: int = 1) -> list[inspect.FrameInfo]:
+        frame, frames = sys._getframe(1), []
+        while frame is not None and len(frames) < 4:
+            frames.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))
+            frame = frame.f_back
+        return frames
+
+    inspect.stack = shallow
+    try:
+        import tvm.s_tir.tensor_intrin.cuda as intrinsics
+    finally:
+        inspect.stack = full
+    return intrinsics
 
 
 def _normalize(sch: s_tir.Schedule, block: Any) -> bool:
@@ -162,7 +190,8 @@ def _fp16_in(block: tirx.SBlock) -> bool:
 
 def _schedule(sch: s_tir.Schedule, block: Any, tile: MmaTile) -> None:
     from tvm.s_tir.dlight.gpu.matmul import auto_inline_consumer_chain, auto_inline_producers
-    from tvm.s_tir.tensor_intrin.cuda import get_wmma_intrin_group
+
+    get_wmma_intrin_group = tensor_intrinsics().get_wmma_intrin_group
 
     sch.pad_einsum(block, [1, tile.rows, tile.cols, FRAGMENT * tile.k_frags])
     batch, i, j, k = sch.get_loops(block)

@@ -216,7 +216,12 @@ def test_launch_limits_are_enforced():
 
 
 def test_tensor_core_tile_fills_the_gpu():
-    from honer.codegen.gpu_matmul import MIN_BLOCKS, TILES, choose_tile
+    import inspect
+
+    from honer.codegen.gpu_matmul import MIN_BLOCKS, TILES, choose_tile, tensor_intrinsics
+
+    stack = inspect.stack
+    assert tensor_intrinsics().get_wmma_intrin_group and inspect.stack is stack  # put back
 
     assert all(t.launches() for t in TILES)  # within the shared memory a launch gets
     assert [t.shared_bytes() for t in TILES[1:]] == [(55296, 33792), (27648, 8704), (18432, 4608)]
