@@ -12,7 +12,7 @@ from typing import Any
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..errors import HonerError
-from .base import BuildOutput, Target, Tool
+from .base import BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone
 
 CC = "aarch64-linux-gnu-gcc"
@@ -20,7 +20,7 @@ SYSROOT = "/usr/aarch64-linux-gnu"  # Debian's aarch64 libc, which qemu's loader
 EMULATOR = ("qemu-aarch64", "-L", SYSROOT)
 
 
-class ArmTarget(Target):
+class ArmTarget(CPUTarget):
     name = "arm"
     description = ("64-bit ARM Linux (aarch64, NEON), standalone form cross-compiled with "
                    f"{CC}; runs here under qemu-aarch64")
@@ -32,11 +32,6 @@ class ArmTarget(Target):
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # NEON: 128-bit vectors, 4 float32 lanes
 
-    def lower(self, graph: Any) -> Any:
-        from ..codegen.relax_lower import lower
-
-        # linear weights in panels of two vectors of output columns (the register tile's width)
-        return lower(graph, panel=2 * self.schedule().lanes)
 
     def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path,
               tuning: Any = None) -> BuildOutput:

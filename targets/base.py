@@ -70,3 +70,16 @@ class Target:
 
     def can_run_here(self) -> bool:
         return True
+
+
+class CPUTarget(Target):
+    """A CPU target scheduled by honer's CPU rules: `schedule()` gives the vector width."""
+
+    def schedule(self) -> Any:
+        raise NotImplementedError
+
+    def lower(self, graph: Any) -> Any:
+        from ..codegen.relax_lower import lower
+
+        # linear weights in panels of two vectors of output columns (the register tile's width)
+        return lower(graph, panel=2 * self.schedule().lanes)

@@ -16,14 +16,14 @@ from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from ..errors import HonerError
-from .base import BuildOutput, Target, Tool
+from .base import BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone, schedule_report
 
 LIBRARY = "model.so"
 FORMS = ("vm", "standalone")
 
 
-class HostTarget(Target):
+class HostTarget(CPUTarget):
     name = "host"
     description = ("this machine's CPU (LLVM, native CPU features); option form=vm (Relax VM "
                    "runtime, the default) or form=standalone (C runtime, no TVM to run it)")
@@ -48,11 +48,6 @@ class HostTarget(Target):
         return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu(),
                 "num-cores": len(os.sched_getaffinity(0))}
 
-    def lower(self, graph: Any) -> Any:
-        from ..codegen.relax_lower import lower
-
-        # linear weights in panels of two vectors of output columns (the register tile's width)
-        return lower(graph, panel=2 * self.schedule().lanes)
 
     def schedule(self) -> CPUScheduleConfig:
         import tvm

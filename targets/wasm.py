@@ -11,14 +11,14 @@ from typing import Any
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..errors import HonerError
-from .base import BuildOutput, Target, Tool
+from .base import BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone
 
 INSTALL = "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32"
 FLAGS = ("--target=wasm32-wasi", "-O2", "-msimd128", "-DHONER_SINGLE_THREAD")
 
 
-class WasmTarget(Target):
+class WasmTarget(CPUTarget):
     name = "wasm"
     description = ("WebAssembly (wasm32-wasi, SIMD128): model.wasm and a JavaScript loader, "
                    "built with clang and wasi-libc; runs here in Node.js")
@@ -31,10 +31,6 @@ class WasmTarget(Target):
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # SIMD128: 4 float32 lanes
 
-    def lower(self, graph: Any) -> Any:
-        from ..codegen.relax_lower import lower
-
-        return lower(graph, panel=2 * self.schedule().lanes)
 
     def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path,
               tuning: Any = None) -> BuildOutput:
