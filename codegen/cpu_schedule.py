@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import tvm
 from tvm import s_tir, tirx
 
+from .int8_dot import intrinsic_for, schedule_int8_matmul
+
 DATA_PAR, COMM_REDUCE = 0, 2
 OPAQUE = 8  # relax op_pattern of kernels written by hand in TIR
 PARALLEL_MIN_WORK = 4096  # below this many elements a parallel launch costs more than it saves
@@ -32,6 +34,9 @@ class CPUScheduleConfig:
     # exp / erf / tanh (softmax, GELU) as TVM's polynomial forms, which vectorize, instead of
     # scalar libm calls; relative error at most 4e-6 (exp) and 3e-7 (erf, tanh) in float32
     fast_math: bool = True
+    # the CPU's int8 dot-product instruction for W8A8 matmuls ("vnni", "avx512", "avx2", see
+    # int8_dot), "" for none: those matmuls then take the generic contraction rule
+    int8_dot: str = ""
 
 
 @dataclass
@@ -80,7 +85,11 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
             _pad_contraction(sch, block, cfg)
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         while (found := _next_contraction(sch, done)) is not None:
-            done |= _schedule_contraction(sch, *found, cfg)
+            intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
+            if intrinsic is not None:
+                done |= schedule_int8_matmul(sch, found[0], *intrinsic, _inline_epilogue)
+            else:
+                done |= _schedule_contraction(sch, *found, cfg)
             stats.contractions += 1
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             if sch.get(block).name_hint not in done:

@@ -12,14 +12,14 @@ where 128x128 is that tile, it leaves the kernel to dlight's rule.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
 import tvm
 from tvm import s_tir, tirx
+
+from .tvmscript import shallow_stack
 
 FRAGMENT = 16  # wmma m16n16k16
 WARP = 32
@@ -137,25 +137,10 @@ class TensorCoreMatmul:
 
 @functools.cache
 def tensor_intrinsics() -> Any:
-    """TVM's CUDA tensor intrinsics (tvm.s_tir.tensor_intrin.cuda), imported once. Importing
-    it parses ~250 TVMScript functions, and TVMScript's decorator calls `inspect.stack()`, which
-    reads the source file of every frame on the stack: 90 s in a plain process here, minutes
-    under pytest's deep stacks. The parser looks at the first three frames only, so the import
-    runs with a stack of four (12 s)."""
-    full = inspect.stack
-
-    def shallow(context: int = 1) -> list[inspect.FrameInfo]:
-        frame, frames = sys._getframe(1), []
-        while frame is not None and len(frames) < 4:
-            frames.append(inspect.FrameInfo(frame, *inspect.getframeinfo(frame, context)))
-            frame = frame.f_back
-        return frames
-
-    inspect.stack = shallow
-    try:
+    """TVM's CUDA tensor intrinsics (tvm.s_tir.tensor_intrin.cuda), imported once, with a
+    shallow stack (see codegen/tvmscript: 12 s instead of 90)."""
+    with shallow_stack():
         import tvm.s_tir.tensor_intrin.cuda as intrinsics
-    finally:
-        inspect.stack = full
     return intrinsics
 
 

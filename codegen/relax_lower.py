@@ -599,6 +599,76 @@ def _lower_sparse_linear(bb, node, args, layouts: list[str | None]):
         scaled, primfunc_name_hint="sparse_matmul"))
 
 
+# ---- W8A8: uint8 activations x int8 weights, int32 sums ----------------------------------------
+#
+# int8_linear quantizes its input rows to uint8 (rows padded to a multiple of INT8_ROWS with the
+# zero point, so the register tile never needs a remainder loop), sums the products in int32 and
+# rescales in the same kernel: y = float(sum_k xq * q) * (x_scale * w_scale) + (b - x_zero *
+# colsum(q) * x_scale * w_scale), the zero-point correction folded into a per-channel offset.
+# On CPUs the weight is stored "int8dot<L>": [out / L, in / 4, L, 4], so one vector register
+# holds four consecutive inputs' weights for L output channels, the operand of x86's
+# vpmaddubsw / vpdpbusd and ARM's sdot (see cpu_schedule's int8 rule).
+
+INT8_DOT = "int8dot"
+
+
+def _int8_weight(q, n, k, lanes: int):
+    return q[n // lanes, k // 4, n % lanes, k % 4] if lanes else q[n, k]
+
+
+def _int8_matmul(xq, q, scale, offset, rows: int, out: int, lanes: int, name: str):
+    from tvm import te
+
+    in_features = xq.shape[1]
+    k = te.reduce_axis((0, in_features), name="k")
+    acc = te.compute((xq.shape[0], out), lambda m, n: te.sum(
+        xq[m, k].astype("int32") * _int8_weight(q, n, k, lanes).astype("int32"), axis=k),
+        name=name)
+    return te.compute((rows, out), lambda m, n: acc[m, n].astype("float32") * scale[n]
+                      + offset[n], name="int8_rescale")
+
+
+def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
+    from tvm import te, tirx
+
+    rows = x.shape[0]
+
+    def value(m, k):
+        v = tirx.nearbyint(x[m, k] * tirx.const(inv_scale, "float32")) + float(zero)
+        v = tirx.max(tirx.min(v, 255.0), 0.0).astype("uint8")
+        if padded == rows:
+            return v
+        return tirx.if_then_else(m < rows, v, tirx.const(zero, "uint8"))
+
+    return te.compute((padded, x.shape[1]), value, name="quantize_u8")
+
+
+def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
+    from .int8_dot import INT8_ROWS, fits_int16_pairs
+
+    xt = node.inputs[0].type
+    in_features, out = xt.shape[-1], node.output.shape[-1]
+    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    padded = -(-rows // INT8_ROWS) * INT8_ROWS
+    q = node.inputs[1].data
+    x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
+    scale = (x_scale * node.inputs[2].data).astype(np.float32)
+    bias = node.inputs[3].data if len(node.inputs) > 3 else np.zeros(out, np.float32)
+    offset = (bias - x_zero * q.astype(np.int64).sum(1) * scale).astype(np.float32)
+    inv = float(np.float32(1.0) / x_scale)
+    xq = bb.emit_te(_quantize_rows, _as_rows(bb, args[0], xt.shape), inv, x_zero, padded,
+                    primfunc_name_hint="quantize_u8")
+    lanes = int8_lanes(layouts[1])
+    # the kernel name tells the CPU rule whether pairs of products fit int16 (vpmaddubsw)
+    name = "int8_matmul_w7" if fits_int16_pairs(q) else "int8_matmul"
+    y = bb.emit_te(_int8_matmul, xq, args[1], _const(scale, "float32"),
+                   _const(offset, "float32"), rows, out, lanes, name,
+                   primfunc_name_hint="int8_matmul")
+    if len(xt.shape) != 2:
+        y = R.reshape(bb.emit(y), list(xt.shape[:-1]) + [out])
+    return _epilogue(bb, node, y)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "cast": _lower_cast, "where": _lower_where, "argmax": _lower_arg, "argmin": _lower_arg,
     "softmax": _lower_softmax, "log_softmax": _lower_softmax, "cumsum": _lower_cumsum,
@@ -613,6 +683,7 @@ LOWERINGS: dict[str, Lowering] = {
     "tome_plan": _lower_tome_plan, "prune_plan": _lower_prune_plan,
     "quant_linear": functools.partial(_lower_quant_linear, layouts=[None] * 5),
     "sparse_linear": functools.partial(_lower_sparse_linear, layouts=[None] * 5),
+    "int8_linear": functools.partial(_lower_int8_linear, layouts=[None] * 4),
 }
 COMPRESSED_LINEAR = {"quant_linear": _lower_quant_linear,
                      "sparse_linear": _lower_sparse_linear}
@@ -680,6 +751,9 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
+    if panel and _weight_only(v, "int8_linear") and v.shape[0] % (panel // 2) == 0 \
+            and v.shape[1] % 4 == 0:
+        return f"{INT8_DOT}{panel // 2}"
     if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
                   or _tied_embedding(v)) and v.shape[0] % panel == 0:
         return f"{PANELS}{panel}"
@@ -699,6 +773,17 @@ def _panels(a: np.ndarray, panel: int) -> np.ndarray:
 PANELS = "panels"  # the layout "panels<P>": see _kernel_layout
 
 
+def int8_lanes(layout: str | None) -> int:
+    """L of an "int8dot<L>" layout, 0 for any other layout (or none)."""
+    return int(layout[len(INT8_DOT):]) if layout and layout.startswith(INT8_DOT) else 0
+
+
+def _int8_dot(a: np.ndarray, lanes: int) -> np.ndarray:
+    """[out, in] -> [out / L, in / 4, L, 4]."""
+    out, k = a.shape
+    return a.reshape(out // lanes, lanes, k // 4, 4).transpose(0, 2, 1, 3)
+
+
 def panel_width(layout: str | None) -> int:
     """P of a "panels<P>" layout, 0 for any other layout (or none)."""
     return int(layout[len(PANELS):]) if layout and layout.startswith(PANELS) else 0
@@ -708,6 +793,8 @@ def stored_layout(layout: str) -> Callable[[np.ndarray], np.ndarray]:
     """The function that puts a weight in `layout` (see _kernel_layout)."""
     if panel_width(layout):
         return functools.partial(_panels, panel=panel_width(layout))
+    if int8_lanes(layout):
+        return functools.partial(_int8_dot, lanes=int8_lanes(layout))
     return STORED_LAYOUT[layout]
 
 
@@ -771,6 +858,9 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
                                      panel=panel_width(stored[id(node.inputs[0])]))
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
+    elif node.op == "int8_linear":
+        lowering = functools.partial(_lower_int8_linear,
+                                     layouts=[stored.get(id(v)) for v in node.inputs])
     elif node.op in COMPRESSED_LINEAR:
         lowering = functools.partial(COMPRESSED_LINEAR[node.op],
                                      layouts=[stored.get(id(v)) for v in node.inputs])

@@ -45,8 +45,8 @@ def node_flops(node: Node) -> int:
     for d in out:
         size *= d
     match node.op:
-        case "linear":
-            return 2 * size * node.inputs[1].shape[1]
+        case "linear" | "int8_linear" | "sparse_linear" | "quant_linear":
+            return 2 * size * node.inputs[0].shape[-1]
         case "matmul":
             return 2 * size * node.inputs[0].shape[-1]
         case "conv":

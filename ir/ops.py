@@ -1017,6 +1017,54 @@ register("quant_linear", _quant_linear_infer, _quant_linear_ref,
          doc="linear with an int8 or packed int4 weight, dequantized per group in the kernel")
 
 
+# ---- W8A8 static: int8 weights and int8 activations, integer accumulation ----------------------
+#
+# The input is quantized per tensor with a scale and zero point fixed by calibration, the weight
+# per output channel (symmetric): xq = clip(round(x * (1 / x_scale)) + x_zero, 0, 255) (round
+# half to even), acc[n] = sum_k (xq[k] - x_zero) * q[n, k] in int32, y = acc * (x_scale *
+# w_scale[n]) + b. Kernels compute sum_k xq[k] * q[n, k] - x_zero * sum_k q[n, k], with the
+# correction precomputed per channel.
+
+
+def quantize_activation(x: np.ndarray, x_scale: float, x_zero: int) -> np.ndarray:
+    """x -> uint8 as the int8_linear kernels round it (half to even, saturating)."""
+    inv = np.float32(1.0) / np.float32(x_scale)
+    return np.clip(np.rint(x.astype(np.float32) * inv) + x_zero, 0, 255).astype(np.uint8)
+
+
+def int8_accumulate(xq: np.ndarray, x_zero: int, q: np.ndarray) -> np.ndarray:
+    """sum_k (xq[k] - x_zero) * q[n, k] in exact integer arithmetic, as int32."""
+    return ((xq.astype(np.int64) - x_zero) @ q.astype(np.int64).T).astype(np.int32)
+
+
+def _int8_linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, q, w_scale = types[:3]
+    k = x.shape[-1]
+    if q.dtype != "int8" or len(q.shape) != 2 or q.shape[1] != k:
+        raise IRError(f"int8_linear: weight must be int8[out, {k}], got {q}")
+    if w_scale.shape != (q.shape[0],) or w_scale.dtype != "float32" or x.dtype != "float32":
+        raise IRError(f"int8_linear: x {x} and w_scale {w_scale} must be float32, w_scale "
+                      f"[{q.shape[0]}]")
+    if not 0 <= int(attrs["x_zero"]) <= 255 or not float(attrs["x_scale"]) > 0:
+        raise IRError(f"int8_linear: x_scale {attrs['x_scale']} must be > 0 and x_zero "
+                      f"{attrs['x_zero']} in 0..255")
+    if len(types) == 4 and types[3].shape != (q.shape[0],):
+        raise IRError(f"int8_linear: bias {types[3]} does not match {q.shape[0]} outputs")
+    return [TensorType(x.shape[:-1] + (q.shape[0],), x.dtype)]
+
+
+def _int8_linear_ref(a: dict[str, Any], x, q, w_scale, b=None):
+    acc = int8_accumulate(quantize_activation(x, a["x_scale"], a["x_zero"]), a["x_zero"], q)
+    y = acc.astype(np.float32) * (np.float32(a["x_scale"]) * w_scale)
+    return apply_activation(a["activation"], y if b is None else y + b)
+
+
+register("int8_linear", _int8_linear_infer, _int8_linear_ref,
+         {"x_scale": REQUIRED, "x_zero": 0, "activation": "none"}, num_inputs=(3, 4),
+         doc="W8A8 linear: input quantized to uint8 per tensor (x_scale, x_zero), int8 weight "
+             "per output channel (w_scale), int32 accumulation")
+
+
 # ---- 2:4 structured sparse linear ------------------------------------------------------------
 #
 # In every group of 4 consecutive input channels of a weight row, 2 are zero (the pattern

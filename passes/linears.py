@@ -13,6 +13,8 @@ from ..ir import Graph, Node, interpret
 from .base import Calibration, PassReport
 from .rewrite import where
 
+NORMS = ("layer_norm", "rms_norm")
+
 
 def scope_patterns(spec: str) -> list[str]:
     """'*lm_head*+*.0.*' (or comma-separated) -> the fnmatch patterns."""
@@ -79,3 +81,27 @@ def replace_linear(graph: Graph, node: Node, op: str, weights: list[tuple[np.nda
     graph.replace_all_uses(node.output, new.output)
     unlink(graph, node)
     return new
+
+
+def divide_input(graph: Graph, nodes: list[Node], s: np.ndarray, tag: str) -> None:
+    """x / s for the linears `nodes` (which all read x; AWQ and SmoothQuant scale their weights
+    by s): folded into the affine of a layer norm that
+    feeds only them, else one multiply by 1/s before them (fused into x's producer)."""
+    x = nodes[0].inputs[0]
+    norm = x.producer
+    if norm is not None and norm.op in NORMS and len(norm.inputs) > 1 \
+            and all(v.is_const for v in norm.inputs[1:]) \
+            and {id(u) for u in x.users} == {id(n) for n in nodes} \
+            and not any(o is x for o in graph.outputs):
+        for i, v in enumerate(norm.inputs[1:], start=1):
+            scaled = graph.add_const((v.data / s).astype(v.dtype), f"{v.name}_{tag}")
+            v.users.remove(norm)
+            norm.inputs[i] = scaled
+            scaled.users.append(norm)
+        return
+    inv = graph.add_const((1.0 / s).astype(np.float32), f"{x.name}_{tag}_inv")
+    scaled = graph.add_node("mul", [x, inv], scope=nodes[0].scope, before=nodes[0]).output
+    for node in nodes:
+        node.inputs[0] = scaled
+        scaled.users.append(node)
+        x.users.remove(node)

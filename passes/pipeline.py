@@ -21,6 +21,7 @@ from . import (
     repvgg,
     sparse24,
     tome,
+    w8a8,
     weight_quant,
 )
 from .base import Calibration, Evaluation, PassReport, output_error
@@ -40,6 +41,7 @@ REGISTRY: dict[str, ModuleType] = {
     "sparse24": sparse24,
     "tome": tome,
     "weight_quant": weight_quant,
+    "w8a8": w8a8,
 }
 
 # names that stand for a sequence of passes, in the order their docstrings give

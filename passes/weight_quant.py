@@ -27,10 +27,16 @@ from ..errors import PassError
 from ..ir import Graph, Node
 from ..ir.ops import dequantize, pack_int4
 from .base import Calibration, PassReport, PassResult
-from .linears import calibration_inputs, const_linears, replace_linear, scope_patterns, sqnr_db
+from .linears import (
+    calibration_inputs,
+    const_linears,
+    divide_input,
+    replace_linear,
+    scope_patterns,
+    sqnr_db,
+)
 
 NAME = "weight_quant"
-NORMS = ("layer_norm", "rms_norm")
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
             layers[node.scope or node.name] = info
             quantized.append(_replace(out, node, qw, cfg.bits))
         if scales is not None:
-            _divide_input(out, quantized, scales[0])
+            divide_input(out, quantized, scales[0], "awq")
     out.remove_dead()
     report.matches = len(layers)
     report.effect = {"layers": layers, "weight_bytes_before": bytes_before,
@@ -148,26 +154,3 @@ def _awq_scales(nodes: list[Node], x: np.ndarray, cfg: Config
 def _replace(graph: Graph, node: Node, qw: Quantized, bits: int) -> Node:
     return replace_linear(graph, node, "quant_linear",
                           [(qw.q, "q"), (qw.scale, "scale"), (qw.zero, "zero")], {"bits": bits})
-
-
-def _divide_input(graph: Graph, nodes: list[Node], s: np.ndarray) -> None:
-    """x / s for the group's quantized layers: folded into the affine of a layer norm that
-    feeds only them, else one multiply by 1/s before them (fused into x's producer)."""
-    x = nodes[0].inputs[0]
-    norm = x.producer
-    if norm is not None and norm.op in NORMS and len(norm.inputs) > 1 \
-            and all(v.is_const for v in norm.inputs[1:]) \
-            and {id(u) for u in x.users} == {id(n) for n in nodes} \
-            and not any(o is x for o in graph.outputs):
-        for i, v in enumerate(norm.inputs[1:], start=1):
-            scaled = graph.add_const((v.data / s).astype(v.dtype), v.name + "_awq")
-            v.users.remove(norm)
-            norm.inputs[i] = scaled
-            scaled.users.append(norm)
-        return
-    inv = graph.add_const((1.0 / s).astype(np.float32), x.name + "_awq_inv")
-    scaled = graph.add_node("mul", [x, inv], scope=nodes[0].scope, before=nodes[0]).output
-    for node in nodes:
-        node.inputs[0] = scaled
-        scaled.users.append(node)
-        x.users.remove(node)

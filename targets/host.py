@@ -13,6 +13,7 @@ from tvm.target import codegen as llvm_info
 
 from ..codegen.build import build_relax, export_library, tune_cpu
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
+from ..codegen.int8_dot import best_intrinsic
 from ..codegen.relax_lower import LoweredModule
 from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from ..errors import HonerError
@@ -55,10 +56,15 @@ class HostTarget(CPUTarget):
         # float32 lanes from the CPU's features (LLVM's "vector width" reports 512 bits for
         # AVX2-only parts, which would make every vector two registers wide)
         target = tvm.target.Target(self.tvm_target())
+
+        def has(feature: str) -> bool:
+            return bool(llvm_info.llvm_cpu_has_features([feature], target))
+
+        int8_dot = best_intrinsic(has)
         for feature, lanes in (("avx512f", 16), ("avx2", 8), ("avx", 8), ("neon", 4)):
-            if llvm_info.llvm_cpu_has_features([feature], target):
-                return CPUScheduleConfig(lanes=lanes)
-        return CPUScheduleConfig(lanes=4)
+            if has(feature):
+                return CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
+        return CPUScheduleConfig(lanes=4, int8_dot=int8_dot)
 
     def tune(self, lowered: LoweredModule, cfg: TuneConfig,
              progress: Callable[[str], None]) -> dict[str, Any]:

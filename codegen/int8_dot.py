@@ -1,0 +1,161 @@
+"""The int8 dot-product instructions of CPUs as TIR tensor intrinsics, and the schedule rule that
+puts W8A8 matmuls (`int8_matmul` blocks, see relax_lower) on them.
+
+Each intrinsic computes C[0:L] += sum_{t<4} A[t] * B[0:L, t] for uint8 A (four consecutive
+inputs, broadcast to every lane) and int8 B (L output channels x four inputs, one register),
+accumulating in int32:
+- `vnni`: AVX-512 VNNI, one vpdpbusd (16 lanes): exact for any int8 weights (its operands
+  are byte vectors in the LLVM this TVM links, unlike TVM's own VNNI intrinsic, which passes
+  int32 vectors and fails LLVM's verifier);
+- `avx512` / `avx2`: vpmaddubsw (pairs of products summed in int16, saturating) then
+  vpmaddwd by ones (pairs of pairs to int32), 16 / 8 lanes: exact only when no pair can exceed
+  int16, which weights in [-63, 63] guarantee (2 * 255 * 63 < 32767; the W8A8 pass's
+  `reduce_range`), so the kernel name says whether the weights fit (`int8_matmul_w7`).
+The accumulator lives in a register tile ("local"), hence the local-scope C.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .tvmscript import shallow_stack
+
+INT8_ROWS = 4  # rows of the register tile; int8_linear pads its input rows to a multiple
+W7_KERNEL = "int8_matmul_w7"  # block name of an int8 matmul whose weights fit [-63, 63]
+KERNEL = "int8_matmul"
+
+# name -> (lanes, LLVM feature it needs, needs weights in [-63, 63])
+INTRINSICS = {"vnni": (16, "avx512vnni", False), "avx512": (16, "avx512bw", True),
+              "avx2": (8, "avx2", True)}
+
+
+def fits_int16_pairs(q: np.ndarray) -> bool:
+    return bool(np.abs(q.astype(np.int16)).max(initial=0) <= 63)
+
+
+def best_intrinsic(has_feature) -> str:
+    """The fastest int8 dot product the CPU has (`has_feature(name)` asks LLVM), or ""."""
+    for name, (_, feature, _) in INTRINSICS.items():
+        if has_feature(feature):
+            return name
+    return ""
+
+
+def _register() -> None:
+    from tvm.s_tir import TensorIntrin
+
+    for name, (lanes, _, _) in INTRINSICS.items():
+        intrin_name = f"honer_{name}_dot_{lanes}x4"
+        if TensorIntrin.get(intrin_name, allow_missing=True) is None:
+            with shallow_stack():
+                TensorIntrin.register(intrin_name, *_definitions(name, lanes))
+
+
+def _definitions(name: str, lanes: int):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            for i in T.serial(0, lanes):
+                for k in T.serial(0, 4):
+                    with T.sblock("update"):
+                        vi, vk = T.axis.remap("SR", [i, k])
+                        c[vi] = c[vi] + T.cast(a[vk], "int32") * T.cast(b[vi, vk], "int32")
+
+    width = lanes * 4  # bytes in one register
+    return desc, (_vnni if name == "vnni" else _maddubs)(lanes, width)
+
+
+def _vnni(lanes: int, width: int):
+    from tvm.script import tirx as T
+
+    @T.prim_func(s_tir=True)
+    def vnni(a: T.Buffer((4,), "uint8", offset_factor=1),
+             b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+             c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
+                c.vload([0], dtype="int32x16"),
+                T.reinterpret(T.broadcast(four, lanes), dtype="uint8x64"),
+                b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
+
+    return vnni
+
+
+def _maddubs(lanes: int, width: int):
+    from tvm.script import tirx as T
+
+    maddubs_name, maddwd_name = {
+        16: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512"),
+        8: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd")}[lanes]
+    bytes_dtype, pairs_dtype, acc_dtype = f"int8x{width}", f"int16x{lanes * 2}", f"int32x{lanes}"
+    ubytes_dtype = f"uint8x{width}"
+
+    @T.prim_func(s_tir=True)
+    def maddubs(a: T.Buffer((4,), "uint8", offset_factor=1),
+                b: T.Buffer((lanes, 4), "int8", offset_factor=1),
+                c: T.Buffer((lanes,), "int32", offset_factor=1, scope="local")) -> None:
+        with T.sblock("root"):
+            T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
+            T.writes(c[0:lanes])
+            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
+            pairs = T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(maddubs_name),
+                T.reinterpret(T.broadcast(four, lanes), dtype=ubytes_dtype),
+                b.vload([0, 0], dtype=bytes_dtype), dtype=pairs_dtype)
+            c[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
+                T.llvm_lookup_intrinsic_id(maddwd_name),
+                pairs, T.broadcast(T.int16(1), lanes * 2), dtype=acc_dtype)
+
+    return maddubs
+
+
+def intrinsic_for(block_name: str, available: str) -> tuple[str, int] | None:
+    """(registered intrinsic, lanes) for an int8 matmul block on this CPU, or None when the
+    CPU has none or its instruction could saturate on this block's weights."""
+    if not available or not block_name.startswith(KERNEL):
+        return None
+    lanes, _, needs_w7 = INTRINSICS[available]
+    if needs_w7 and not block_name.startswith(W7_KERNEL):
+        return None
+    _register()
+    return f"honer_{available}_dot_{lanes}x4", lanes
+
+
+def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int, inline_epilogue) -> set[str]:
+    """Register tile of INT8_ROWS rows x two vectors of output channels (one when the
+    channels are an odd number of vectors), the reduction in steps of four inputs, each step
+    one intrinsic per vector and row; output-channel panels outside the row tiles (a panel of
+    weights stays in cache while the rows stream by), tiles spread over the cores; the rescale
+    epilogue runs on the tile."""
+    m, n, k = sch.get_loops(block)
+    extent_n = int(sch.get(n).extent)
+    if int(sch.get(m).extent) % INT8_ROWS or extent_n % lanes or int(sch.get(k).extent) % 4:
+        raise ValueError(f"int8 matmul not padded for its tile: {sch.get(block)}")
+    vectors = 2 if extent_n % (2 * lanes) == 0 else 1
+    mo, mi = sch.split(m, [None, INT8_ROWS])
+    no, ni, nl = sch.split(n, [None, vectors, lanes])
+    ko, kl = sch.split(k, [None, 4])
+    sch.reorder(no, mo, ko, mi, ni, nl, kl)
+    acc = sch.cache_write(block, 0, "local")
+    inline_epilogue(sch, acc)
+    acc = sch.get_consumers(block)[0]
+    sch.reverse_compute_at(acc, mo)
+    sch.unroll(mi)
+    sch.unroll(ni)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.parallel(sch.fuse(no, mo))
+    init = sch.decompose_reduction(block, ko)
+    sch.vectorize(sch.get_loops(init)[-1])
+    names = {sch.get(b).name_hint for b in (block, init, acc)}
+    sch.tensorize(nl, intrinsic)  # replaces the block by its "_o" form
+    return names | {f"{sch.get(init).name_hint.removesuffix('_init')}_update_o"}

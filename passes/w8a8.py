@@ -1,0 +1,198 @@
+"""W8A8 static quantization of linear layers: int8 weights, int8 activations, int32 sums.
+
+Matches: `linear` nodes with a constant float32 weight whose input width is a multiple of 4
+(the int8 dot products read four inputs at a time), except those a `keep_float` scope pattern
+names. Each becomes an `int8_linear`: its input is quantized to uint8 with one scale and zero
+point per tensor fixed on the calibration data, its weight is int8 per output channel
+(symmetric), the products are summed in int32 and rescaled in the kernel's epilogue.
+
+- Activation ranges from the calibration data: `minmax` (the observed range), `percentile`
+  (the range between the `percentile`-th and the (100 - percentile)-th value: a few outliers
+  no longer stretch the step), or `mse` (the clipping of the observed range, searched on a grid,
+  that minimises the squared quantization error).
+- SmoothQuant difficulty migration (Xiao et al., ICML 2023), with `alpha` in [0, 1]: per input
+  channel s = max|x|^alpha / max|w|^(1 - alpha) over the linears that read x; weights become
+  w * s and the input x / s (folded into a preceding layer norm's affine, else one multiply),
+  so activation outliers move into the per-channel weight scales. Exact in float.
+- `reduce_range` (default on) keeps weights in [-63, 63]: x86 CPUs without VNNI sum pairs of
+  uint8 x int8 products in int16 (vpmaddubsw), and 2 * 255 * 63 cannot overflow it. Turn it off
+  for VNNI CPUs, GPUs and FPGAs, which accumulate in int32 directly.
+
+Which ops stay float, by rule (listed in the report): products of two activations (attention's
+q @ k and p @ v: no constant operand for a per-channel weight scale), normalizations, softmax
+and activation functions (nonlinear: their inputs need float range), linears named by
+`keep_float`, linears with an input width not a multiple of 4, and linears whose output SQNR
+on the calibration data falls below `min_sqnr_db` (the layer that would hurt).
+
+Approximate; needs calibration data. The report gives, per layer, the output SQNR on the
+calibration data and the activation scale and zero point. Belongs last among the graph passes.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from ..errors import PassError
+from ..ir import Graph, Node
+from ..ir.ops import int8_accumulate, quantize_activation
+from .base import Calibration, PassReport, PassResult
+from .linears import (
+    calibration_inputs,
+    const_linears,
+    divide_input,
+    replace_linear,
+    scope_patterns,
+    sqnr_db,
+)
+from .rewrite import where
+
+NAME = "w8a8"
+METHODS = ("minmax", "percentile", "mse")
+# ops that stay float by rule, with the reason the report gives
+FLOAT_BY_RULE = {
+    "matmul": "product of two activations (no constant weight for per-channel scales)",
+    "attention": "product of two activations (no constant weight for per-channel scales)",
+    "softmax": "nonlinear", "layer_norm": "nonlinear", "rms_norm": "nonlinear",
+    "gelu": "nonlinear", "silu": "nonlinear", "tanh": "nonlinear", "exp": "nonlinear",
+    "conv": "convolutions are quantized by weight_quant (int8 weight-only), not W8A8",
+}
+
+
+@dataclass(frozen=True)
+class Config:
+    calibrate: str = "percentile"  # activation range: minmax, percentile or mse
+    percentile: float = 99.99  # for calibrate=percentile
+    smooth: bool = True  # SmoothQuant difficulty migration
+    alpha: float = 0.5  # SmoothQuant migration strength, 0..1
+    reduce_range: bool = True  # weights in [-63, 63] (CPUs without VNNI, see above)
+    min_sqnr_db: float = 15.0  # layers with a lower output SQNR on the calibration data stay float
+    keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*classifier*"
+    max_tokens: int = 4096  # calibration rows used per layer
+
+
+def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
+    report = PassReport(NAME, asdict(cfg), exact=False)
+    _check(cfg, calib)
+    out = graph.copy()
+    groups = const_linears(out, scope_patterns(cfg.keep_float), "kept float (keep_float)",
+                           report, _unsuitable)
+    inputs = calibration_inputs(out, groups, calib, cfg.max_tokens)
+    layers: dict[str, dict] = {}
+    for source, nodes in groups.items():
+        layers.update(_quantize_group(out, nodes, inputs[source], cfg, report))
+    out.remove_dead()
+    report.matches = sum(1 for info in layers.values() if "x_scale" in info)
+    report.effect = {"layers": layers, "float_ops": _float_ops(out)}
+    return PassResult(out, report.matches > 0, report)
+
+
+def _check(cfg: Config, calib: Calibration | None) -> None:
+    if cfg.calibrate not in METHODS:
+        raise PassError(NAME, f"calibrate={cfg.calibrate!r}: use one of {list(METHODS)}")
+    if not 50.0 < cfg.percentile <= 100.0:
+        raise PassError(NAME, f"percentile={cfg.percentile}: use a value in (50, 100]")
+    if not 0.0 <= cfg.alpha <= 1.0:
+        raise PassError(NAME, f"alpha={cfg.alpha}: SmoothQuant's alpha lies in [0, 1]")
+    if calib is None or not calib.samples:
+        raise PassError(NAME, "static activation scales need calibration data: pass "
+                              "calibration samples (compile(..., calibration=[...]))")
+
+
+def _unsuitable(w: np.ndarray) -> str | None:
+    if w.shape[1] % 4:
+        return f"{w.shape[1]} input channels are not a multiple of 4; kept float"
+    return None
+
+
+def _quantize_group(graph: Graph, nodes: list[Node], x: np.ndarray, cfg: Config,
+                    report: PassReport) -> dict[str, dict]:
+    """Quantizes the linears that read one value (they share its smoothing and scale); when
+    every one of them stays float, the group is left as it was."""
+    weights = [n.inputs[1].data.astype(np.float32) for n in nodes]
+    s = _smoothing(x, weights, cfg.alpha) if cfg.smooth else None
+    xs = x if s is None else x / s
+    x_scale, x_zero = activation_range(xs, cfg)
+    xq = quantize_activation(xs, x_scale, x_zero)
+    plans = []
+    for node, w in zip(nodes, weights):
+        ws = w if s is None else w * s[None, :]
+        q, w_scale = quantize_weight(ws, 63 if cfg.reduce_range else 127)
+        approx = int8_accumulate(xq, x_zero, q) * (np.float32(x_scale) * w_scale)
+        plans.append((node, ws, q, w_scale, round(sqnr_db(x @ w.T, approx), 2)))
+    layers = {}
+    for node, _, _, _, sqnr in plans:
+        layers[node.scope or node.name] = {"sqnr_db": sqnr}
+        if sqnr < cfg.min_sqnr_db:
+            report.reject(where(node), f"output SQNR {sqnr} dB < min_sqnr_db="
+                                       f"{cfg.min_sqnr_db}; kept float")
+            layers[node.scope or node.name]["kept_float"] = True
+    if all(sqnr < cfg.min_sqnr_db for *_, sqnr in plans):
+        return layers
+    replaced = []
+    for node, ws, q, w_scale, sqnr in plans:
+        if sqnr < cfg.min_sqnr_db:  # float, but with the group's smoothed weight
+            replaced.append(node if s is None else
+                            replace_linear(graph, node, "linear", [(ws, "smooth")], {}))
+            continue
+        layers[node.scope or node.name].update(x_scale=float(x_scale), x_zero=int(x_zero))
+        replaced.append(replace_linear(graph, node, "int8_linear",
+                                       [(q, "q"), (w_scale, "w_scale")],
+                                       {"x_scale": float(x_scale), "x_zero": int(x_zero)}))
+    if s is not None:
+        divide_input(graph, replaced, s, "smooth")
+    return layers
+
+
+def _smoothing(x: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
+    """SmoothQuant's per-input-channel s = max|x|^alpha / max|w|^(1 - alpha)."""
+    x_max = np.maximum(np.abs(x).max(0), 1e-5)
+    w_max = np.maximum(np.max([np.abs(w).max(0) for w in weights], axis=0), 1e-5)
+    s = x_max ** alpha / w_max ** (1.0 - alpha)
+    return np.clip(s, 1e-4, 1e4).astype(np.float32)
+
+
+def activation_range(x: np.ndarray, cfg: Config) -> tuple[float, int]:
+    """(scale, zero point) of the uint8 grid for x, by the configured method."""
+    if cfg.calibrate == "percentile":
+        lo, hi = np.percentile(x, [100.0 - cfg.percentile, cfg.percentile])
+    else:
+        lo, hi = float(x.min()), float(x.max())
+    if cfg.calibrate == "mse":
+        lo, hi = _mse_clip(x, lo, hi)
+    return _grid(lo, hi)
+
+
+def _grid(lo: float, hi: float) -> tuple[float, int]:
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)  # zero must be exact on the grid
+    scale = max(hi - lo, 1e-8) / 255.0
+    return scale, int(np.clip(np.rint(-lo / scale), 0, 255))
+
+
+def _mse_clip(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The clipping ratio of [lo, hi] (searched from 0.3 to 1) with the least squared error."""
+    sample = x.reshape(-1)[:: max(1, x.size // 200_000)]
+    best, best_err = (lo, hi), np.inf
+    for ratio in np.linspace(0.3, 1.0, 36):
+        scale, zero = _grid(lo * ratio, hi * ratio)
+        back = (quantize_activation(sample, scale, zero).astype(np.float32) - zero) * scale
+        err = float(((back - sample) ** 2).sum())
+        if err < best_err:
+            best, best_err = (lo * ratio, hi * ratio), err
+    return best
+
+
+def quantize_weight(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric per output channel: (int8 q, float32 scale), w ~ q * scale[:, None]."""
+    scale = np.maximum(np.abs(w).max(1), 1e-12) / qmax
+    q = np.clip(np.rint(w / scale[:, None]), -qmax, qmax).astype(np.int8)
+    return q, scale.astype(np.float32)
+
+
+def _float_ops(graph: Graph) -> dict[str, dict]:
+    """Ops left in float with the rule that keeps them there."""
+    counts = Counter(n.op for n in graph.nodes if n.op in FLOAT_BY_RULE or n.op == "linear")
+    return {op: {"count": c, "why": FLOAT_BY_RULE.get(op, "see rejections")}
+            for op, c in sorted(counts.items())}

@@ -1,0 +1,175 @@
+"""W8A8 static quantization: the pass against a PyTorch fake-quantized reference written here,
+SmoothQuant on activation outliers, the compiled integer kernels against the interpreter (and
+the int8 dot-product instructions in their machine code), and the refusals."""
+
+import numpy as np
+import pytest
+import torch
+
+import honer
+from honer.errors import PassError
+from honer.frontend import capture
+from honer.ir import interpret
+from honer.passes import Calibration, run_pipeline
+from honer.tests.models.zoo import ZOO
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def _outlier_mlp(seed: int = 0):
+    """LayerNorm -> Linear -> GELU -> Linear whose normalized inputs have 8 channels 30x larger
+    than the rest: the activation outliers SmoothQuant migrates into the weights."""
+    torch.manual_seed(seed)
+    norm = torch.nn.LayerNorm(64)
+    with torch.no_grad():
+        norm.weight.copy_(torch.ones(64))
+        norm.weight[:8] = 30.0
+    return torch.nn.Sequential(norm, torch.nn.Linear(64, 128), torch.nn.GELU(),
+                               torch.nn.Linear(128, 32)).eval()
+
+
+def fake_w8a8(x: torch.Tensor, linear: torch.nn.Linear, x_scale: float, x_zero: int,
+              qmax: int) -> torch.Tensor:
+    """The W8A8 arithmetic written independently: uint8 input grid, int8 per-channel weight."""
+    xq = (torch.round(x * (1 / torch.tensor(x_scale))) + x_zero).clamp(0, 255) - x_zero
+    w = linear.weight
+    w_scale = w.abs().amax(1).clamp_min(1e-12) / qmax
+    wq = torch.round(w / w_scale[:, None]).clamp(-qmax, qmax)
+    return (xq @ wq.T) * (x_scale * w_scale) + linear.bias
+
+
+@pytest.mark.parametrize("qmax, spec", [(63, "w8a8:smooth=false,min_sqnr_db=0"),
+                                        (127, "w8a8:smooth=false,min_sqnr_db=0,"
+                                              "reduce_range=false,calibrate=minmax")])
+def test_matches_a_pytorch_fake_quantized_reference(qmax, spec):
+    model = _outlier_mlp()
+    x = torch.randn(2, 16, 64)
+    calib = Calibration([(torch.randn(2, 16, 64).numpy(),)])
+    out, [report] = run_pipeline(capture(model, (x,)), [spec], calib)
+    assert report.matches == 2 and [n.op for n in out.nodes].count("int8_linear") == 2
+    (first, info1), (second, info2) = zip(
+        [model[1], model[3]], [report.effect["layers"][k] for k in ("1", "3")])
+    with torch.no_grad():
+        h = torch.nn.functional.gelu(fake_w8a8(model[0](x), first, info1["x_scale"],
+                                               info1["x_zero"], qmax))
+        want = fake_w8a8(h, second, info2["x_scale"], info2["x_zero"], qmax).numpy()
+        full = model(x).numpy()
+    got = interpret(out, [x.numpy()])[0]
+    # same integer grid; float32 rounding of the rescale and of ties may differ by an LSB
+    assert _rel(got, want) <= 2e-3
+    assert 1e-3 < _rel(got, full) < 0.2
+
+
+def test_smoothquant_moves_the_outliers_into_the_weights():
+    from honer.passes.linears import sqnr_db
+
+    model = _outlier_mlp()
+    x = torch.randn(2, 16, 64)  # held out: not among the calibration samples
+    graph = capture(model, (x,))
+    # enough calibration data: smoothing equalizes the channels' ranges, so on a few samples
+    # every channel sits at the calibrated edge and new data clips more often
+    calib = Calibration([(torch.randn(2, 16, 64).numpy(),) for _ in range(16)])
+    with torch.no_grad():
+        want = model(x).numpy()
+    layer, held_out = {}, {}
+    for smooth in (False, True):
+        out, [report] = run_pipeline(graph, [f"w8a8:smooth={smooth},min_sqnr_db=0"], calib)
+        layer[smooth] = report.effect["layers"]["1"]["sqnr_db"]
+        held_out[smooth] = sqnr_db(want, interpret(out, [x.numpy()])[0])
+    assert layer[True] > layer[False] + 3.0
+    assert held_out[True] > held_out[False]
+    # the first linear's 1/s went into the LayerNorm's affine, the second needs a multiply
+    ops = [n.op for n in out.nodes]
+    assert ops.count("mul") == 1 and ops.index("layer_norm") < ops.index("int8_linear")
+    assert _rel(interpret(out, [x.numpy()])[0], want) < 0.06
+
+
+@pytest.mark.parametrize("method", ["minmax", "percentile", "mse"])
+def test_calibration_methods_report_each_layer(method):
+    model, inputs = ZOO["bert_minilm"](seq=16)
+    calib = Calibration([tuple(x.numpy() for x in inputs)])
+    out, [report] = run_pipeline(capture(model, inputs), [f"w8a8:calibrate={method}"], calib)
+    layers = report.effect["layers"]
+    assert report.matches == 36 and len(layers) == 36
+    assert all(info["sqnr_db"] > 20 for info in layers.values())
+    assert set(report.effect["float_ops"]) >= {"attention", "layer_norm", "gelu"}
+    with torch.no_grad():
+        want = model(*inputs).numpy()
+    assert _rel(interpret(out, [x.numpy() for x in inputs])[0], want) < 0.05
+
+
+def test_one_compiled_layer_is_the_interpreter_up_to_float_rounding():
+    torch.manual_seed(0)
+    model = torch.nn.Linear(64, 48).eval()
+    x = torch.randn(3, 7, 64)  # 21 rows: padded to the kernel's row tile
+    graph, _ = run_pipeline(capture(model, (x,)), ["w8a8:min_sqnr_db=0"],
+                            Calibration([(torch.randn(3, 7, 64).numpy(),)]))
+    compiled = honer.compile(graph, check=False)
+    # the same integer sums; only the rescale's float rounding differs
+    assert _rel(compiled(x.numpy()), interpret(graph, [x.numpy()])[0]) <= 1e-6
+
+
+def test_compiled_integer_kernels_agree_with_the_interpreter():
+    model, inputs = ZOO["bert_minilm"](seq=24)  # 24 rows: the kernel pads to its row tile
+    arrays = [x.numpy() for x in inputs]
+    graph, _ = run_pipeline(capture(model, inputs), ["w8a8"], Calibration([tuple(arrays)]))
+    compiled = honer.compile(graph, check=False)
+    # layer norms and softmax computed in another order can move an activation across a
+    # rounding boundary: one uint8 step, a few 1e-4 of the output scale per layer
+    assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= 5e-3
+    stored = {w["dtype"] for w in compiled.manifest["weights"]}
+    assert "int8" in stored
+    assert compiled.report["build"]["schedule"]["fallbacks"] == []
+
+
+def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str) -> str:
+    """Machine code of the first W8A8 matmul of a small model, built for `mcpu`."""
+    import tvm
+
+    from honer.codegen.build import _call_counts, _fused_module, _kernels
+    from honer.codegen.cpu_schedule import CPUScheduleConfig, schedule_module
+    from honer.codegen.relax_lower import lower
+
+    model = _outlier_mlp()
+    x = torch.randn(2, 16, 64)
+    graph, _ = run_pipeline(capture(model, (x,)), ["w8a8:min_sqnr_db=0,reduce_range=" +
+                                                   str(int8_dot != "vnni")],
+                            Calibration([(x.numpy(),)]))
+    target = {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
+    cfg = CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
+    mod = _fused_module(lower(graph, panel=2 * lanes), target, cfg)
+    assert _call_counts(mod)
+    name, func = next((n, f) for n, f in _kernels(mod).items() if "int8_matmul" in n)
+    scheduled = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", name)}),
+                                cfg)
+    return tvm.tirx.build(scheduled, target=tvm.target.Target(target)).inspect_source("asm")
+
+
+@pytest.mark.parametrize("mcpu, lanes, int8_dot, instruction", [
+    ("znver2", 8, "avx2", "vpmaddubsw"), ("skylake-avx512", 16, "avx512", "vpmaddubsw"),
+    ("icelake-server", 16, "vnni", "vpdpbusd")])
+def test_kernels_use_the_cpus_int8_dot_product(mcpu, lanes, int8_dot, instruction):
+    # built, not run: the machine code is what a CPU with these features would execute
+    asm = _int8_kernel_asm(mcpu, lanes, int8_dot)
+    assert instruction in asm
+
+
+def test_refusals_and_float_layers_are_reported():
+    model, inputs = ZOO["bert_minilm"](seq=16)
+    graph = capture(model, inputs)
+    calib = Calibration([tuple(x.numpy() for x in inputs)])
+    with pytest.raises(PassError, match="calibration data"):
+        run_pipeline(graph, ["w8a8"])
+    with pytest.raises(PassError, match="calibrate='max'"):
+        run_pipeline(graph, ["w8a8:calibrate=max"], calib)
+    with pytest.raises(PassError, match="alpha=1.5"):
+        run_pipeline(graph, ["w8a8:alpha=1.5"], calib)
+    _, [report] = run_pipeline(graph, ["w8a8:keep_float=*layer.0.*"], calib)
+    kept = [r for r in report.rejections if "keep_float" in r["reason"]]
+    assert report.matches == 30 and len(kept) == 6
+    # a demanding SQNR floor keeps the worst layers float, and says so
+    _, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=60"], calib)
+    assert report.matches == 0 and all("SQNR" in r["reason"] for r in report.rejections)
+    assert report.effect["float_ops"]["linear"]["count"] == 36
