@@ -647,7 +647,7 @@ def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
     from .int8_dot import INT8_ROWS, fits_int16_pairs
 
     xt = node.inputs[0].type
-    in_features, out = xt.shape[-1], node.output.shape[-1]
+    out = node.output.shape[-1]
     rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
     padded = -(-rows // INT8_ROWS) * INT8_ROWS
     q = node.inputs[1].data
