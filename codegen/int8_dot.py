@@ -20,7 +20,7 @@ import numpy as np
 
 from .tvmscript import shallow_stack
 
-INT8_ROWS = 4  # rows of the register tile; int8_linear pads its input rows to a multiple
+INT8_ROWS = 6  # rows of the register tile; int8_linear pads its input rows to a multiple
 W7_KERNEL = "int8_matmul_w7"  # block name of an int8 matmul whose weights fit [-63, 63]
 KERNEL = "int8_matmul"
 

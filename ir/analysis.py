@@ -49,7 +49,7 @@ def node_flops(node: Node) -> int:
             return 2 * size * node.inputs[0].shape[-1]
         case "matmul":
             return 2 * size * node.inputs[0].shape[-1]
-        case "conv":
+        case "conv" | "int8_conv":
             w = node.inputs[1].shape
             window = 1
             for d in w[1:]:

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..errors import ArtifactError, InputError
 from .artifact import WEIGHTS, read_manifest, read_weights
+from .cpu import check_cpu_features
 from .standalone import open_aot_exec, open_aot_shared
 
 
@@ -106,7 +107,11 @@ def load(path: str | Path, lazy: bool = False) -> LoadedModel:
                             f"{sorted(FORMS)}")
     weights = read_weights(listed_file(path, manifest, WEIGHTS), manifest["weights"]) \
         if manifest.get("weights") else []
-    return LoadedModel(path, manifest, lambda: opener(path, manifest, weights), lazy)
+    def open_checked() -> Any:
+        check_cpu_features(path, manifest)
+        return opener(path, manifest, weights)
+
+    return LoadedModel(path, manifest, open_checked, lazy)
 
 
 def _check_structure(path: Path, manifest: dict[str, Any]) -> None:

@@ -17,6 +17,7 @@ from ..codegen.int8_dot import best_intrinsic
 from ..codegen.relax_lower import LoweredModule
 from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from ..errors import HonerError
+from ..runtime.cpu import X86_FEATURES, cpu_flags
 from .base import BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone, schedule_report
 
@@ -31,22 +32,45 @@ class HostTarget(CPUTarget):
     tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),
              Tool("gcc", "install the system C compiler: apt-get install gcc"))
 
-    def __init__(self, form: str = "vm"):
+    def __init__(self, form: str = "vm", mcpu: str | None = None):
         if form not in FORMS:
             raise HonerError(f"target host: form={form!r}; choose one of {', '.join(FORMS)}")
         self.form = form
+        self.mcpu = mcpu  # another x86 CPU to build for (LLVM's name), e.g. icelake-server
+        if mcpu is not None:
+            self._check_mcpu(mcpu)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> HostTarget:
-        if set(options) - {"form"}:
-            raise HonerError(f"target host: unknown option(s) {sorted(set(options) - {'form'})}"
-                             "; it takes ['form']")
+        unknown = sorted(set(options) - {"form", "mcpu"})
+        if unknown:
+            raise HonerError(f"target host: unknown option(s) {unknown}; it takes ['form', "
+                             "'mcpu']")
         return cls(**options)
+
+    @staticmethod
+    def _check_mcpu(mcpu: str) -> None:
+        import tvm
+
+        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
+        if not llvm_info.llvm_cpu_has_features(["sse2"], target):
+            raise HonerError(f"target host: mcpu={mcpu!r} is not an x86-64 CPU LLVM knows "
+                             "(e.g. znver4, sapphirerapids, icelake-server, x86-64-v3)")
+
+    def cpu_features(self) -> list[str]:
+        """The vector features the kernels may use: a CPU without one cannot run them."""
+        import tvm
+
+        target = tvm.target.Target(self.tvm_target())
+        return [f for f in X86_FEATURES if llvm_info.llvm_cpu_has_features([f], target)]
+
+    def can_run_here(self) -> bool:
+        return not set(self.cpu_features()) - set(cpu_flags() or self.cpu_features())
 
     def tvm_target(self) -> dict[str, Any]:
         # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
         # num-cores: MetaSchedule sizes parallel loops by it (and refuses CPU targets without)
-        return {"kind": "llvm", "mcpu": llvm_info.llvm_get_system_cpu(),
+        return {"kind": "llvm", "mcpu": self.mcpu or llvm_info.llvm_get_system_cpu(),
                 "num-cores": len(os.sched_getaffinity(0))}
 
 
@@ -78,11 +102,14 @@ class HostTarget(CPUTarget):
         tuned = TunedKernels(TuningDatabase(tuning.database),
                              tvm.target.Target(self.tvm_target())) if tuning else None
         if self.form == "standalone":
-            return build_standalone(lowered, self.tvm_target(), self.schedule(), stats, tuned,
-                                    CToolchain("gcc", platform.machine(), ("-O2",)),
-                                    out_dir, workdir)
+            built = build_standalone(lowered, self.tvm_target(), self.schedule(), stats, tuned,
+                                     CToolchain("gcc", platform.machine(), ("-O2",)),
+                                     out_dir, workdir)
+            built.manifest["cpu_features"] = self.cpu_features()
+            return built
         executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats, tuned)
         export_library(executable, out_dir / LIBRARY, workdir)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
-                           manifest={"library": LIBRARY, "device": "cpu"},
+                           manifest={"library": LIBRARY, "device": "cpu",
+                                     "cpu_features": self.cpu_features()},
                            report={"schedule": schedule_report(self.schedule(), stats)})

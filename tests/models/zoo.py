@@ -56,13 +56,14 @@ def vit_deit_tiny(batch: int = 1) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
 
 
 @register("bert_minilm")
-def bert_minilm(batch: int = 1, seq: int = 128) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
+def bert_minilm(batch: int = 1, seq: int = 128, vocab: int = 30522
+                ) -> tuple[nn.Module, tuple[torch.Tensor, ...]]:
     """BERT with MiniLM-L6 dimensions: width 384, 6 layers, 12 heads; a padded attention mask."""
     from transformers import BertConfig, BertModel
 
     _seeded()
     cfg = BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
-                     intermediate_size=1536, vocab_size=30522, attn_implementation="sdpa")
+                     intermediate_size=1536, vocab_size=vocab, attn_implementation="sdpa")
     model = _FirstOutput(BertModel(cfg, add_pooling_layer=False).eval(), "last_hidden_state")
     ids = torch.randint(0, cfg.vocab_size, (batch, seq))
     mask = torch.ones(batch, seq, dtype=torch.int64)

@@ -1,0 +1,155 @@
+"""W8A8 against fp32 on a CPU with AVX-512 VNNI, from artifacts built here for that CPU.
+
+This machine's CPU has AVX2 only (no int8 dot product wider than vpmaddubsw, whose int8 rate
+matches its fp32 FMA rate), so the VNNI kernels are built here with `host:mcpu=...` in the
+standalone form (no TVM needed to run them) and timed on a machine that has VNNI (the GPU
+machine's host CPU), fp32 and W8A8 side by side with the same pinned cores.
+
+    python -m honer.benchmarks.cpu_int8_check build --out B [--mcpu icelake-server]
+        [--models vit bert]                       # here
+    python3 -m honer.benchmarks.cpu_int8_check run --bundle B --out R.json [--threads 2]
+                                                  # there: numpy and honer's runtime only
+
+Weights are stored once per model and scheme (batch 1 and 8 share them, same calibration),
+BERT with MiniLM dimensions has a 1024-token vocabulary in this check so a bundle fits the
+transfer to the GPU machine (the embedding gather's cost does not depend on the vocabulary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMES = {"fp32": [], "w8a8": ["w8a8:reduce_range=false"]}  # VNNI sums int32 directly
+
+
+def _model(key: str, batch: int):
+    from honer.tests.models.zoo import ZOO
+
+    if key == "bert":
+        return ZOO["bert_minilm"](batch=batch, vocab=1024)
+    return ZOO["vit_deit_tiny"](batch=batch)
+
+
+def build(out: Path, mcpu: str, models: list[str], batches: list[int]) -> None:
+    import torch
+
+    import honer
+
+    out.mkdir(parents=True, exist_ok=True)
+    for key in models:
+        # the same 16 calibration rows for every batch (so the batches' weights are equal),
+        # in samples of that batch
+        rows = [tuple(e.numpy() for e in _model(key, 1)[1]) for _ in range(16)]
+        for batch in batches:
+            calib = [tuple(np.concatenate(part) for part in zip(*rows[i:i + batch]))
+                     for i in range(0, len(rows), batch)]
+            model, examples = _model(key, batch)
+            arrays = [e.numpy() for e in examples]
+            with torch.no_grad():
+                np.save(out / f"{key}_b{batch}_eager.npy", model(*examples).numpy())
+            for i, a in enumerate(arrays):
+                np.save(out / f"{key}_b{batch}_in{i}.npy", a)
+            for scheme, passes in SCHEMES.items():
+                name = f"{key}_b{batch}_{scheme}"
+                compiled = honer.compile(model, examples,
+                                         target=f"host:form=standalone,mcpu={mcpu}",
+                                         passes=passes, calibration=calib if passes else None,
+                                         check=False)
+                compiled.save(out / name)
+                _share_weights(out, key, batch, batches[0], scheme)
+            print(f"built {key} batch {batch}", flush=True)
+
+
+def _share_weights(out: Path, key: str, batch: int, first: int, scheme: str) -> None:
+    """Keeps one weights.bin per model and scheme: later batches' are equal and removed."""
+    mine = out / f"{key}_b{batch}_{scheme}" / "weights.bin"
+    if batch == first:
+        return
+    shared = out / f"{key}_b{first}_{scheme}" / "weights.bin"
+    if mine.read_bytes() != shared.read_bytes():
+        raise SystemExit(f"{mine} differs from {shared}: the batches cannot share weights")
+    mine.unlink()
+
+
+def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
+    import honer
+    from honer.runtime.cpu import cpu_flags
+
+    os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
+    rows = []
+    for art in sorted(p for p in bundle.iterdir() if p.is_dir() and p.name.endswith("_fp32")):
+        stem = art.name[:-len("_fp32")]
+        key, batch = stem.rsplit("_b", 1)
+        inputs = [np.load(p) for p in sorted(bundle.glob(f"{stem}_in*.npy"))]
+        eager = np.load(bundle / f"{stem}_eager.npy")
+        row = {"model": key, "batch": int(batch)}
+        for scheme in SCHEMES:
+            path = bundle / f"{stem}_{scheme}"
+            _restore_weights(bundle, path, key, scheme)
+            model = honer.load(path)
+            got = model(*inputs)
+            got = got[0] if isinstance(got, list | tuple) else got
+            row[f"{scheme}_error"] = float(np.abs(got - eager).max() / np.abs(eager).max())
+            row[f"{scheme}_ms"] = _median_ms(lambda m=model: m(*inputs), runs)
+        row["w8a8_speedup"] = round(row["fp32_ms"] / row["w8a8_ms"], 3)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    payload = {"cpu": _cpu_name(), "cpu_features": cpu_flags(), "threads": threads,
+               "runs": runs, "rows": rows}
+    out.write_text(json.dumps(payload, indent=1) + "\n")
+
+
+def _restore_weights(bundle: Path, path: Path, key: str, scheme: str) -> None:
+    if not (path / "weights.bin").exists():
+        first = min(p for p in bundle.glob(f"{key}_b*_{scheme}") if (p / "weights.bin").exists())
+        shutil.copy(first / "weights.bin", path / "weights.bin")
+
+
+def _median_ms(fn, runs: int) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return round(statistics.median(times), 3)
+
+
+def _cpu_name() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.partition(":")[2].strip()
+    return "unknown"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("--out", type=Path, required=True)
+    b.add_argument("--mcpu", default="icelake-server")
+    b.add_argument("--models", nargs="*", default=["vit", "bert"])
+    b.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    r = sub.add_parser("run")
+    r.add_argument("--bundle", type=Path, required=True)
+    r.add_argument("--out", type=Path, required=True)
+    r.add_argument("--threads", type=int, default=2)
+    r.add_argument("--runs", type=int, default=30)
+    args = parser.parse_args()
+    if args.command == "build":
+        build(args.out, args.mcpu, args.models, args.batches)
+    else:
+        run(args.bundle, args.out, args.threads, args.runs)
+
+
+if __name__ == "__main__":
+    main()
