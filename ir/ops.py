@@ -1065,6 +1065,58 @@ register("int8_linear", _int8_linear_infer, _int8_linear_ref,
              "per output channel (w_scale), int32 accumulation")
 
 
+def _int8_conv_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    x, q, w_scale = types[:3]
+    if len(x.shape) != 4 or x.dtype != "float32":
+        raise IRError(f"int8_conv: input must be float32 [N, C, H, W], got {x}")
+    if q.dtype != "int8" or len(q.shape) != 4 or q.shape[1] != x.shape[1]:
+        raise IRError(f"int8_conv: weight must be int8[out, {x.shape[1]}, kh, kw] (ungrouped), "
+                      f"got {q}")
+    if w_scale.shape != (q.shape[0],) or w_scale.dtype != "float32":
+        raise IRError(f"int8_conv: w_scale {w_scale} must be float32[{q.shape[0]}]")
+    if not 0 <= int(attrs["x_zero"]) <= 255 or not float(attrs["x_scale"]) > 0:
+        raise IRError(f"int8_conv: x_scale {attrs['x_scale']} must be > 0 and x_zero "
+                      f"{attrs['x_zero']} in 0..255")
+    if len(types) == 4 and types[3].shape != (q.shape[0],):
+        raise IRError(f"int8_conv: bias {types[3]} does not match {q.shape[0]} outputs")
+    # the float conv's rules for windows, strides, padding and dilation
+    return _conv_infer([x, TensorType(q.shape, x.dtype)], {**attrs, "groups": 1})
+
+
+def int8_conv_accumulate(xq: np.ndarray, x_zero: int, q: np.ndarray, attrs: dict[str, Any]
+                         ) -> np.ndarray:
+    """sum over (c, i, j) of (xq - x_zero) * q for each output position, as int32 [N, O, oh,
+    ow]; padding holds the zero point (real 0.0), so it adds nothing. Summed in float64, which
+    is exact: every partial sum is an integer far below 2^53 (|sum| <= 255 * 127 * C * kh * kw),
+    and BLAS runs it in a fraction of an integer matmul's time."""
+    out_shape = _int8_conv_infer(
+        [TensorType(xq.shape, "float32"), TensorType(q.shape, "int8"),
+         TensorType(q.shape[:1], "float32")], {**attrs, "x_scale": 1.0, "x_zero": x_zero}
+    )[0].shape[2:]
+    shifted = _pad_spatial(xq.astype(np.float64) - x_zero, attrs["padding"])
+    win = _windows(shifted, q.shape[2:], attrs["strides"], attrs["dilation"], out_shape)
+    n, c = xq.shape[:2]
+    cols = win.transpose(0, 2, 3, 1, 4, 5).reshape(n * out_shape[0] * out_shape[1], -1)
+    acc = cols @ q.reshape(q.shape[0], -1).astype(np.float64).T  # [N * oh * ow, O]
+    acc = acc.astype(np.int64).astype(np.int32)  # wraps like int8_accumulate past int32
+    return np.ascontiguousarray(acc.reshape(n, *out_shape, -1).transpose(0, 3, 1, 2))
+
+
+def _int8_conv_ref(a: dict[str, Any], x, q, w_scale, b=None):
+    acc = int8_conv_accumulate(quantize_activation(x, a["x_scale"], a["x_zero"]), a["x_zero"],
+                               q, a)
+    y = acc.astype(np.float32) * (np.float32(a["x_scale"]) * w_scale)[None, :, None, None]
+    return apply_activation(a["activation"], y if b is None else y + b[None, :, None, None])
+
+
+register("int8_conv", _int8_conv_infer, _int8_conv_ref,
+         {"x_scale": REQUIRED, "x_zero": 0, "strides": REQUIRED, "padding": REQUIRED,
+          "dilation": REQUIRED, "activation": "none"}, num_inputs=(3, 4),
+         doc="W8A8 2-D conv (ungrouped): input quantized to uint8 per tensor (x_scale, x_zero; "
+             "padding is the zero point), int8 weight [out, in, kh, kw] per output channel "
+             "(w_scale), int32 accumulation, float rescale as int8_linear")
+
+
 # ---- 2:4 structured sparse linear ------------------------------------------------------------
 #
 # In every group of 4 consecutive input channels of a weight row, 2 are zero (the pattern

@@ -1,10 +1,18 @@
-"""W8A8 static quantization of linear layers: int8 weights, int8 activations, int32 sums.
+"""W8A8 static quantization of linear and conv layers: int8 weights, int8 activations, int32
+sums.
 
 Matches: `linear` nodes with a constant float32 weight whose input width is a multiple of 4
 (the int8 dot products read four inputs at a time), except those a `keep_float` scope pattern
 names. Each becomes an `int8_linear`: its input is quantized to uint8 with one scale and zero
 point per tensor fixed on the calibration data, its weight is int8 per output channel
 (symmetric), the products are summed in int32 and rescaled in the kernel's epilogue.
+
+Ungrouped 2-D `conv` nodes with a constant float32 weight (and no `keep_float` match) become
+`int8_conv` the same way: uint8 input per tensor (the padding holds the zero point, i.e. real
+0.0), int8 weight per output channel over its in x kh x kw window, int32 sums. Their ranges come
+from the same calibration methods; they are never smoothed (SmoothQuant is for linears only: a
+conv's per-input-channel 1/s would have to be folded into its producer, which this pass does
+not attempt).
 
 - Activation ranges from the calibration data: `minmax` (the observed range), `percentile`
   (the range between the `percentile`-th and the (100 - percentile)-th value: a few outliers
@@ -16,13 +24,15 @@ point per tensor fixed on the calibration data, its weight is int8 per output ch
   so activation outliers move into the per-channel weight scales. Exact in float.
 - `reduce_range` (default on) keeps weights in [-63, 63]: x86 CPUs without VNNI sum pairs of
   uint8 x int8 products in int16 (vpmaddubsw), and 2 * 255 * 63 cannot overflow it. Turn it off
-  for VNNI CPUs, GPUs and FPGAs, which accumulate in int32 directly.
+  for VNNI CPUs, GPUs and FPGAs, which accumulate in int32 directly. It applies to convs too (one
+  rule for every int8 weight; an int8 conv kernel on vpmaddubsw would need it).
 
 Which ops stay float, by rule (listed in the report): products of two activations (attention's
 q @ k and p @ v: no constant operand for a per-channel weight scale), normalizations, softmax
 and activation functions (nonlinear: their inputs need float range), linears named by
-`keep_float`, linears with an input width not a multiple of 4, and linears whose output SQNR
-on the calibration data falls below `min_sqnr_db` (the layer that would hurt).
+`keep_float`, linears with an input width not a multiple of 4, grouped, 1-D or 3-D convs, and
+linears and convs whose output SQNR on the calibration data falls below `min_sqnr_db` (the layer
+that would hurt).
 
 Approximate; needs calibration data. The report gives, per layer, the output SQNR on the
 calibration data and the activation scale and zero point. Belongs last among the graph passes.
@@ -30,14 +40,15 @@ calibration data and the activation scale and zero point. Belongs last among the
 
 from __future__ import annotations
 
+import fnmatch
 from collections import Counter
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from ..errors import PassError
-from ..ir import Graph, Node
-from ..ir.ops import int8_accumulate, quantize_activation
+from ..ir import Graph, Node, interpret
+from ..ir.ops import get_schema, int8_accumulate, quantize_activation
 from .base import Calibration, PassReport, PassResult
 from .linears import (
     calibration_inputs,
@@ -57,7 +68,6 @@ FLOAT_BY_RULE = {
     "attention": "product of two activations (no constant weight for per-channel scales)",
     "softmax": "nonlinear", "layer_norm": "nonlinear", "rms_norm": "nonlinear",
     "gelu": "nonlinear", "silu": "nonlinear", "tanh": "nonlinear", "exp": "nonlinear",
-    "conv": "convolutions are quantized by weight_quant (int8 weight-only), not W8A8",
 }
 
 
@@ -70,7 +80,7 @@ class Config:
     reduce_range: bool = True  # weights in [-63, 63] (CPUs without VNNI, see above)
     min_sqnr_db: float = 15.0  # layers with a lower output SQNR on the calibration data stay float
     keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*classifier*"
-    max_tokens: int = 4096  # calibration rows used per layer
+    max_tokens: int = 4096  # calibration rows (linears) or output positions (convs) per layer
 
 
 def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
@@ -79,10 +89,14 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
     out = graph.copy()
     groups = const_linears(out, scope_patterns(cfg.keep_float), "kept float (keep_float)",
                            report, _unsuitable)
+    convs = _const_convs(out, scope_patterns(cfg.keep_float), report)
     inputs = calibration_inputs(out, groups, calib, cfg.max_tokens)
+    conv_inputs = _conv_inputs(out, convs, calib)  # both on the float graph
     layers: dict[str, dict] = {}
     for source, nodes in groups.items():
         layers.update(_quantize_group(out, nodes, inputs[source], cfg, report))
+    for node in convs:
+        layers.update(_quantize_conv(out, node, conv_inputs[id(node)], cfg, report))
     out.remove_dead()
     report.matches = sum(1 for info in layers.values() if "x_scale" in info)
     report.effect = {"layers": layers, "float_ops": _float_ops(out)}
@@ -146,6 +160,70 @@ def _quantize_group(graph: Graph, nodes: list[Node], x: np.ndarray, cfg: Config,
     return layers
 
 
+def _const_convs(graph: Graph, keep: list[str], report: PassReport) -> list[Node]:
+    """Ungrouped 2-D convs with a float32 constant weight, minus those `keep` names; the other
+    convs are listed in the report with the reason."""
+    found = []
+    for node in graph.nodes:
+        if node.op != "conv":
+            continue
+        w = node.inputs[1]
+        reason = ("weight is not a float32 constant" if not w.is_const or w.dtype != "float32"
+                  else f"{len(w.shape) - 2}-D conv: only 2-D convs are quantized; kept float"
+                  if len(w.shape) != 4
+                  else f"groups={node.attrs['groups']}: only ungrouped convs; kept float"
+                  if node.attrs["groups"] != 1
+                  else "kept float (keep_float)" if any(fnmatch.fnmatch(node.scope, p)
+                                                        for p in keep)
+                  else None)
+        if reason:
+            report.reject(where(node), reason)
+        else:
+            found.append(node)
+    return found
+
+
+def _conv_inputs(graph: Graph, convs: list[Node], calib: Calibration
+                 ) -> dict[int, np.ndarray]:
+    """Each conv's input on every calibration sample, concatenated on the batch axis."""
+    names = {node.inputs[0].name for node in convs}
+    seen: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    for sample in calib.samples if convs else []:
+        _, captured = interpret(graph, list(sample), capture=sorted(names))
+        for name in names:
+            seen[name].append(captured[name].astype(np.float32))
+    return {id(node): np.concatenate(seen[node.inputs[0].name]) for node in convs}
+
+
+def _quantize_conv(graph: Graph, node: Node, x: np.ndarray, cfg: Config,
+                   report: PassReport) -> dict[str, dict]:
+    """One conv -> int8_conv, unless its output SQNR on (part of) the calibration data falls
+    below the floor. The range uses every calibration value (at most ~2M, evenly spread); the
+    SQNR the first images covering `max_tokens` output positions (at least one)."""
+    w = node.inputs[1].data.astype(np.float32)
+    flat = x.reshape(-1)
+    x_scale, x_zero = activation_range(flat[:: max(1, flat.size // (1 << 21))], cfg)
+    q, w_scale = quantize_weight(w.reshape(len(w), -1), 63 if cfg.reduce_range else 127)
+    q = q.reshape(w.shape)
+    attrs = {key: node.attrs[key] for key in ("strides", "padding", "dilation")}
+    positions = int(np.prod(node.output.shape[2:]))
+    sample = x[: max(1, cfg.max_tokens // positions)]
+    want = get_schema("conv").reference({**attrs, "groups": 1, "activation": "none"}, sample, w)
+    got = get_schema("int8_conv").reference(
+        {**attrs, "x_scale": x_scale, "x_zero": x_zero, "activation": "none"}, sample, q,
+        w_scale)
+    key = node.scope or node.name
+    info: dict = {"sqnr_db": round(sqnr_db(want, got), 2)}
+    if info["sqnr_db"] < cfg.min_sqnr_db:
+        report.reject(where(node), f"output SQNR {info['sqnr_db']} dB < min_sqnr_db="
+                                   f"{cfg.min_sqnr_db}; kept float")
+        return {key: {**info, "kept_float": True}}
+    info.update(x_scale=float(x_scale), x_zero=int(x_zero))
+    replace_linear(graph, node, "int8_conv", [(q, "q"), (w_scale, "w_scale")],
+                   {**attrs, "x_scale": float(x_scale), "x_zero": int(x_zero)})
+    return {key: info}
+
+
 def _smoothing(x: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:
     """SmoothQuant's per-input-channel s = max|x|^alpha / max|w|^(1 - alpha)."""
     x_max = np.maximum(np.abs(x).max(0), 1e-5)
@@ -193,6 +271,7 @@ def quantize_weight(w: np.ndarray, qmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _float_ops(graph: Graph) -> dict[str, dict]:
     """Ops left in float with the rule that keeps them there."""
-    counts = Counter(n.op for n in graph.nodes if n.op in FLOAT_BY_RULE or n.op == "linear")
+    counts = Counter(n.op for n in graph.nodes
+                     if n.op in FLOAT_BY_RULE or n.op in ("linear", "conv"))
     return {op: {"count": c, "why": FLOAT_BY_RULE.get(op, "see rejections")}
             for op, c in sorted(counts.items())}

@@ -2,6 +2,8 @@
 SmoothQuant on activation outliers, the compiled integer kernels against the interpreter (and
 the int8 dot-product instructions in their machine code), and the refusals."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -173,3 +175,99 @@ def test_refusals_and_float_layers_are_reported():
     _, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=60"], calib)
     assert report.matches == 0 and all("SQNR" in r["reason"] for r in report.rejections)
     assert report.effect["float_ops"]["linear"]["count"] == 36
+
+
+# ---- convolutions -----------------------------------------------------------------------------
+
+def test_int8_conv_reference_is_an_exact_integer_conv():
+    """The op's reference against the same arithmetic written with torch: uint8 codes, padding
+    with the zero point, an integer conv (float64 holds these sums exactly), the rescale."""
+    from honer.ir.ops import get_schema
+
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32) * 2
+    q = rng.integers(-127, 128, (5, 3, 3, 2)).astype(np.int8)
+    w_scale = (rng.random(5) * 0.01 + 1e-3).astype(np.float32)
+    b = rng.standard_normal(5).astype(np.float32)
+    x_scale, zero = 0.02, 120
+    attrs = get_schema("int8_conv").normalize_attrs(dict(
+        x_scale=x_scale, x_zero=zero, strides=(2, 1), padding=(1, 2, 0, 1), dilation=(1, 2)))
+    got = get_schema("int8_conv").reference(attrs, x, q, w_scale, b)
+    xq = (torch.round(torch.from_numpy(x) * (1 / torch.tensor(x_scale))) + zero).clamp(0, 255)
+    xp = torch.nn.functional.pad(xq.double(), (2, 1, 1, 0), value=zero) - zero
+    acc = torch.nn.functional.conv2d(xp, torch.from_numpy(q).double(), stride=(2, 1),
+                                     dilation=(1, 2))
+    want = (acc.float() * (torch.tensor(x_scale) * torch.from_numpy(w_scale))[:, None, None]
+            + torch.from_numpy(b)[:, None, None]).numpy()
+    np.testing.assert_array_equal(got, want)
+
+
+class _ConvNet(torch.nn.Module):
+    """A plain conv, a grouped one, a 1-D one and a head: what W8A8 takes and leaves."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.grouped = torch.nn.Conv2d(8, 8, 3, padding=1, groups=2)
+        self.body = torch.nn.Conv2d(8, 16, 3, stride=2, padding=1)
+        self.line = torch.nn.Conv1d(16, 16, 3, padding=1)
+        self.head = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.body(torch.relu(self.grouped(torch.relu(self.stem(x))))))
+        return self.head(torch.relu(self.line(x.flatten(2))).mean(-1))
+
+
+def _conv_graph_and_calibration(seed: int = 0):
+    torch.manual_seed(seed)
+    model = _ConvNet().eval()
+    rng = np.random.default_rng(seed)
+    calib = Calibration([(rng.standard_normal((2, 3, 12, 12)).astype(np.float32),)
+                         for _ in range(4)])
+    return model, capture(model, (torch.randn(2, 3, 12, 12),)), calib
+
+
+def test_ungrouped_2d_convs_become_int8_conv():
+    model, graph, calib = _conv_graph_and_calibration()
+    out, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=0"], calib)
+    ops = [n.op for n in out.nodes]
+    assert ops.count("int8_conv") == 2 and ops.count("conv") == 2  # grouped and 1-D stay
+    text = out.dump()
+    assert re.search(r"= int8_conv\(%\w+, %p_stem_weight_q, %p_stem_weight_w_scale, "
+                     r"%p_stem_bias\) \{x_scale=[\d.e-]+, x_zero=\d+, strides=\[1,1\], "
+                     r"padding=\[1,1,1,1\], dilation=\[1,1\]\}  # stem", text), text
+    reasons = {r["where"].split("(")[-1].rstrip(")"): r["reason"] for r in report.rejections}
+    assert "groups=2" in reasons["grouped"] and "1-D conv" in reasons["line"]
+    layers = report.effect["layers"]
+    assert report.matches == 3 and {"stem", "body", "head"} <= set(layers)
+    assert all(layers[k]["sqnr_db"] > 30 for k in ("stem", "body"))
+    assert report.effect["float_ops"]["conv"]["count"] == 2
+    assert all(0 <= layers[k]["x_zero"] <= 255 for k in ("stem", "body"))
+    # unsmoothed: no multiply before a conv
+    assert not any(n.op == "mul" and any(u.op == "int8_conv" for u in n.output.users)
+                   for n in out.nodes)
+    x = torch.randn(2, 3, 12, 12)
+    with torch.no_grad():
+        want = model(x).numpy()
+    assert _rel(interpret(out, [x.numpy()])[0], want) < 0.05  # W8A8 error, stated here
+
+
+def test_conv_rules_keep_float_and_sqnr_floor():
+    _, graph, calib = _conv_graph_and_calibration()
+    _, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=0,keep_float=stem"], calib)
+    assert any(r["where"].endswith("(stem)") and "keep_float" in r["reason"]
+               for r in report.rejections)
+    out, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=80"], calib)
+    assert report.matches == 0 and not any(n.op.startswith("int8") for n in out.nodes)
+    floor = [r for r in report.rejections if "SQNR" in r["reason"]]
+    assert {r["where"].split("(")[-1] for r in floor} >= {"stem)", "body)", "head)"}
+    assert report.effect["layers"]["stem"]["kept_float"]
+
+
+def test_compiled_int8_conv_is_the_interpreter_up_to_float_rounding():
+    _, graph, calib = _conv_graph_and_calibration()
+    out, _ = run_pipeline(graph, ["w8a8:min_sqnr_db=0"], calib)
+    x = np.random.default_rng(7).standard_normal((2, 3, 12, 12)).astype(np.float32)
+    compiled = honer.compile(out, check=False)
+    # the same integer sums; only the rescale's float rounding (and the float convs) differ
+    assert _rel(compiled(x), interpret(out, [x])[0]) <= 1e-6
