@@ -669,6 +669,50 @@ def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
     return _epilogue(bb, node, y)
 
 
+def _int8_conv2d(xq, q, scale, bias, attrs: dict[str, Any], zero: int, out_shape):
+    """int32 sums of (xq - zero) * q over each window (a tap in the padding adds nothing: the
+    reference pads with the zero point), then acc * scale[o] + bias[o] in float."""
+    from tvm import te, tirx
+
+    _, c, h, w = (int(d) for d in xq.shape)
+    kh, kw = (int(d) for d in q.shape[2:])
+    (sh, sw), (dh, dw), (ph, pw) = attrs["strides"], attrs["dilation"], attrs["padding"][:2]
+    rc = te.reduce_axis((0, c), name="rc")
+    ri = te.reduce_axis((0, kh), name="ri")
+    rj = te.reduce_axis((0, kw), name="rj")
+
+    def tap(n, o, i, j):
+        y, x = i * sh - ph + ri * dh, j * sw - pw + rj * dw
+        inside = tirx.all(y >= 0, y < h, x >= 0, x < w)
+        code = tirx.if_then_else(inside, xq[n, rc, y, x].astype("int32") - zero, 0)
+        return code * q[o, rc, ri, rj].astype("int32")
+
+    acc = te.compute(out_shape, lambda n, o, i, j: te.sum(tap(n, o, i, j), axis=[rc, ri, rj]),
+                     name="int8_conv2d")
+    return te.compute(out_shape, lambda n, o, i, j: acc[n, o, i, j].astype("float32")
+                      * scale[o] + bias[o], name="int8_rescale")
+
+
+def _lower_int8_conv(bb, node, args):
+    """int8_conv as a generic TE compute (no int8 dot-product schedule yet: correctness first):
+    the input quantized by int8_linear's quantizer (its rows are the N*C*H rows of W), an
+    int32 window sum and the float rescale in the order of the IR's reference."""
+    xt = node.inputs[0].type
+    x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
+    scale = (x_scale * node.inputs[2].data).astype(np.float32)
+    out = node.output.shape[1]
+    bias = node.inputs[3].data if len(node.inputs) > 3 else np.zeros(out, np.float32)
+    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    xq = bb.emit_te(_quantize_rows, _as_rows(bb, args[0], xt.shape),
+                    float(np.float32(1.0) / x_scale), x_zero, rows,
+                    primfunc_name_hint="quantize_u8")
+    xq = bb.emit(R.reshape(xq, list(xt.shape)))
+    y = bb.emit_te(_int8_conv2d, xq, args[1], _const(scale, "float32"),
+                   _const(bias, "float32"), dict(node.attrs), x_zero, node.output.shape,
+                   primfunc_name_hint="int8_conv2d")
+    return _epilogue(bb, node, y)
+
+
 LOWERINGS: dict[str, Lowering] = {
     "cast": _lower_cast, "where": _lower_where, "argmax": _lower_arg, "argmin": _lower_arg,
     "softmax": _lower_softmax, "log_softmax": _lower_softmax, "cumsum": _lower_cumsum,
@@ -684,6 +728,7 @@ LOWERINGS: dict[str, Lowering] = {
     "quant_linear": functools.partial(_lower_quant_linear, layouts=[None] * 5),
     "sparse_linear": functools.partial(_lower_sparse_linear, layouts=[None] * 5),
     "int8_linear": functools.partial(_lower_int8_linear, layouts=[None] * 4),
+    "int8_conv": _lower_int8_conv,
 }
 COMPRESSED_LINEAR = {"quant_linear": _lower_quant_linear,
                      "sparse_linear": _lower_sparse_linear}
