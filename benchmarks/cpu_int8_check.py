@@ -10,7 +10,8 @@ machine's host CPU), fp32 and W8A8 side by side with the same pinned cores.
     python3 -m honer.benchmarks.cpu_int8_check run --bundle B --out R.json [--threads 2]
                                                   # there: numpy and honer's runtime only
 
-Weights are stored once per model and scheme (batch 1 and 8 share them, same calibration),
+Weights are stored once per model and scheme, deflated (batch 1 and 8 share them: same
+calibration rows),
 BERT with MiniLM dimensions has a 1024-token vocabulary in this check so a bundle fits the
 transfer to the GPU machine (the embedding gather's cost does not depend on the vocabulary).
 """
@@ -20,9 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -69,12 +70,13 @@ def build(out: Path, mcpu: str, models: list[str], batches: list[int]) -> None:
 
 
 def _share_weights(out: Path, key: str, batch: int, first: int, scheme: str) -> None:
-    """Keeps one weights.bin per model and scheme: later batches' are equal and removed."""
+    """Keeps one weights.bin per model and scheme, deflated (the transfer's size limit): later
+    batches' are equal and removed."""
     mine = out / f"{key}_b{batch}_{scheme}" / "weights.bin"
-    if batch == first:
-        return
     shared = out / f"{key}_b{first}_{scheme}" / "weights.bin"
-    if mine.read_bytes() != shared.read_bytes():
+    if batch == first:
+        shared.with_suffix(".bin.z").write_bytes(zlib.compress(shared.read_bytes(), 6))
+    elif mine.read_bytes() != zlib.decompress(shared.with_suffix(".bin.z").read_bytes()):
         raise SystemExit(f"{mine} differs from {shared}: the batches cannot share weights")
     mine.unlink()
 
@@ -98,7 +100,8 @@ def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
             got = model(*inputs)
             got = got[0] if isinstance(got, list | tuple) else got
             row[f"{scheme}_error"] = float(np.abs(got - eager).max() / np.abs(eager).max())
-            row[f"{scheme}_ms"] = _median_ms(lambda m=model: m(*inputs), runs)
+            row[f"{scheme}_ms"] = _median_ms(lambda m=model, x=inputs: m(*x), runs)
+            row[f"{scheme}_kernels"] = _kernel_profile(model, inputs)
         row["w8a8_speedup"] = round(row["fp32_ms"] / row["w8a8_ms"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
@@ -109,8 +112,16 @@ def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
 
 def _restore_weights(bundle: Path, path: Path, key: str, scheme: str) -> None:
     if not (path / "weights.bin").exists():
-        first = min(p for p in bundle.glob(f"{key}_b*_{scheme}") if (p / "weights.bin").exists())
-        shutil.copy(first / "weights.bin", path / "weights.bin")
+        packed = next(bundle.glob(f"{key}_b*_{scheme}/weights.bin.z"))
+        (path / "weights.bin").write_bytes(zlib.decompress(packed.read_bytes()))
+
+
+def _kernel_profile(model, inputs: list[np.ndarray], top: int = 12) -> list:
+    """The kernels taking the most time per run (ms, summed over their calls)."""
+    total: dict[str, float] = {}
+    for name, ms in model.compiled.profile(inputs, runs=5):
+        total[name] = total.get(name, 0.0) + ms
+    return sorted(([k, round(v, 3)] for k, v in total.items()), key=lambda kv: -kv[1])[:top]
 
 
 def _median_ms(fn, runs: int) -> float:

@@ -20,13 +20,21 @@ import numpy as np
 
 from .tvmscript import shallow_stack
 
-INT8_ROWS = 6  # rows of the register tile; int8_linear pads its input rows to a multiple
+# rows of the register tile, the first that divides the matmul's rows (int8_linear pads its
+# input rows to a multiple of the first when none does)
+ROW_TILES = (6, 4)
 W7_KERNEL = "int8_matmul_w7"  # block name of an int8 matmul whose weights fit [-63, 63]
 KERNEL = "int8_matmul"
 
 # name -> (lanes, LLVM feature it needs, needs weights in [-63, 63])
 INTRINSICS = {"vnni": (16, "avx512vnni", False), "avx512": (16, "avx512bw", True),
               "avx2": (8, "avx2", True)}
+
+
+def padded_rows(rows: int) -> int:
+    if any(rows % r == 0 for r in ROW_TILES):
+        return rows
+    return -(-rows // ROW_TILES[0]) * ROW_TILES[0]
 
 
 def fits_int16_pairs(q: np.ndarray) -> bool:
@@ -132,17 +140,18 @@ def intrinsic_for(block_name: str, available: str) -> tuple[str, int] | None:
 
 
 def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int, inline_epilogue) -> set[str]:
-    """Register tile of INT8_ROWS rows x two vectors of output channels (one when the
+    """Register tile of 6 or 4 rows (ROW_TILES) x two vectors of output channels (one when the
     channels are an odd number of vectors), the reduction in steps of four inputs, each step
     one intrinsic per vector and row; output-channel panels outside the row tiles (a panel of
     weights stays in cache while the rows stream by), tiles spread over the cores; the rescale
     epilogue runs on the tile."""
     m, n, k = sch.get_loops(block)
-    extent_n = int(sch.get(n).extent)
-    if int(sch.get(m).extent) % INT8_ROWS or extent_n % lanes or int(sch.get(k).extent) % 4:
+    extent_m, extent_n = int(sch.get(m).extent), int(sch.get(n).extent)
+    rows = next((r for r in ROW_TILES if extent_m % r == 0), 0)
+    if not rows or extent_n % lanes or int(sch.get(k).extent) % 4:
         raise ValueError(f"int8 matmul not padded for its tile: {sch.get(block)}")
     vectors = 2 if extent_n % (2 * lanes) == 0 else 1
-    mo, mi = sch.split(m, [None, INT8_ROWS])
+    mo, mi = sch.split(m, [None, rows])
     no, ni, nl = sch.split(n, [None, vectors, lanes])
     ko, kl = sch.split(k, [None, 4])
     sch.reorder(no, mo, ko, mi, ni, nl, kl)

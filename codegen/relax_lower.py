@@ -601,8 +601,8 @@ def _lower_sparse_linear(bb, node, args, layouts: list[str | None]):
 
 # ---- W8A8: uint8 activations x int8 weights, int32 sums ----------------------------------------
 #
-# int8_linear quantizes its input rows to uint8 (rows padded to a multiple of INT8_ROWS with the
-# zero point, so the register tile never needs a remainder loop), sums the products in int32 and
+# int8_linear quantizes its input rows to uint8 (rows padded to the register tile's height with
+# the zero point, so the tile never needs a remainder loop), sums the products in int32 and
 # rescales in the same kernel: y = float(sum_k xq * q) * (x_scale * w_scale) + (b - x_zero *
 # colsum(q) * x_scale * w_scale), the zero-point correction folded into a per-channel offset.
 # On CPUs the weight is stored "int8dot<L>": [out / L, in / 4, L, 4], so one vector register
@@ -617,6 +617,8 @@ def _int8_weight(q, n, k, lanes: int):
 
 
 def _int8_matmul(xq, q, scale, offset, rows: int, out: int, lanes: int, name: str):
+    """int32 sums over the padded rows, rescaled on the same domain (so the CPU rule runs the
+    rescale on the register tile), then the real rows."""
     from tvm import te
 
     in_features = xq.shape[1]
@@ -624,8 +626,11 @@ def _int8_matmul(xq, q, scale, offset, rows: int, out: int, lanes: int, name: st
     acc = te.compute((xq.shape[0], out), lambda m, n: te.sum(
         xq[m, k].astype("int32") * _int8_weight(q, n, k, lanes).astype("int32"), axis=k),
         name=name)
-    return te.compute((rows, out), lambda m, n: acc[m, n].astype("float32") * scale[n]
-                      + offset[n], name="int8_rescale")
+    y = te.compute(acc.shape, lambda m, n: acc[m, n].astype("float32") * scale[n] + offset[n],
+                   name="int8_rescale")
+    if int(xq.shape[0]) == rows:
+        return y
+    return te.compute((rows, out), lambda m, n: y[m, n], name="int8_rows")
 
 
 def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
@@ -644,12 +649,12 @@ def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
 
 
 def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
-    from .int8_dot import INT8_ROWS, fits_int16_pairs
+    from .int8_dot import fits_int16_pairs, padded_rows
 
     xt = node.inputs[0].type
     out = node.output.shape[-1]
     rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
-    padded = -(-rows // INT8_ROWS) * INT8_ROWS
+    padded = padded_rows(rows)
     q = node.inputs[1].data
     x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
     scale = (x_scale * node.inputs[2].data).astype(np.float32)

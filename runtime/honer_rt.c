@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #ifdef HONER_SINGLE_THREAD /* no threads (wasm32 without the threads proposal) */
 #define LOCK(m) ((void)(m))
@@ -436,9 +437,24 @@ static int place_tensors(const honer_model_t* m, void* const* inputs, void* cons
   return 0;
 }
 
+static uint64_t* profile_ns; /* honer_profile's counters, one per call, or NULL */
+
+HONER_API void honer_profile(uint64_t* ns_per_call) { profile_ns = ns_per_call; }
+
+HONER_API const char* honer_call_name(const honer_model_t* m, int32_t c) {
+  return c >= 0 && c < m->num_calls ? m->calls[c].name : NULL;
+}
+
+static uint64_t now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (uint64_t)t.tv_sec * 1000000000u + (uint64_t)t.tv_nsec;
+}
+
 static int run_calls(const honer_model_t* m) {
   honer_any_t args[MAX_ARGS];
   for (int32_t c = 0; c < m->num_calls; ++c) {
+    uint64_t start = profile_ns ? now_ns() : 0;
     const honer_call_t* call = &m->calls[c];
     if (call->num_args > MAX_ARGS) {
       set_error("kernel %s takes %d arguments (at most %d)", call->name, call->num_args,
@@ -457,6 +473,7 @@ static int run_calls(const honer_model_t* m) {
       set_error("kernel %s failed: %s", call->name, why);
       return -1;
     }
+    if (profile_ns) profile_ns[c] += now_ns() - start;
   }
   return 0;
 }

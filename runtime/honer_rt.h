@@ -62,6 +62,10 @@ typedef struct {
 int honer_rt_execute(const honer_model_t* model, void* const* inputs, void* const* outputs,
                      const void* weights, void* arena);
 HONER_API const char* honer_last_error(void);
+/* With a buffer of one counter per call, later runs add each kernel call's wall time (ns) to
+   its counter; NULL stops it. Kernel `c`'s name: honer_call_name(model, c). */
+HONER_API void honer_profile(uint64_t* ns_per_call);
+HONER_API const char* honer_call_name(const honer_model_t* model, int32_t c);
 /* Threads used by parallel kernels (the caller included); <= 0 means one per available core. */
 HONER_API int honer_set_num_threads(int n);
 HONER_API int honer_num_threads(void);

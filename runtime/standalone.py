@@ -103,6 +103,23 @@ class SharedLibRunner:
             raise ArtifactError(f"{library}: the library's inputs, outputs or memory plan do "
                                 "not match the manifest (or weights.bin is too short)")
 
+    def profile(self, inputs: list[np.ndarray], runs: int = 10) -> list[tuple[str, float]]:
+        """Milliseconds per run spent in each kernel call, in call order: (kernel, ms)."""
+        model = self.lib.honer_model()
+        calls = model.contents.num_calls
+        self.lib.honer_call_name.restype = ctypes.c_char_p
+        self.lib.honer_call_name.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        counters = np.zeros(calls, np.uint64)
+        self.lib.honer_profile(counters.ctypes.data_as(ctypes.c_void_p))
+        try:
+            for _ in range(runs):
+                self(inputs)
+        finally:
+            self.lib.honer_profile(None)
+        handle = ctypes.cast(model, ctypes.c_void_p)
+        return [(self.lib.honer_call_name(handle, c).decode(), counters[c] / runs / 1e6)
+                for c in range(calls)]
+
     def set_num_threads(self, n: int) -> int:
         """Threads its parallel kernels use (0: one per available core); returns the count."""
         return int(self.lib.honer_set_num_threads(n))
