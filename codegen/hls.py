@@ -133,10 +133,10 @@ def check_supported(graph: Graph) -> None:
     problems = [(n.op, n.scope or n.name) for n in graph.nodes if n.op not in SUPPORTED]
     problems += [(f"conv with groups={n.attrs['groups']}", n.scope or n.name)
                  for n in graph.nodes if n.op == "conv" and n.attrs.get("groups", 1) != 1]
+    # constants of other types: attention masks, int8 weights
     problems += [(f"{n.op} on {v.dtype}", n.scope or n.name) for n in graph.nodes
                  for v in n.inputs if v.dtype != "float32"
                  and not (n.op in {"attention"} | INT8_OPS and v.data is not None)]
-    # (constant attention masks, int8 weights)
     if problems:
         listing = "\n".join(f"  {op}  (at {where})" for op, where in problems)
         raise CodegenError("fpga-hls cannot put these ops in hardware (fold batch norms first "
