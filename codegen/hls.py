@@ -54,11 +54,10 @@ FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp", "layer
 INT8_OPS = {"int8_linear", "int8_conv"}
 SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add",
               "mul", "transpose", "slice", "concat"} | FLOAT_ONLY | INT8_OPS)
-# the fused activation of an int8 layer on its float result `v`, as the IR's reference
-# computes it (relu keeps a NaN, as numpy's maximum does)
-INT8_ACTIVATION = {
-    "none": "v", "relu": "(v < 0.0f ? 0.0f : v)",
-    "gelu": "0.5f * v * (1.0f + std::erf(v * 0.70710678f))",
+# the fused activation of a linear / conv (set by act_fuse) on a float `v`, as the IR's
+# reference computes it (relu keeps a NaN, as numpy's maximum does); model.h defines them
+ACTIVATION_FN = {
+    "relu": "(v < 0.0f ? 0.0f : v)", "gelu": "0.5f * v * (1.0f + std::erf(v * 0.70710678f))",
     "sigmoid": "1.0f / (1.0f + std::exp(-v))", "tanh": "std::tanh(v)",
     "silu": "v / (1.0f + std::exp(-v))"}
 INT32_MAX = (1 << 31) - 1
@@ -231,6 +230,17 @@ class _Emitter:
     def activations(self, node: Node) -> list[str]:
         return [self.buffer(v) for v in node.inputs if v.data is None]
 
+    @staticmethod
+    def fused(node: Node, value: str) -> str:
+        """`value` (a data_t) through the node's fused activation: ReLU in data_t (exact in
+        fixed point too), the others in float."""
+        act = node.attrs.get("activation", "none")
+        if act == "none":
+            return value
+        if act == "relu":
+            return f"d_max({value}, d_zero())"
+        return f"to_data(honer_{act}(to_float({value})))"
+
     def mac_estimate(self, node: Node, outputs: int, k: int, weight: Value,
                      bias: Value | None, reuse: int) -> LayerEstimate:
         width = 32 if self.cfg.fixed is None else self.cfg.fixed[0]
@@ -277,7 +287,7 @@ class _Emitter:
   for (int n = 0; n < {rows}; n++) {{
     for (int o = 0; o < {m}; o++) {{
       acc_t acc = acc_init({bias});
-{self.reduction(k, reuse, "      ", mac)}      y[n * {m} + o] = acc_out(acc);
+{self.reduction(k, reuse, "      ", mac)}      y[n * {m} + o] = {self.fused(node, "acc_out(acc)")};
     }}
   }}
 """
@@ -297,6 +307,7 @@ class _Emitter:
         k = c * kh * kw
         w, b, wname, bias, reuse = self.mac_operands(node, k)
         taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
+        out_value = self.fused(node, "acc_out(acc)")
         mac = f"""    const int yy = i * {sh} - {ph} + {taps}_dy[k];
     const int xx = j * {sw} - {pw} + {taps}_dx[k];
     if (yy >= 0 && yy < {h} && xx >= 0 && xx < {wd})
@@ -308,7 +319,7 @@ class _Emitter:
   for (int i = 0; i < {oh}; i++)
   for (int j = 0; j < {ow}; j++) {{
     acc_t acc = acc_init({bias});
-{self.reduction(k, reuse, "    ", mac)}    y[((n * {oc} + o) * {oh} + i) * {ow} + j] = acc_out(acc);
+{self.reduction(k, reuse, "    ", mac)}    y[((n * {oc} + o) * {oh} + i) * {ow} + j] = {out_value};
   }}
 """
         self.add_layer(node, body, self.activations(node) + [out],
@@ -331,9 +342,6 @@ class _Emitter:
         if 255 * 127 * k > INT32_MAX:  # the int32 sum of uint8 x int8 products must not wrap
             raise CodegenError(f"fpga-hls: {node.name}: {node.op} sums {k} products; more "
                                f"than {INT32_MAX // (255 * 127)} can overflow its int32 sum")
-        act = node.attrs["activation"]
-        if act not in INT8_ACTIVATION:
-            raise CodegenError(f"fpga-hls: {node.name}: fused activation {act!r} of {node.op}")
         q, w_scale = node.inputs[1].data, node.inputs[2].data
         name = self.ident(node.name)
         x_scale, zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
@@ -347,7 +355,8 @@ class _Emitter:
             "inv": c_float(np.float32(1.0) / x_scale), "zero": zero,
             "zero_f": c_float(float(zero)),
             "reuse": min(self.cfg.reuse_for(node.scope, node.name), k),
-            "act": INT8_ACTIVATION[act]}
+            "act": "v" if node.attrs["activation"] == "none"
+            else f"honer_{node.attrs['activation']}(v)"}
         ops["bias"] = ""
         if len(node.inputs) > 3:
             b = self.typed_rom(f"i8b_{name}", "float", [c_float(v) for v in node.inputs[3].data])
@@ -842,8 +851,14 @@ static inline uint8_t honer_quantize_u8(float x, float inv_scale, float zero) {{
   return v > 0.0f ? (v < 255.0f ? uint8_t(v) : uint8_t(255)) : uint8_t(0);
 }}
 
+{_activation_functions()}
 void honer_top({ports});
 """
+
+
+def _activation_functions() -> str:
+    return "".join(f"static inline float honer_{name}(float v) {{ return {expr}; }}\n"
+                   for name, expr in ACTIVATION_FN.items())
 
 
 def _ports(cfg: HLSConfig, in_sizes: list[int], out_sizes: list[int]) -> str:

@@ -280,3 +280,28 @@ def test_mnist_cnn_int8_accuracy_through_csim():
     assert (logits.argmax(1) == labels).mean() >= fp32 - 0.005
     want = np.concatenate([interpret(graph, [images[i:i + 1]])[0] for i in range(40)])
     np.testing.assert_array_equal(logits[:40], want)
+
+
+@pytest.mark.parametrize("number", ["float", "fixed<16,6>"])
+def test_fused_activations(number):
+    """act_fuse's epilogues on float, fixed-point and int8 layers."""
+    rng = np.random.default_rng(5)
+    g = Graph()
+    x = g.add_input("x", (2, 16), "float32")
+    h = g.op("linear", x, g.add_const(rng.standard_normal((16, 16)).astype(np.float32) * 0.3),
+             activation="relu")
+    h = g.op("int8_linear", h, g.add_const(rng.integers(-127, 128, (12, 16)).astype(np.int8)),
+             g.add_const(np.full(12, 2e-3, np.float32)), x_scale=0.01, x_zero=100,
+             activation="gelu")
+    h = g.op("reshape", h, shape=(2, 3, 2, 2))
+    g.set_outputs([g.op("int8_conv", h, g.add_const(rng.integers(-9, 9, (4, 3, 1, 1))
+                                                    .astype(np.int8)),
+                        g.add_const(np.full(4, 0.1, np.float32)), x_scale=0.02, x_zero=9,
+                        strides=(1, 1), padding=(0, 0, 0, 0), dilation=(1, 1),
+                        activation="relu")])
+    xs = rng.standard_normal((2, 16)).astype(np.float32)
+    compiled = honer.compile(g, (xs,), target=f"fpga-hls:number={number}")
+    want = interpret(g, [xs])[0]
+    assert (want == 0).any() and (want > 0).any()
+    tolerance = 1e-6 if number == "float" else 5e-2  # erf in libm vs numpy; fixed<16,6> steps
+    assert compiled.report["check"]["max_scaled_error"] <= tolerance
