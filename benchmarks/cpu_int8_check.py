@@ -7,8 +7,10 @@ machine's host CPU), fp32 and W8A8 side by side with the same pinned cores.
 
     python -m honer.benchmarks.cpu_int8_check build --out B [--mcpu icelake-server]
         [--models vit bert]                       # here
+    python -m honer.benchmarks.cpu_int8_check build --onnx --out O   # ONNX Runtime's models
     python3 -m honer.benchmarks.cpu_int8_check run --bundle B --out R.json [--threads 2]
                                                   # there: numpy and honer's runtime only
+                                                  # (onnxruntime for a bundle from --onnx)
 
 Weights are stored once per model and scheme, deflated (batch 1 and 8 share them: same
 calibration rows),
@@ -37,6 +39,26 @@ def _model(key: str, batch: int):
     if key == "bert":
         return ZOO["bert_minilm"](batch=batch, vocab=1024)
     return ZOO["vit_deit_tiny"](batch=batch)
+
+
+def build_onnx(out: Path, models: list[str], batches: list[int]) -> None:
+    """ONNX Runtime's fp32, quantize_dynamic and quantize_static models, one per batch (their
+    own files: the transfer to the GPU machine carries them separately from honer's)."""
+    from .quant_schemes import export_ort_int8
+
+    out.mkdir(parents=True, exist_ok=True)
+    for key in models:
+        rows = [tuple(e.numpy() for e in _model(key, 1)[1]) for _ in range(16)]
+        for batch in batches:
+            model, examples = _model(key, batch)
+            calib = [tuple(np.concatenate(part) for part in zip(*rows[i:i + batch]))
+                     for i in range(0, len(rows), batch)]
+            target = out / f"{key}_b{batch}_ort"
+            target.mkdir(exist_ok=True)
+            export_ort_int8(model, examples, calib, target)
+            for i, e in enumerate(examples):
+                np.save(out / f"{key}_b{batch}_in{i}.npy", e.numpy())
+            print(f"exported {key} batch {batch}", flush=True)
 
 
 def build(out: Path, mcpu: str, models: list[str], batches: list[int]) -> None:
@@ -70,14 +92,13 @@ def build(out: Path, mcpu: str, models: list[str], batches: list[int]) -> None:
 
 
 def _share_weights(out: Path, key: str, batch: int, first: int, scheme: str) -> None:
-    """Keeps one weights.bin per model and scheme, deflated (the transfer's size limit): later
-    batches' are equal and removed."""
+    """Stores weights.bin deflated (the transfer's size limit), once where a later batch's
+    equals the first batch's (fp32; calibration statistics computed on other batch shapes
+    can differ in the last bits, and so can W8A8's weights)."""
     mine = out / f"{key}_b{batch}_{scheme}" / "weights.bin"
-    shared = out / f"{key}_b{first}_{scheme}" / "weights.bin"
-    if batch == first:
-        shared.with_suffix(".bin.z").write_bytes(zlib.compress(shared.read_bytes(), 6))
-    elif mine.read_bytes() != zlib.decompress(shared.with_suffix(".bin.z").read_bytes()):
-        raise SystemExit(f"{mine} differs from {shared}: the batches cannot share weights")
+    shared = out / f"{key}_b{first}_{scheme}" / "weights.bin.z"
+    if batch == first or mine.read_bytes() != zlib.decompress(shared.read_bytes()):
+        mine.with_suffix(".bin.z").write_bytes(zlib.compress(mine.read_bytes(), 6))
     mine.unlink()
 
 
@@ -86,7 +107,7 @@ def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
     from honer.runtime.cpu import cpu_flags
 
     os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:threads]))
-    rows = []
+    rows = [_ort_row(p, threads, runs) for p in sorted(bundle.glob("*_ort"))]
     for art in sorted(p for p in bundle.iterdir() if p.is_dir() and p.name.endswith("_fp32")):
         stem = art.name[:-len("_fp32")]
         key, batch = stem.rsplit("_b", 1)
@@ -110,9 +131,30 @@ def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
     out.write_text(json.dumps(payload, indent=1) + "\n")
 
 
+def _ort_row(folder: Path, threads: int, runs: int) -> dict:
+    import onnxruntime as ort
+
+    stem = folder.name[:-len("_ort")]
+    key, batch = stem.rsplit("_b", 1)
+    inputs = [np.load(p) for p in sorted(folder.parent.glob(f"{stem}_in*.npy"))]
+    row = {"model": key, "batch": int(batch), "onnxruntime": ort.__version__}
+    for model in sorted(folder.glob("*.onnx")):
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
+        row[f"ort_{model.stem}_ms"] = _median_ms(lambda s=session, f=feeds: s.run(None, f), runs)
+    print(json.dumps(row), flush=True)
+    return row
+
+
 def _restore_weights(bundle: Path, path: Path, key: str, scheme: str) -> None:
     if not (path / "weights.bin").exists():
-        packed = next(bundle.glob(f"{key}_b*_{scheme}/weights.bin.z"))
+        packed = path / "weights.bin.z"
+        if not packed.exists():  # this batch shares the first batch's weights
+            packed = next(bundle.glob(f"{key}_b*_{scheme}/weights.bin.z"))
         (path / "weights.bin").write_bytes(zlib.decompress(packed.read_bytes()))
 
 
@@ -150,13 +192,16 @@ def main() -> None:
     b.add_argument("--mcpu", default="icelake-server")
     b.add_argument("--models", nargs="*", default=["vit", "bert"])
     b.add_argument("--batches", nargs="*", type=int, default=[1, 8])
+    b.add_argument("--onnx", action="store_true", help="ONNX Runtime's models instead")
     r = sub.add_parser("run")
     r.add_argument("--bundle", type=Path, required=True)
     r.add_argument("--out", type=Path, required=True)
     r.add_argument("--threads", type=int, default=2)
     r.add_argument("--runs", type=int, default=30)
     args = parser.parse_args()
-    if args.command == "build":
+    if args.command == "build" and args.onnx:
+        build_onnx(args.out, args.models, args.batches)
+    elif args.command == "build":
         build(args.out, args.mcpu, args.models, args.batches)
     else:
         run(args.bundle, args.out, args.threads, args.runs)

@@ -84,8 +84,10 @@ def _ort_session(path: str, threads: int):
     return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
 
 
-def ort_int8_variants(model, examples, calib: list[tuple], threads: int, work: Path) -> dict:
-    """ONNX Runtime fp32, quantize_dynamic and quantize_static (QDQ) sessions as callables."""
+def export_ort_int8(model, examples, calib: list[tuple], work: Path) -> list[str]:
+    """Writes fp32.onnx, dynamic.onnx (quantize_dynamic: int8 weights, activations quantized
+    per call) and static.onnx (quantize_static, QDQ: per-channel int8 weights, uint8
+    activations calibrated on `calib`) into `work`; returns the model's input names."""
     import io
     import warnings
 
@@ -103,9 +105,10 @@ def ort_int8_variants(model, examples, calib: list[tuple], threads: int, work: P
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(examples), buf, dynamo=False, opset_version=17)
-    (work / "fp32.onnx").write_bytes(buf.getvalue())
-    quant_pre_process(str(work / "fp32.onnx"), str(work / "pre.onnx"))
-    names = [i.name for i in _ort_session(str(work / "pre.onnx"), threads).get_inputs()]
+    (work / "export.onnx").write_bytes(buf.getvalue())
+    quant_pre_process(str(work / "export.onnx"), str(work / "fp32.onnx"))
+    (work / "export.onnx").unlink()
+    names = [i.name for i in _ort_session(str(work / "fp32.onnx"), 1).get_inputs()]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -114,14 +117,20 @@ def ort_int8_variants(model, examples, calib: list[tuple], threads: int, work: P
         def get_next(self):
             return next(self.samples, None)
 
-    quantize_dynamic(str(work / "pre.onnx"), str(work / "dynamic.onnx"),
+    quantize_dynamic(str(work / "fp32.onnx"), str(work / "dynamic.onnx"),
                      weight_type=QuantType.QInt8)
-    quantize_static(str(work / "pre.onnx"), str(work / "static.onnx"), Reader(),
+    quantize_static(str(work / "fp32.onnx"), str(work / "static.onnx"), Reader(),
                     quant_format=QuantFormat.QDQ, activation_type=QuantType.QUInt8,
                     weight_type=QuantType.QInt8, per_channel=True)
+    return names
+
+
+def ort_int8_variants(model, examples, calib: list[tuple], threads: int, work: Path) -> dict:
+    """ONNX Runtime fp32, quantize_dynamic and quantize_static (QDQ) sessions as callables."""
+    names = export_ort_int8(model, examples, calib, work)
     feeds = {n: e.numpy() for n, e in zip(names, examples)}
     out = {}
-    for label, file in (("onnxruntime fp32", "pre"), ("onnxruntime int8 dynamic", "dynamic"),
+    for label, file in (("onnxruntime fp32", "fp32"), ("onnxruntime int8 dynamic", "dynamic"),
                         ("onnxruntime int8 static", "static")):
         session = _ort_session(str(work / f"{file}.onnx"), threads)
         out[label] = lambda s=session: s.run(None, feeds)

@@ -86,10 +86,9 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         while (found := _next_contraction(sch, done)) is not None:
             intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
-            if intrinsic is not None:
-                done |= schedule_int8_matmul(sch, found[0], *intrinsic, _inline_epilogue)
-            else:
-                done |= _schedule_contraction(sch, *found, cfg)
+            placed = intrinsic and schedule_int8_matmul(sch, found[0], *intrinsic,
+                                                        _inline_epilogue)
+            done |= placed or _schedule_contraction(sch, *found, cfg)
             stats.contractions += 1
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             if sch.get(block).name_hint not in done:

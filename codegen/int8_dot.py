@@ -89,11 +89,11 @@ def _vnni(lanes: int, width: int):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
-            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
             c[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id("llvm.x86.avx512.vpdpbusd.512"),
                 c.vload([0], dtype="int32x16"),
-                T.reinterpret(T.broadcast(four, lanes), dtype="uint8x64"),
+                T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"), dtype="int32"),
+                                          lanes), dtype="uint8x64"),
                 b.vload([0, 0], dtype="int8x64"), dtype="int32x16")
 
     return vnni
@@ -115,14 +115,15 @@ def _maddubs(lanes: int, width: int):
         with T.sblock("root"):
             T.reads(c[0:lanes], a[0:4], b[0:lanes, 0:4])
             T.writes(c[0:lanes])
-            four = T.reinterpret(a.vload([0], "uint8x4"), dtype="int32")
-            pairs = T.call_llvm_pure_intrin(
-                T.llvm_lookup_intrinsic_id(maddubs_name),
-                T.reinterpret(T.broadcast(four, lanes), dtype=ubytes_dtype),
-                b.vload([0, 0], dtype=bytes_dtype), dtype=pairs_dtype)
             c[T.ramp(T.int32(0), 1, lanes)] += T.call_llvm_pure_intrin(
                 T.llvm_lookup_intrinsic_id(maddwd_name),
-                pairs, T.broadcast(T.int16(1), lanes * 2), dtype=acc_dtype)
+                T.call_llvm_pure_intrin(
+                    T.llvm_lookup_intrinsic_id(maddubs_name),
+                    T.reinterpret(T.broadcast(T.reinterpret(a.vload([0], "uint8x4"),
+                                                            dtype="int32"), lanes),
+                                  dtype=ubytes_dtype),
+                    b.vload([0, 0], dtype=bytes_dtype), dtype=pairs_dtype),
+                T.broadcast(T.int16(1), lanes * 2), dtype=acc_dtype)
 
     return maddubs
 
@@ -139,17 +140,18 @@ def intrinsic_for(block_name: str, available: str) -> tuple[str, int] | None:
     return f"honer_{available}_dot_{lanes}x4", lanes
 
 
-def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int, inline_epilogue) -> set[str]:
+def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
+                         inline_epilogue) -> set[str] | None:
     """Register tile of 6 or 4 rows (ROW_TILES) x two vectors of output channels (one when the
     channels are an odd number of vectors), the reduction in steps of four inputs, each step
     one intrinsic per vector and row; output-channel panels outside the row tiles (a panel of
     weights stays in cache while the rows stream by), tiles spread over the cores; the rescale
-    epilogue runs on the tile."""
+    epilogue runs on the tile. None (nothing changed) when the block does not fit the tile."""
     m, n, k = sch.get_loops(block)
     extent_m, extent_n = int(sch.get(m).extent), int(sch.get(n).extent)
     rows = next((r for r in ROW_TILES if extent_m % r == 0), 0)
     if not rows or extent_n % lanes or int(sch.get(k).extent) % 4:
-        raise ValueError(f"int8 matmul not padded for its tile: {sch.get(block)}")
+        return None  # a weight not stored for the instruction (outputs not whole vectors)
     vectors = 2 if extent_n % (2 * lanes) == 0 else 1
     mo, mi = sch.split(m, [None, rows])
     no, ni, nl = sch.split(n, [None, vectors, lanes])
@@ -162,7 +164,9 @@ def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int, inline_epilogue
     sch.unroll(mi)
     sch.unroll(ni)
     sch.vectorize(sch.get_loops(acc)[-1])
-    sch.parallel(sch.fuse(no, mo))
+    # tasks are column panels, as in the float rule: a task per register tile costs a
+    # workspace allocation for its accumulator each, which dominated the kernel
+    sch.parallel(no)
     init = sch.decompose_reduction(block, ko)
     sch.vectorize(sch.get_loops(init)[-1])
     names = {sch.get(b).name_hint for b in (block, init, acc)}

@@ -46,6 +46,8 @@ def calibration_inputs(graph: Graph, groups: dict[int, list[Node]], calib: Calib
     """Each group's input activations on the calibration data, [tokens, in] (at most
     `max_tokens` rows, evenly spread)."""
     names = {nodes[0].inputs[0].name: key for key, nodes in groups.items()}
+    if not names:
+        return {}
     rows: dict[int, list[np.ndarray]] = {key: [] for key in groups}
     for sample in calib.samples:
         _, seen = interpret(graph, list(sample), capture=list(names))

@@ -30,7 +30,7 @@ NODE_DRIVER = "honer_node.mjs"
 JS_FILES = ("honer.mjs", NODE_DRIVER, "honer_page.html")
 HEADERS = ("model.h", "honer_rt.h")
 API = ("honer_run", "honer_model", "honer_last_error", "honer_set_num_threads",
-       "honer_num_threads")
+       "honer_num_threads", "honer_profile", "honer_call_name")
 # the kernels' and the runtime's own symbols stay inside the library
 EXPORTS = "{ global: " + " ".join(f"{name};" for name in API) + " local: *; };\n"
 
