@@ -140,6 +140,15 @@ def intrinsic_for(block_name: str, available: str) -> tuple[str, int] | None:
     return f"honer_{available}_dot_{lanes}x4", lanes
 
 
+def _weight_in_dot_layout(stmt, lanes: int) -> bool:
+    """The weight is stored [out / L, in / 4, L, 4] (relax_lower's int8dot<L>): the
+    intrinsic loads its L x 4 bytes as one contiguous vector. A weight in another layout
+    (outputs not whole vectors, then padded by the generic rule) would match the intrinsic's
+    pattern with strided rows and load the wrong bytes."""
+    shapes = [tuple(int(d) for d in r.source.shape) for r in stmt.reads]
+    return any(len(s) == 4 and s[2:] == (lanes, 4) for s in shapes)
+
+
 def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
                          inline_epilogue) -> set[str] | None:
     """Register tile of 6 or 4 rows (ROW_TILES) x two vectors of output channels (one when the
@@ -150,8 +159,9 @@ def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
     m, n, k = sch.get_loops(block)
     extent_m, extent_n = int(sch.get(m).extent), int(sch.get(n).extent)
     rows = next((r for r in ROW_TILES if extent_m % r == 0), 0)
-    if not rows or extent_n % lanes or int(sch.get(k).extent) % 4:
-        return None  # a weight not stored for the instruction (outputs not whole vectors)
+    if not rows or extent_n % lanes or int(sch.get(k).extent) % 4 \
+            or not _weight_in_dot_layout(sch.get(block), lanes):
+        return None
     vectors = 2 if extent_n % (2 * lanes) == 0 else 1
     mo, mi = sch.split(m, [None, rows])
     no, ni, nl = sch.split(n, [None, vectors, lanes])

@@ -612,11 +612,15 @@ def _lower_sparse_linear(bb, node, args, layouts: list[str | None]):
 INT8_DOT = "int8dot"
 
 
-def _int8_weight(q, n, k, lanes: int):
-    return q[n // lanes, k // 4, n % lanes, k % 4] if lanes else q[n, k]
+def _int8_weight(q, n, k, layout: str | None):
+    """Element [n, k] of an int8 weight stored int8dot<L>, transposed ([k, n]) or as-is."""
+    lanes = int8_lanes(layout)
+    if lanes:
+        return q[n // lanes, k // 4, n % lanes, k % 4]
+    return q[k, n] if layout == "transposed" else q[n, k]
 
 
-def _int8_matmul(xq, q, scale, offset, rows: int, out: int, lanes: int, name: str):
+def _int8_matmul(xq, q, scale, offset, rows: int, out: int, layout: str | None, name: str):
     """int32 sums over the padded rows, rescaled on the same domain (so the CPU rule runs the
     rescale on the register tile), then the real rows."""
     from tvm import te
@@ -624,7 +628,7 @@ def _int8_matmul(xq, q, scale, offset, rows: int, out: int, lanes: int, name: st
     in_features = xq.shape[1]
     k = te.reduce_axis((0, in_features), name="k")
     acc = te.compute((xq.shape[0], out), lambda m, n: te.sum(
-        xq[m, k].astype("int32") * _int8_weight(q, n, k, lanes).astype("int32"), axis=k),
+        xq[m, k].astype("int32") * _int8_weight(q, n, k, layout).astype("int32"), axis=k),
         name=name)
     y = te.compute(acc.shape, lambda m, n: acc[m, n].astype("float32") * scale[n] + offset[n],
                    name="int8_rescale")
@@ -663,11 +667,10 @@ def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
     inv = float(np.float32(1.0) / x_scale)
     xq = bb.emit_te(_quantize_rows, _as_rows(bb, args[0], xt.shape), inv, x_zero, padded,
                     primfunc_name_hint="quantize_u8")
-    lanes = int8_lanes(layouts[1])
     # the kernel name tells the CPU rule whether pairs of products fit int16 (vpmaddubsw)
     name = "int8_matmul_w7" if fits_int16_pairs(q) else "int8_matmul"
     y = bb.emit_te(_int8_matmul, xq, args[1], _const(scale, "float32"),
-                   _const(offset, "float32"), rows, out, lanes, name,
+                   _const(offset, "float32"), rows, out, layouts[1], name,
                    primfunc_name_hint="int8_matmul")
     if len(xt.shape) != 2:
         y = R.reshape(bb.emit(y), list(xt.shape[:-1]) + [out])
@@ -807,7 +810,8 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
     if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
                   or _tied_embedding(v)) and v.shape[0] % panel == 0:
         return f"{PANELS}{panel}"
-    if (_weight_only(v, "linear") and transpose_linears) or _quant_operand(v):
+    if ((_weight_only(v, "linear") or _weight_only(v, "int8_linear")) and transpose_linears) \
+            or _quant_operand(v):
         return "transposed"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
             u.attrs["groups"] == 1 for u in v.users):
