@@ -67,6 +67,20 @@ def test_every_exact_pass_then_cuda_builds(name):
 
 
 @needs_nvcc
+def test_w8a8_builds_for_cuda():
+    """W8A8's uint8 x int8 -> int32 matmuls on the GPU path (dlight's generic rules: no int8
+    tensor-core kernel yet), within the architecture's launch limits."""
+    model, inputs = ZOO["bert_minilm"](seq=32)
+    compiled = honer.compile(model, inputs, target="cuda", passes=["w8a8"],
+                             calibration=[tuple(x.numpy() for x in inputs)])
+    assert compiled.report["passes"][-1]["matches"] == 36
+    kernels = compiled.report["build"]["kernels"]
+    assert any("int8_matmul" in k for k in kernels)
+    for kernel, launch in kernels.items():
+        assert 1 <= np.prod(launch["threads"]) <= 1024, kernel
+
+
+@needs_nvcc
 @pytest.mark.parametrize("name, passes", [
     ("bert_minilm", ["exact", "layer_skip:blocks=2", "tome:r=16"]),
     ("vit_deit_tiny", ["exact", "tome:r=8,mode=prune"]),
