@@ -652,28 +652,58 @@ def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
     return te.compute((padded, x.shape[1]), value, name="quantize_u8")
 
 
-def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
+def _int8_rows_matmul(bb, node, x_rows: relax.Expr, rows: int, weight: relax.Expr,
+                      layout: str | None) -> relax.Expr:
+    """[rows, in] float -> [rows, out] float through the int8 kernels: quantize (padded
+    rows), int32 sums, rescale with the zero-point correction folded into the offset."""
     from .int8_dot import fits_int16_pairs, padded_rows
 
-    xt = node.inputs[0].type
-    out = node.output.shape[-1]
-    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
-    padded = padded_rows(rows)
-    q = node.inputs[1].data
+    q = node.inputs[1].data.reshape(node.inputs[1].shape[0], -1)
+    out = q.shape[0]
     x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
     scale = (x_scale * node.inputs[2].data).astype(np.float32)
     bias = node.inputs[3].data if len(node.inputs) > 3 else np.zeros(out, np.float32)
     offset = (bias - x_zero * q.astype(np.int64).sum(1) * scale).astype(np.float32)
     inv = float(np.float32(1.0) / x_scale)
-    xq = bb.emit_te(_quantize_rows, _as_rows(bb, args[0], xt.shape), inv, x_zero, padded,
+    xq = bb.emit_te(_quantize_rows, x_rows, inv, x_zero, padded_rows(rows),
                     primfunc_name_hint="quantize_u8")
     # the kernel name tells the CPU rule whether pairs of products fit int16 (vpmaddubsw)
     name = "int8_matmul_w7" if fits_int16_pairs(q) else "int8_matmul"
-    y = bb.emit_te(_int8_matmul, xq, args[1], _const(scale, "float32"),
-                   _const(offset, "float32"), rows, out, layouts[1], name,
-                   primfunc_name_hint="int8_matmul")
+    return bb.emit_te(_int8_matmul, xq, weight, _const(scale, "float32"),
+                      _const(offset, "float32"), rows, out, layout, name,
+                      primfunc_name_hint="int8_matmul")
+
+
+def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
+    xt = node.inputs[0].type
+    out = node.output.shape[-1]
+    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
+    y = _int8_rows_matmul(bb, node, _as_rows(bb, args[0], xt.shape), rows, args[1], layouts[1])
     if len(xt.shape) != 2:
         y = R.reshape(bb.emit(y), list(xt.shape[:-1]) + [out])
+    return _epilogue(bb, node, y)
+
+
+def is_patchify(node: Node) -> bool:
+    """A conv whose windows tile the input exactly (stride = kernel, no padding, dilation 1:
+    a ViT's patch embedding): the same as a linear over the flattened patches."""
+    kh, kw = node.inputs[1].shape[2:]
+    return (list(node.attrs["strides"]) == [kh, kw] and not any(node.attrs["padding"])
+            and list(node.attrs["dilation"]) == [1, 1] and node.attrs.get("groups", 1) == 1)
+
+
+def _lower_int8_patchify(bb, node, args, layout: str | None):
+    """A patchify int8_conv as int8_linear over the patches: [N, C, H, W] -> rows of
+    [C * kh * kw] (one transpose), the int8 matmul kernels, back to [N, O, H/kh, W/kw]."""
+    n, c, h, w = node.inputs[0].shape
+    out, _, kh, kw = node.inputs[1].shape
+    hp, wp = h // kh, w // kw
+    patches = R.permute_dims(R.reshape(args[0], [n, c, hp, kh, wp, kw]), [0, 2, 4, 1, 3, 5])
+    rows = n * hp * wp
+    x_rows = bb.emit(R.reshape(bb.emit(patches), [rows, c * kh * kw]))
+    weight = args[1] if int8_lanes(layout) else bb.emit(R.reshape(args[1], [out, c * kh * kw]))
+    y = _int8_rows_matmul(bb, node, x_rows, rows, weight, layout)
+    y = R.permute_dims(R.reshape(bb.emit(y), [n, hp, wp, out]), [0, 3, 1, 2])
     return _epilogue(bb, node, y)
 
 
@@ -768,6 +798,13 @@ def _weight_only(v: Value, op: str) -> bool:
                                  for u in v.users)
 
 
+def _int8_matmul_weight(v: Value) -> bool:
+    """An int8 weight the int8 matmul kernels read: an int8_linear's, or a patchify
+    int8_conv's (flattened to [out, C * kh * kw])."""
+    return _weight_only(v, "int8_linear") or (
+        _weight_only(v, "int8_conv") and all(is_patchify(u) for u in v.users))
+
+
 def _quant_operand(v: Value) -> bool:
     """A compressed weight (quantized or 2:4 sparse) or its scales, zeros or positions, read
     by the kernels that decode it only."""
@@ -804,8 +841,8 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels;
     - "as-is" otherwise."""
-    if panel and _weight_only(v, "int8_linear") and v.shape[0] % (panel // 2) == 0 \
-            and v.shape[1] % 4 == 0:
+    if panel and _int8_matmul_weight(v) and v.shape[0] % (panel // 2) == 0 \
+            and int(np.prod(v.shape[1:])) % 4 == 0:
         return f"{INT8_DOT}{panel // 2}"
     if panel and (_weight_only(v, "linear") or _compressed_panels(v, panel)
                   or _tied_embedding(v)) and v.shape[0] % panel == 0:
@@ -833,7 +870,8 @@ def int8_lanes(layout: str | None) -> int:
 
 
 def _int8_dot(a: np.ndarray, lanes: int) -> np.ndarray:
-    """[out, in] -> [out / L, in / 4, L, 4]."""
+    """[out, in] (a conv's [out, C, kh, kw] flattened) -> [out / L, in / 4, L, 4]."""
+    a = a.reshape(a.shape[0], -1)
     out, k = a.shape
     return a.reshape(out // lanes, lanes, k // 4, 4).transpose(0, 2, 1, 3)
 
@@ -915,6 +953,8 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
     elif node.op == "int8_linear":
         lowering = functools.partial(_lower_int8_linear,
                                      layouts=[stored.get(id(v)) for v in node.inputs])
+    elif node.op == "int8_conv" and is_patchify(node):
+        lowering = functools.partial(_lower_int8_patchify, layout=layout)
     elif node.op in COMPRESSED_LINEAR:
         lowering = functools.partial(COMPRESSED_LINEAR[node.op],
                                      layouts=[stored.get(id(v)) for v in node.inputs])

@@ -275,3 +275,18 @@ def test_compiled_int8_conv_is_the_interpreter_up_to_float_rounding():
     compiled = honer.compile(out, check=False)
     # the same integer sums; only the rescale's float rounding (and the float convs) differ
     assert _rel(compiled(x), interpret(out, [x])[0]) <= 1e-6
+
+
+@pytest.mark.parametrize("outputs", [32, 20])
+def test_patchify_conv_runs_on_the_int8_matmul_kernels(outputs):
+    # a ViT's patch embedding (stride = kernel): a linear over the flattened patches; 20
+    # outputs are no whole number of vectors and take the generic rule
+    torch.manual_seed(0)
+    model = torch.nn.Conv2d(3, outputs, 4, 4).eval()
+    x = torch.randn(2, 3, 28, 20)
+    graph, _ = run_pipeline(capture(model, (x,)), ["w8a8:min_sqnr_db=0"],
+                            Calibration([(torch.randn(2, 3, 28, 20).numpy(),)]))
+    compiled = honer.compile(graph, check=False)
+    assert _rel(compiled(x.numpy()), interpret(graph, [x.numpy()])[0]) <= 1e-6
+    layouts = {w["layout"] for w in compiled.manifest["weights"]}
+    assert any(lay.startswith("int8dot") for lay in layouts) == (outputs == 32)
