@@ -63,6 +63,18 @@ ACTIVATION_FN = {
 INT32_MAX = (1 << 31) - 1
 
 
+def conv_geometry(node: Node) -> tuple[int, ...]:
+    """(n, c, h, w, out channels, kh, kw, oh, ow, stride h/w, padding top/left, dilation h/w)
+    of a 2-D conv (float or int8)."""
+    n, c, h, w = node.inputs[0].shape
+    oc, _, kh, kw = node.inputs[1].shape
+    _, _, oh, ow = node.output.shape
+    sh, sw = node.attrs["strides"]
+    ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
+    dh, dw = node.attrs["dilation"]
+    return n, c, h, w, oc, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw
+
+
 @dataclass(frozen=True)
 class HLSConfig:
     number: str = "fixed<16,6>"  # "float" or "fixed<W,I>" (W total bits, I integer bits)
@@ -298,12 +310,7 @@ class _Emitter:
         x = node.inputs[0]
         if len(x.shape) != 4:
             raise CodegenError(f"fpga-hls: {node.name}: only 2-D convs")
-        n, c, h, wd = x.shape
-        oc, _, kh, kw = node.inputs[1].shape
-        _, _, oh, ow = node.output.shape
-        sh, sw = node.attrs["strides"]
-        ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
-        dh, dw = node.attrs["dilation"]
+        n, c, h, wd, oc, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw = conv_geometry(node)
         k = c * kh * kw
         w, b, wname, bias, reuse = self.mac_operands(node, k)
         taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
@@ -417,12 +424,7 @@ class _Emitter:
                        self.int8_estimate(node, rows * (k + m * ops["reuse"]), k, k, ops))
 
     def emit_int8_conv(self, node: Node, out: str) -> None:
-        n, c, h, wd = node.inputs[0].shape
-        oc, _, kh, kw = node.inputs[1].shape
-        _, _, oh, ow = node.output.shape
-        sh, sw = node.attrs["strides"]
-        ph, pw = node.attrs["padding"][0], node.attrs["padding"][1]
-        dh, dw = node.attrs["dilation"]
+        n, c, h, wd, oc, kh, kw, oh, ow, sh, sw, ph, pw, dh, dw = conv_geometry(node)
         k = c * kh * kw
         ops = self.int8_operands(node, k)
         taps = self.conv_taps(node, c, h, wd, kh, kw, dh, dw)
