@@ -27,10 +27,10 @@ from . import harness, sweep
 SCHEMES = {
     "int8 weight-only": ["weight_quant:bits=8"],
     "int4 g32 AWQ": ["weight_quant:bits=4,group=32"],
-    "W8A8 percentile + SmoothQuant": ["w8a8"],
+    "W8A8 percentile + SmoothQuant": ["w8a8:calibrate=percentile"],
     "W8A8 minmax + SmoothQuant": ["w8a8:calibrate=minmax"],
     "W8A8 MSE + SmoothQuant": ["w8a8:calibrate=mse"],
-    "W8A8 percentile, no smoothing": ["w8a8:smooth=false"],
+    "W8A8 percentile, no smoothing": ["w8a8:calibrate=percentile,smooth=false"],
     "2:4 Wanda": ["sparse24:method=wanda"],
     "2:4 Wanda + int8 values": ["sparse24:method=wanda,bits=8"],
 }

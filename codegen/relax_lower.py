@@ -652,12 +652,20 @@ def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
     return te.compute((padded, x.shape[1]), value, name="quantize_u8")
 
 
+def _require_constant_weights(node: Node) -> None:
+    if any(v.data is None for v in node.inputs[1:]):
+        raise CodegenError(f"{node.name} ({node.op}): the int8 weight, its scales and the bias "
+                           "must be constants (the kernels precompute the rescale from them); "
+                           "they are runtime inputs here")
+
+
 def _int8_rows_matmul(bb, node, x_rows: relax.Expr, rows: int, weight: relax.Expr,
                       layout: str | None) -> relax.Expr:
     """[rows, in] float -> [rows, out] float through the int8 kernels: quantize (padded
     rows), int32 sums, rescale with the zero-point correction folded into the offset."""
     from .int8_dot import fits_int16_pairs, padded_rows
 
+    _require_constant_weights(node)
     q = node.inputs[1].data.reshape(node.inputs[1].shape[0], -1)
     out = q.shape[0]
     x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
@@ -735,6 +743,7 @@ def _lower_int8_conv(bb, node, args):
     """int8_conv as a generic TE compute (no int8 dot-product schedule yet: correctness first):
     the input quantized by int8_linear's quantizer (its rows are the N*C*H rows of W), an
     int32 window sum and the float rescale in the order of the IR's reference."""
+    _require_constant_weights(node)
     xt = node.inputs[0].type
     x_scale, x_zero = np.float32(node.attrs["x_scale"]), int(node.attrs["x_zero"])
     scale = (x_scale * node.inputs[2].data).astype(np.float32)

@@ -73,7 +73,9 @@ FLOAT_BY_RULE = {
 
 @dataclass(frozen=True)
 class Config:
-    calibrate: str = "percentile"  # activation range: minmax, percentile or mse
+    # activation range: minmax, percentile or mse; mse kept MiniLM's embeddings closest to fp32
+    # (cosine 0.990 vs 0.956 for percentile 99.99, which clips outliers the model needs)
+    calibrate: str = "mse"
     percentile: float = 99.99  # for calibrate=percentile
     smooth: bool = True  # SmoothQuant difficulty migration
     alpha: float = 0.5  # SmoothQuant migration strength, 0..1

@@ -32,6 +32,13 @@ CASES = {
                       rand(5)], {"bits": 4}),
     "sparse_linear": ([rand(2, 3, 64), SPARSE_VALUES, SPARSE_INDEX,
                        rand(5, 1, low=0.5, high=1.5), rand(5)], {"activation": "relu"}),
+    "int8_linear": ([rand(2, 3, 64), RNG.integers(-127, 128, (16, 64)).astype(np.int8),
+                     rand(16, low=0.001, high=0.01), rand(16)],
+                    {"x_scale": 0.01, "x_zero": 100, "activation": "relu"}),
+    "int8_conv": ([rand(1, 3, 8, 8), RNG.integers(-127, 128, (8, 3, 3, 3)).astype(np.int8),
+                   rand(8, low=0.001, high=0.01), rand(8)],
+                  {"x_scale": 0.01, "x_zero": 100, "strides": [1, 1], "padding": [1, 1, 1, 1],
+                   "dilation": [1, 1]}),
     "log": ([rand(3, 4, low=0.1)], {}), "sqrt": ([rand(3, 4, low=0.1)], {}),
     "rsqrt": ([rand(3, 4, low=0.1)], {}), "reciprocal": ([rand(3, 4, low=0.5)], {}),
     "pow": ([rand(3, 4, low=0.1), rand(3, 4)], {}),
@@ -98,7 +105,11 @@ def test_every_ir_op_has_a_lowering():
 def test_op_compiles_and_matches_the_interpreter(op):
     arrays, attrs = case(op)
     g = Graph(op)
-    values = [g.add_input(f"x{i}", a.shape, str(a.dtype)) for i, a in enumerate(arrays)]
+    # W8A8 ops take their weights as constants (the kernel folds the zero-point correction)
+    inputs = 1 if op in ("int8_linear", "int8_conv") else len(arrays)
+    values = [g.add_input(f"x{i}", a.shape, str(a.dtype)) if i < inputs
+              else g.add_const(a, f"w{i}") for i, a in enumerate(arrays)]
+    arrays = arrays[:inputs]
     g.set_outputs([g.op(op, *values, **attrs)])
     want = interpret(g, arrays)[0]
     got = _compile_graph(g)(*arrays)
@@ -120,4 +131,16 @@ def test_unknown_op_in_lowering_is_a_codegen_error():
     g.set_outputs([g.op("exp", x)])
     g.nodes[0].op = "not_an_op"
     with pytest.raises(CodegenError, match="not_an_op"):
+        lower(g)
+
+
+def test_int8_linear_with_a_runtime_weight_is_a_codegen_error():
+    from honer.codegen.relax_lower import lower
+
+    g = Graph()
+    x = g.add_input("x", (4, 8), F)
+    q = g.add_input("q", (4, 8), "int8")
+    scale = g.add_const(np.full(4, 0.01, np.float32), "scale")
+    g.set_outputs([g.op("int8_linear", x, q, scale, x_scale=0.1, x_zero=0)])
+    with pytest.raises(CodegenError, match="must be constants"):
         lower(g)
