@@ -57,7 +57,18 @@ def test_library_needs_no_tvm_and_exports_only_its_api(mlp):
                              text=True, check=True).stdout.split()
     exported = {s for s in defined if s.startswith(("honer_", "TVM", "__tvm"))}
     assert exported == {"honer_run", "honer_model", "honer_last_error",
-                        "honer_set_num_threads", "honer_num_threads"}
+                        "honer_set_num_threads", "honer_num_threads", "honer_profile",
+                        "honer_call_name"}
+
+
+def test_profile_times_every_kernel_call(mlp):
+    _, examples, compiled = mlp
+    inputs = [x.numpy() for x in examples]
+    runner = compiled.loaded.compiled
+    calls = runner.profile(inputs, runs=3)
+    assert calls and all(ms >= 0 for _, ms in calls)
+    assert any("matmul" in name for name, _ in calls)
+    np.testing.assert_allclose(runner(inputs)[0], compiled(*inputs), rtol=0, atol=0)
 
 
 def test_runs_in_a_process_without_tvm_or_torch(mlp, tmp_path):
