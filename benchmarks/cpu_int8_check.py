@@ -23,12 +23,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
-import time
 import zlib
 from pathlib import Path
 
 import numpy as np
+
+from . import harness
 
 SCHEMES = {"fp32": [], "w8a8": ["w8a8:reduce_range=false"]}  # VNNI sums int32 directly
 
@@ -126,7 +126,7 @@ def run(bundle: Path, out: Path, threads: int, runs: int) -> None:
         row["w8a8_speedup"] = round(row["fp32_ms"] / row["w8a8_ms"], 3)
         rows.append(row)
         print(json.dumps(row), flush=True)
-    payload = {"cpu": _cpu_name(), "cpu_features": cpu_flags(), "threads": threads,
+    payload = {"cpu": harness.cpu_name(), "cpu_features": cpu_flags(), "threads": threads,
                "runs": runs, "rows": rows}
     out.write_text(json.dumps(payload, indent=1) + "\n")
 
@@ -139,11 +139,7 @@ def _ort_row(folder: Path, threads: int, runs: int) -> dict:
     inputs = [np.load(p) for p in sorted(folder.parent.glob(f"{stem}_in*.npy"))]
     row = {"model": key, "batch": int(batch), "onnxruntime": ort.__version__}
     for model in sorted(folder.glob("*.onnx")):
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
+        session = harness.ort_session(str(model), threads)
         feeds = {i.name: x for i, x in zip(session.get_inputs(), inputs)}
         row[f"ort_{model.stem}_ms"] = _median_ms(lambda s=session, f=feeds: s.run(None, f), runs)
     print(json.dumps(row), flush=True)
@@ -167,21 +163,7 @@ def _kernel_profile(model, inputs: list[np.ndarray], top: int = 12) -> list:
 
 
 def _median_ms(fn, runs: int) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return round(statistics.median(times), 3)
-
-
-def _cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.partition(":")[2].strip()
-    return "unknown"
+    return round(harness.measure("", fn, runs=runs).median_ms, 3)
 
 
 def main() -> None:

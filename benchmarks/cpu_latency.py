@@ -20,18 +20,13 @@ MODELS = {"vit": "vit_deit_tiny", "bert": "bert_minilm", "resnet": "resnet18"}
 
 
 def onnx_session(model, examples, threads: int):
-    import onnxruntime as ort
     import torch
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(model, tuple(examples), buf, dynamo=False, opset_version=17)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    sess = ort.InferenceSession(buf.getvalue(), opts, providers=["CPUExecutionProvider"])
+    sess = harness.ort_session(buf.getvalue(), threads)
     feeds = {i.name: e.numpy() for i, e in zip(sess.get_inputs(), examples)}
     return lambda: sess.run(None, feeds)
 

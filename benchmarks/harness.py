@@ -59,6 +59,26 @@ def measure(name: str, fn: Callable[[], Any], runs: int = 30, warmup: int = 5,
                   samples[(len(samples) * 9) // 10], len(samples))
 
 
+def ort_session(model: str | bytes, threads: int) -> Any:
+    """ONNX Runtime as the peer is measured everywhere: CPU execution provider, all graph
+    optimizations, `threads` intra-op threads."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def cpu_name() -> str:
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return "unknown"
+
+
 def environment() -> dict[str, Any]:
     def version(pkg: str) -> str | None:
         try:
@@ -74,14 +94,9 @@ def environment() -> dict[str, Any]:
                                     timeout=10).stdout.strip())
     except OSError:
         commit, dirty = "unknown", False
-    cpu = "unknown"
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {"commit": commit + ("+dirty" if dirty else ""), "machine": platform.machine(),
-            "cpu": cpu, "cores": os.cpu_count(), "threads": os.environ.get("TVM_NUM_THREADS"),
+            "cpu": cpu_name(), "cores": os.cpu_count(),
+            "threads": os.environ.get("TVM_NUM_THREADS"),
             "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "versions": {p: version(p) for p in ("apache-tvm", "torch", "onnxruntime",
                                                  "numpy", "honer")}}

@@ -74,16 +74,6 @@ def vit_accuracy(test: int, batch: int, calibration: int) -> list[dict]:
                            sweep.top1([x], y, batch), calib, runs=30)
 
 
-def _ort_session(path: str, threads: int):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
-
-
 def export_ort_int8(model, examples, calib: list[tuple], work: Path) -> list[str]:
     """Writes fp32.onnx, dynamic.onnx (quantize_dynamic: int8 weights, activations quantized
     per call) and static.onnx (quantize_static, QDQ: per-channel int8 weights, uint8
@@ -108,7 +98,7 @@ def export_ort_int8(model, examples, calib: list[tuple], work: Path) -> list[str
     (work / "export.onnx").write_bytes(buf.getvalue())
     quant_pre_process(str(work / "export.onnx"), str(work / "fp32.onnx"))
     (work / "export.onnx").unlink()
-    names = [i.name for i in _ort_session(str(work / "fp32.onnx"), 1).get_inputs()]
+    names = [i.name for i in harness.ort_session(str(work / "fp32.onnx"), 1).get_inputs()]
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -132,7 +122,7 @@ def ort_int8_variants(model, examples, calib: list[tuple], threads: int, work: P
     out = {}
     for label, file in (("onnxruntime fp32", "fp32"), ("onnxruntime int8 dynamic", "dynamic"),
                         ("onnxruntime int8 static", "static")):
-        session = _ort_session(str(work / f"{file}.onnx"), threads)
+        session = harness.ort_session(str(work / f"{file}.onnx"), threads)
         out[label] = lambda s=session: s.run(None, feeds)
     return out
 

@@ -49,14 +49,16 @@ def best_intrinsic(has_feature) -> str:
     return ""
 
 
-def _register() -> None:
+def _register(name: str) -> str:
+    """Registers the intrinsic `name` once per process; returns its registered name."""
     from tvm.s_tir import TensorIntrin
 
-    for name, (lanes, _, _) in INTRINSICS.items():
-        intrin_name = f"honer_{name}_dot_{lanes}x4"
-        if TensorIntrin.get(intrin_name, allow_missing=True) is None:
-            with shallow_stack():
-                TensorIntrin.register(intrin_name, *_definitions(name, lanes))
+    lanes = INTRINSICS[name][0]
+    intrin_name = f"honer_{name}_dot_{lanes}x4"
+    if TensorIntrin.get(intrin_name, allow_missing=True) is None:
+        with shallow_stack():
+            TensorIntrin.register(intrin_name, *_definitions(name, lanes))
+    return intrin_name
 
 
 def _definitions(name: str, lanes: int):
@@ -136,8 +138,7 @@ def intrinsic_for(block_name: str, available: str) -> tuple[str, int] | None:
     lanes, _, needs_w7 = INTRINSICS[available]
     if needs_w7 and not block_name.startswith(W7_KERNEL):
         return None
-    _register()
-    return f"honer_{available}_dot_{lanes}x4", lanes
+    return _register(available), lanes
 
 
 def _weight_in_dot_layout(stmt, lanes: int) -> bool:
