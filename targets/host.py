@@ -52,10 +52,12 @@ class HostTarget(CPUTarget):
     def _check_mcpu(mcpu: str) -> None:
         import tvm
 
-        target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu})
-        if not llvm_info.llvm_cpu_has_features(["sse2"], target):
-            raise HonerError(f"target host: mcpu={mcpu!r} is not an x86-64 CPU LLVM knows "
-                             "(e.g. znver4, sapphirerapids, icelake-server, x86-64-v3)")
+        # LLVM quietly builds for "generic" when it does not know a CPU: refuse instead
+        known = set(llvm_info.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm"})))
+        if mcpu not in known:
+            raise HonerError(f"target host: mcpu={mcpu!r} is not a CPU LLVM knows for this "
+                             "machine's architecture (x86-64: e.g. znver4, sapphirerapids, "
+                             "icelake-server, x86-64-v3)")
 
     def cpu_features(self) -> list[str]:
         """The vector features the kernels may use: a CPU without one cannot run them."""

@@ -290,3 +290,20 @@ def test_patchify_conv_runs_on_the_int8_matmul_kernels(outputs):
     assert _rel(compiled(x.numpy()), interpret(graph, [x.numpy()])[0]) <= 1e-6
     layouts = {w["layout"] for w in compiled.manifest["weights"]}
     assert any(lay.startswith("int8dot") for lay in layouts) == (outputs == 32)
+
+
+def test_builds_for_another_cpu_refuse_to_load_where_features_are_missing():
+    from honer.errors import ArtifactError, HonerError
+    from honer.runtime.cpu import cpu_flags
+    from honer.targets import get_target
+
+    with pytest.raises(HonerError, match="mcpu='bogus'"):
+        get_target("host:mcpu=bogus")
+    if cpu_flags() is None or "avx512vnni" in cpu_flags():
+        pytest.skip("this CPU has AVX-512 VNNI (or its features cannot be read)")
+    model, inputs = ZOO["mlp"]()
+    compiled = honer.compile(model, inputs, target="host:form=standalone,mcpu=icelake-server",
+                             check=False)
+    assert "avx512vnni" in compiled.manifest["target"]["cpu_features"]
+    with pytest.raises(ArtifactError, match="avx512vnni"):
+        compiled(*[x.numpy() for x in inputs])
