@@ -5,6 +5,10 @@ ResNet-18; batch 1 and 8. Threads pinned (2 by default), warm-up, median of >= 3
 Results (with commit, machine and versions) go to benchmarks/results/cpu_latency.json.
 
     .venv/bin/python -m honer.benchmarks.cpu_latency [--models vit bert resnet] [--batches 1 8]
+
+honer compiles with its `exact` passes (constant folding, BatchNorm folding, linear and QKV
+merging, activation fusion: all exact to float rounding), the counterpart of the graph
+optimizations ONNX Runtime runs at ORT_ENABLE_ALL; `--passes` changes that.
 """
 
 from __future__ import annotations
@@ -31,7 +35,8 @@ def onnx_session(model, examples, threads: int):
     return lambda: sess.run(None, feeds)
 
 
-def bench_model(key: str, batch: int, threads: int, runs: int, tune=None) -> dict:
+def bench_model(key: str, batch: int, threads: int, runs: int, tune=None,
+                passes: tuple[str, ...] = ("exact",)) -> dict:
     import torch
 
     import honer
@@ -39,7 +44,8 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None) -> dic
     from honer.tests.models.zoo import ZOO
 
     model, examples = ZOO[MODELS[key]](batch=batch)
-    compiled = honer.compile(model, examples, tune=tune, progress=print if tune else None)
+    compiled = honer.compile(model, examples, passes=passes, tune=tune,
+                             progress=print if tune else None)
     arrays = [e.numpy() for e in examples]
     work = flops(compiled.graph)
     peers = {"honer": lambda: compiled(*arrays), "onnxruntime": onnx_session(model, examples,
@@ -50,7 +56,7 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None) -> dic
         peers["torch.compile"] = lambda: compiled_torch(*examples)
         timings = {name: harness.measure(name, fn, runs=runs) for name, fn in peers.items()}
     honer_ms = timings["honer"].median_ms
-    return {"model": key, "batch": batch, "gflop": work / 1e9,
+    return {"model": key, "batch": batch, "passes": list(passes), "gflop": work / 1e9,
             "max_error": compiled.report["check"]["max_scaled_error"],
             "compile_seconds": sum(compiled.report["seconds"].values()),
             "schedule": compiled.report["build"].get("schedule"),
@@ -68,6 +74,9 @@ def main() -> None:
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--passes", nargs="*", default=["exact"],
+                        help="honer's passes (default: the exact preset)")
+    parser.add_argument("--out", help="result file name (default cpu_latency[_tuned])")
     parser.add_argument("--tuning-db", help="tune into / reuse this database (rules only if "
                                             "not given)")
     parser.add_argument("--tune-budget", type=float, default=1200.0,
@@ -82,9 +91,10 @@ def main() -> None:
     rows = []
     for key in args.models:
         for batch in args.batches:
-            rows.append(bench_model(key, batch, args.threads, args.runs, tune))
+            rows.append(bench_model(key, batch, args.threads, args.runs, tune,
+                                    tuple(args.passes)))
             print(rows[-1], flush=True)
-    name = "cpu_latency_tuned" if tune else "cpu_latency"
+    name = args.out or ("cpu_latency_tuned" if tune else "cpu_latency")
     path = harness.save(name, {"threads": args.threads, "rows": rows,
                                "tune_budget_s": args.tune_budget if tune else 0})
     table = [[r["model"], r["batch"], r["median_ms"]["honer"], r["median_ms"]["onnxruntime"],

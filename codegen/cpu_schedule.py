@@ -173,11 +173,19 @@ def _vector_axis(stmt, first_reduce: int) -> int | None:
     one indexing the output's last axis."""
     spatial = [it.var for it in stmt.iter_vars[:first_reduce]]
     for region in list(stmt.reads) + list(stmt.writes):
-        last = region.region[-1].min
+        last = _lane_var(region.region[-1].min)
         for pos, var in enumerate(spatial):
-            if isinstance(last, tirx.Var) and last.same_as(var):
+            if last is not None and last.same_as(var):
                 return pos
     return None
+
+
+def _lane_var(index):
+    """The iterator an operand's last axis walks: `v` for index v, and for v % P too (the
+    lane within a panel of P output channels, see the "convpanels" weight layout)."""
+    if isinstance(index, tirx.FloorMod) and isinstance(index.b, tirx.IntImm):
+        index = index.a
+    return index if isinstance(index, tirx.Var) else None
 
 
 def _tile_width(extent: int, lanes: int) -> int:
@@ -270,7 +278,8 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     # rows of the register tile: for a conv (several reduction loops) the output width when
     # vectorizing output channels, the output channels when vectorizing the width; for a
     # matmul the output rows
-    if len(reduce) > 1:
+    conv = len(reduce) > 1
+    if conv:
         i = spatial[-1] if jpos != len(spatial) - 1 else spatial[1]
     else:
         i = _row_axis(sch, block, spatial, jpos, cfg)
@@ -280,12 +289,17 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     mi = min(cfg.rows, ext_i)
     io, ii = sch.split(i, [None, mi])
     jo, ji = sch.split(j, [None, nj])
-    # matmul: column panels outside row tiles, so one panel of the right operand stays in L1
-    # while every row tile streams past it; conv: the input rows are the panel, so the
-    # output-channel tiles go outside
-    conv = len(reduce) > 1
-    first, second = (io, jo) if conv else (jo, io)
-    sch.reorder(*outer, first, second, *reduce, ii, ji)
+    if conv:
+        # output-channel panels outermost: a task's panel of the kernel (C x kh x kw x P)
+        # stays in L2 while the output rows pass by (with the rows outside, the 9 MiB kernel
+        # of a 512-channel conv was streamed again for every row tile)
+        sch.reorder(jo, *outer, io, *reduce, ii, ji)
+        tasks = [jo, *outer, io]
+    else:
+        # matmul: column panels outside row tiles, so one panel of the right operand stays
+        # in L1 while every row tile streams past it
+        sch.reorder(*outer, jo, io, *reduce, ii, ji)
+        tasks = [*outer, jo]
     acc = sch.cache_write(block, 0, "local")
     _inline_epilogue(sch, acc)
     acc = sch.get_consumers(block)[0]  # inlining replaced the write-back block
@@ -296,13 +310,13 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
         sch.transform_layout(block, ("write", 0), tirx.IndexMap.from_func(
             lambda *idx: [idx[k] for k in range(rank) if k != jpos] + [idx[jpos]],
             ndim=rank))
-    sch.reverse_compute_at(acc, second)
+    sch.reverse_compute_at(acc, io)
     # vectorize/unroll/parallel must precede decompose_reduction: afterwards the update block
     # has no init and TIR no longer proves the loop nest's dataflow compact
     sch.vectorize(ji)
     sch.unroll(ii)
     sch.vectorize(sch.get_loops(acc)[-1])
-    sch.parallel(sch.fuse(*outer, first, second) if conv else sch.fuse(*outer, first))
+    sch.parallel(sch.fuse(*tasks))
     init = sch.decompose_reduction(block, reduce[0])
     sch.vectorize(sch.get_loops(init)[-1])
     return {sch.get(b).name_hint for b in (block, init, acc)}
@@ -328,10 +342,14 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     loops = sch.get_loops(block)
     if not loops:
         return
-    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
-    total = _extent(sch, fused)
     # TVM cannot vectorize stores of bool (it widens them to int8 vectors and then rejects them)
     vectorizable = all(str(w.source.dtype) != "bool" for w in sch.get(block).writes)
+    if len(loops) > 1 and _extent(sch, loops[-1]) % cfg.lanes:
+        _schedule_rows(sch, loops, cfg, vectorizable)
+        stats.elementwise += 1
+        return
+    fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+    total = _extent(sch, fused)
     if total >= 4 * cfg.lanes and vectorizable:
         outer, inner = sch.split(fused, [None, cfg.lanes])
         sch.vectorize(inner)
@@ -340,3 +358,20 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     if total >= PARALLEL_MIN_WORK:
         sch.parallel(outer)
     stats.elementwise += 1
+
+
+def _schedule_rows(sch: s_tir.Schedule, loops: list, cfg: CPUScheduleConfig,
+                   vectorizable: bool) -> None:
+    """An elementwise block whose rows are not whole vectors (a pad to 114 x 114, softmax's
+    197 columns): flattened, a vector would straddle rows and each lane's index would be
+    computed apart with divisions (a max pool's pad ran 25x slower so). Rows in parallel,
+    each row vectorized on its own."""
+    total = 1
+    for lp in loops:
+        total *= _extent(sch, lp)
+    rows = sch.fuse(*loops[:-1])
+    if _extent(sch, loops[-1]) >= cfg.lanes and vectorizable:
+        _, inner = sch.split(loops[-1], [None, cfg.lanes])
+        sch.vectorize(inner)
+    if total >= PARALLEL_MIN_WORK:
+        sch.parallel(rows)
