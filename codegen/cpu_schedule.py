@@ -81,8 +81,11 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         return func
     sch = s_tir.Schedule(func)
     try:
+        _inline_elementwise_chains(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             _pad_contraction(sch, block, cfg)
+        if _next_contraction(sch, set()) is None and _schedule_row_group(sch, stats):
+            return sch.mod["main"]
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         while (found := _next_contraction(sch, done)) is not None:
             intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
@@ -97,6 +100,57 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
     except Exception as e:  # noqa: BLE001 - a rule that does not fit: try the safe rules only
         stats.fallbacks.append(f"{name}: {type(e).__name__}")
         return _schedule_func_conservative(name, func, cfg, stats)
+
+
+def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:
+    """Inlines each elementwise block into its one elementwise consumer: a GELU spelled out is
+    five blocks (scale, erf, half, add, product), and as blocks they ran as five passes over
+    memory after the matmul instead of on its register tile. A block feeding a reduction is
+    left alone (a conv's pad, softmax's exponentials are read many times each)."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        kinds = _iter_kinds(sch, block)
+        consumers = sch.get_consumers(block)
+        if kinds is None or COMM_REDUCE in kinds or len(consumers) != 1:
+            continue
+        consumer_kinds = _iter_kinds(sch, consumers[0])
+        if consumer_kinds is None or COMM_REDUCE in consumer_kinds:
+            continue
+        try:
+            sch.compute_inline(block)
+        except s_tir.ScheduleError:
+            pass
+
+
+def _schedule_row_group(sch: s_tir.Schedule, stats: ScheduleStats) -> bool:
+    """Softmax, layer norm and their kin: row reductions and elementwise blocks over the same
+    rows. One parallel loop over the rows computes each row whole (max, exponentials, sum,
+    normalized output) while it is in L1, instead of one pass over memory per block. True
+    when the function had that shape and was scheduled so."""
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))
+    last = blocks[-1]
+    kinds = _iter_kinds(sch, last)
+    if len(blocks) < 2 or kinds is None or COMM_REDUCE in kinds or len(kinds) < 2:
+        return False
+    loops = sch.get_loops(last)
+    rows = [_extent(sch, lp) for lp in loops[:-1]]
+    for block in blocks[:-1]:
+        block_kinds = _iter_kinds(sch, block)
+        block_loops = sch.get_loops(block)
+        if block_kinds is None or block_kinds[:len(rows)] != [DATA_PAR] * len(rows) \
+                or [_extent(sch, lp) for lp in block_loops[:len(rows)]] != rows:
+            return False
+    reductions = sum(1 for b in blocks if COMM_REDUCE in _iter_kinds(sch, b))
+    row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
+    for block in reversed(blocks[:-1]):
+        sch.compute_at(block, row, preserve_unit_loops=False)
+    total = 1
+    for lp in sch.get_loops(last):
+        total *= _extent(sch, lp)
+    if total >= PARALLEL_MIN_WORK:
+        sch.parallel(row)
+    stats.reductions += reductions
+    stats.elementwise += 1
+    return True
 
 
 def _next_contraction(sch: s_tir.Schedule, done: set[str]):
@@ -345,7 +399,7 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     # TVM cannot vectorize stores of bool (it widens them to int8 vectors and then rejects them)
     vectorizable = all(str(w.source.dtype) != "bool" for w in sch.get(block).writes)
     if len(loops) > 1 and _extent(sch, loops[-1]) % cfg.lanes:
-        _schedule_rows(sch, loops, cfg, vectorizable)
+        _schedule_rows(sch, loops)
         stats.elementwise += 1
         return
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
@@ -360,18 +414,15 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     stats.elementwise += 1
 
 
-def _schedule_rows(sch: s_tir.Schedule, loops: list, cfg: CPUScheduleConfig,
-                   vectorizable: bool) -> None:
+def _schedule_rows(sch: s_tir.Schedule, loops: list) -> None:
     """An elementwise block whose rows are not whole vectors (a pad to 114 x 114, softmax's
-    197 columns): flattened, a vector would straddle rows and each lane's index would be
-    computed apart with divisions (a max pool's pad ran 25x slower so). Rows in parallel,
-    each row vectorized on its own."""
+    197 columns). Flattened, a vector would straddle rows and each lane's index would be
+    computed apart with divisions (a max pool's pad ran 25x slower so); split by the vector
+    width, the tail's predicate makes TVM emit the whole loop scalar (softmax's exp 2.4x
+    slower). Rows in parallel, each row a plain loop that LLVM vectorizes with its own tail."""
     total = 1
     for lp in loops:
         total *= _extent(sch, lp)
     rows = sch.fuse(*loops[:-1])
-    if _extent(sch, loops[-1]) >= cfg.lanes and vectorizable:
-        _, inner = sch.split(loops[-1], [None, cfg.lanes])
-        sch.vectorize(inner)
     if total >= PARALLEL_MIN_WORK:
         sch.parallel(rows)

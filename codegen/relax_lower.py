@@ -72,20 +72,26 @@ REDUCE_RELAX = {"reduce_sum": R.sum, "reduce_mean": R.mean, "reduce_max": R.max,
                 "reduce_min": R.min, "reduce_prod": R.prod}
 
 
+def _gelu(x: relax.Expr, dt: str, approximate: str = "none") -> relax.Expr:
+    """GELU spelled out so the fast-math pass reaches its erf / tanh (R.nn.gelu legalizes to
+    a scalar libm erf: ViT's GELU took 1 ms per layer that way)."""
+    half, one = _const(0.5, dt), _const(1, dt)
+    if approximate == "tanh":
+        cube = R.multiply(_const(0.044715, dt), R.multiply(x, R.multiply(x, x)))
+        inner = R.multiply(_const(np.sqrt(2 / np.pi), dt), R.add(x, cube))
+        return R.multiply(R.multiply(half, x), R.add(one, R.tanh(inner)))
+    erf = R.erf(R.multiply(x, _const(1 / np.sqrt(2), dt)))
+    return R.multiply(x, R.add(half, R.multiply(half, erf)))
+
+
 def _lower_composite_unary(bb: relax.BlockBuilder, node: Node, x: relax.Expr) -> relax.Expr:
     a, dt = node.attrs, _dtype(node)
     one, zero = _const(1, dt), _const(0, dt)
     match node.op:
         case "reciprocal":
             return R.divide(one, x)
-        case "gelu":  # spelled out so the fast-math pass can reach its erf / tanh
-            half = _const(0.5, dt)
-            if a["approximate"] == "tanh":
-                cube = R.multiply(_const(0.044715, dt), R.multiply(x, R.multiply(x, x)))
-                inner = R.multiply(_const(np.sqrt(2 / np.pi), dt), R.add(x, cube))
-                return R.multiply(R.multiply(half, x), R.add(one, R.tanh(inner)))
-            erf = R.erf(R.multiply(x, _const(1 / np.sqrt(2), dt)))
-            return R.multiply(x, R.add(half, R.multiply(half, erf)))
+        case "gelu":
+            return _gelu(x, dt, a["approximate"])
         case "softplus":  # log(1 + e^x) computed stably as max(x, 0) + log1p(e^-|x|)
             return R.add(R.maximum(x, zero), R.log(R.add(one, R.exp(R.negative(R.abs(x))))))
         case "softsign":
@@ -232,13 +238,15 @@ def _lower_matmul(bb, node, args):
     return R.matmul(args[0], args[1])
 
 
-ACTIVATION_RELAX = {"relu": R.nn.relu, "gelu": R.nn.gelu, "silu": R.nn.silu,
-                    "sigmoid": R.sigmoid, "tanh": R.tanh}
+ACTIVATION_RELAX = {"relu": R.nn.relu, "silu": R.nn.silu, "sigmoid": R.sigmoid,
+                    "tanh": R.tanh}
 
 
 def _epilogue(bb, node: Node, y: relax.Expr) -> relax.Expr:
     """The fused activation of conv/linear; TVM's FuseOps puts it in the same kernel."""
     act = node.attrs.get("activation", "none")
+    if act == "gelu":  # act_fuse fuses the exact (erf) GELU only
+        return _gelu(bb.emit(y), _dtype(node))
     return y if act == "none" else ACTIVATION_RELAX[act](bb.emit(y))
 
 
@@ -255,30 +263,30 @@ def _as_rows(bb, x: relax.Expr, shape: tuple[int, ...]) -> relax.Expr:
 
 
 def _lower_linear_panels(bb, node, args):
-    """linear whose weight param is stored in panels [out / P, in, P]: a matmul into
-    [rows, out / P, P] with the bias added in the same kernel and the activation on that shape
-    (so the CPU schedule fuses both into the tile write-back), then the free reshape to the
-    output's shape."""
+    """linear whose weight param is stored in panels [out / P, in, P]: output column o is lane
+    o % P of panel o / P. The matmul is computed in the output's own shape, with the bias in
+    the same kernel, so no reshape stands between it and its epilogue (activation, residual
+    add: FuseOps fuses only elementwise ops into a matmul)."""
     from tvm import te
 
     xt = node.inputs[0].type
     in_features, out = xt.shape[-1], node.output.shape[-1]
-    rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
-    panels, _, panel = (int(d) for d in args[1].ty.shape.values)
+    panel = int(args[1].ty.shape.values[-1])
 
     def matmul(x, w, *bias):
         k = te.reduce_axis((0, in_features), name="k")
-        y = te.compute((rows, panels, panel),
-                       lambda m, j, p: te.sum(x[m, k] * w[j, k, p], axis=k), name="panel_matmul")
+
+        def dot(*idx):
+            o = idx[-1]
+            return te.sum(x[(*idx[:-1], k)] * w[o // panel, k, o % panel], axis=k)
+
+        y = te.compute(node.output.shape, dot, name="panel_matmul")
         if not bias:
             return y
-        return te.compute(y.shape, lambda m, j, p: y[m, j, p] + bias[0][j * panel + p],
-                          name="panel_bias")
+        return te.compute(y.shape, lambda *idx: y[idx] + bias[0][idx[-1]], name="panel_bias")
 
-    y = bb.emit_te(matmul, _as_rows(bb, args[0], xt.shape), *args[1:3],
-                   primfunc_name_hint="panel_matmul")
-    y = bb.emit(_epilogue(bb, node, y))
-    return R.reshape(y, list(xt.shape[:-1]) + [out])
+    y = bb.emit_te(matmul, *args[:3], primfunc_name_hint="panel_matmul")
+    return _epilogue(bb, node, y)
 
 
 def _lower_linear_pretransposed(bb, node, args):
@@ -983,7 +991,11 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
         bb.emit_func_output(out)
-    return LoweredModule(bb.get(), params, layouts)
+    # lowerings emit a value and then bind it again (`bb.emit(y)` of a var): FuseOps treats
+    # such a var-to-var binding as opaque, and every linear's epilogue (bias, GELU) ran as a
+    # kernel of its own
+    mod = relax.transform.CanonicalizeBindings()(bb.get())
+    return LoweredModule(mod, params, layouts)
 
 
 def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],

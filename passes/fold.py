@@ -3,7 +3,7 @@
 Matches: nodes whose inputs are all constants (evaluated with the op's numpy reference, up to
 `max_elements` per result), and ops that do nothing (reshape or broadcast to the same shape,
 identity transposes, casts to the same dtype, full-range slices, adding or subtracting zero,
-multiplying or dividing by one). Exact. Runs first: it exposes constant weights to the passes
+multiplying or dividing by one, an attention mask that masks nothing). Exact. Runs first: it exposes constant weights to the passes
 that fold into them.
 """
 
@@ -43,12 +43,27 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
         elif (src := _identity_source(node)) is not None:
             g.replace_all_uses(out, src)
             identities += 1
+        elif _mask_allows_all(node):
+            unmasked = g.add_node("attention", node.inputs[:3], node.attrs, node.scope,
+                                  name=node.name, before=node)
+            g.replace_all_uses(out, unmasked.output)
+            identities += 1
     removed = g.remove_dead()
     report.matches = folded + identities
     report.effect = {"constants_folded": folded, "identities_removed": identities,
                      "nodes_before": len(graph.nodes), "nodes_after": len(g.nodes),
                      "dead_removed": removed}
     return PassResult(g, report.matches > 0 or removed > 0, report)
+
+
+def _mask_allows_all(node: Node) -> bool:
+    """An attention whose constant mask masks nothing (bool all true, additive all zero), as
+    torch.export leaves for a model called without one: the select over every score costs a
+    pass over the attention matrix."""
+    if node.op != "attention" or len(node.inputs) != 4:
+        return False
+    mask = const(node.inputs[3])
+    return mask is not None and bool(np.all(mask if mask.dtype == bool else mask == 0))
 
 
 def _identity_source(node: Node) -> Value | None:

@@ -1,6 +1,6 @@
 """The CPU schedule rules on the shapes that exercise their special paths, against the IR
-interpreter: padded rows (no vector width divides them) with fused epilogues, HWIO convs
-vectorized over output channels, grouped convs, scans left serial."""
+interpreter: padded rows (no vector width divides them) with fused epilogues, convs stored in
+panels and vectorized over output channels, grouped convs, row reductions, scans left serial."""
 
 import numpy as np
 import pytest
@@ -46,6 +46,41 @@ def test_convs_with_epilogues(size, channels, groups):
     g.set_outputs([y])
     stats = check(g, [const(1, channels, size, size)])
     assert stats["contractions"] == 1 and stats["fallbacks"] == []
+
+
+@pytest.mark.parametrize("strides,padding,dilation", [((2, 2), (3, 3, 3, 3), (1, 1)),
+                                                      ((1, 2), (1, 0, 2, 1), (2, 1))])
+def test_panel_stored_convs_strided_dilated_and_unevenly_padded(strides, padding, dilation):
+    g = Graph()
+    x = g.add_input("x", (2, 3, 23, 19), "float32")
+    w = g.add_const(const(48, 3, 7, 3))
+    y = g.op("conv", x, w, strides=strides, padding=padding, dilation=dilation)
+    g.set_outputs([g.op("add", y, g.add_const(const(1, 48, 1, 1)))])
+    stats = check(g, [const(2, 3, 23, 19)])
+    assert stats["contractions"] == 1 and stats["fallbacks"] == []
+
+
+def test_linear_epilogue_runs_on_the_register_tile():
+    """bias, GELU (five blocks spelled out) and the residual add all inlined into the tile's
+    write-back: nothing is left to run as an elementwise pass of its own."""
+    g = Graph()
+    x = g.add_input("x", (64, 32), "float32")
+    r = g.add_input("r", (64, 64), "float32")
+    y = g.op("linear", x, g.add_const(const(64, 32)), g.add_const(const(64)),
+             activation="gelu")
+    g.set_outputs([g.op("add", y, r)])
+    stats = check(g, [const(64, 32), const(64, 64)])
+    assert stats["contractions"] == 1 and stats["elementwise"] == 0
+
+
+@pytest.mark.parametrize("op,attrs", [("softmax", {"axis": -1}), ("layer_norm", {})])
+def test_row_reductions_with_odd_row_lengths(op, attrs):
+    g = Graph()
+    x = g.add_input("x", (3, 197, 197), "float32")
+    args = [x] if op == "softmax" else [x, g.add_const(const(197)), g.add_const(const(197))]
+    g.set_outputs([g.op(op, *args, **attrs)])
+    stats = check(g, [const(3, 197, 197) * 20])
+    assert stats["fallbacks"] == [] and stats["reductions"] >= 1
 
 
 def test_batched_attention_scores_with_odd_sequence_length():

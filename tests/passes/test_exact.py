@@ -191,6 +191,21 @@ def test_fold_removes_constant_subgraphs_and_identities():
     np.testing.assert_allclose(interpret(out, [xs])[0], interpret(g, [xs])[0], rtol=1e-6)
 
 
+@pytest.mark.parametrize("mask,dropped", [(np.ones((1, 1, 5, 5), bool), True),
+                                          (np.zeros((1, 1, 5, 5), np.float32), True),
+                                          (np.tril(np.ones((1, 1, 5, 5), bool)), False)])
+def test_fold_drops_an_attention_mask_that_masks_nothing(mask, dropped):
+    g = Graph()
+    q, k, v = (g.add_input(n, (1, 2, 5, 4), "float32") for n in "qkv")
+    g.set_outputs([g.op("attention", q, k, v, g.add_const(mask))])
+    out, _ = run_pipeline(g, ["fold"])
+    (node,) = out.nodes
+    assert len(node.inputs) == (3 if dropped else 4)
+    xs = [np.random.default_rng(i).standard_normal((1, 2, 5, 4)).astype(np.float32)
+          for i in range(3)]
+    np.testing.assert_allclose(interpret(out, xs)[0], interpret(g, xs)[0], rtol=1e-6)
+
+
 def test_exact_preset_compiles_and_matches_eager_through_the_host_build():
     torch.manual_seed(0)
     model = randomize_batch_norms(RepVGG(widths=(8, 8, 16, 16, 32), depths=(1, 2, 2, 2, 1)))
