@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
@@ -143,10 +144,7 @@ def _schedule_row_group(sch: s_tir.Schedule, stats: ScheduleStats) -> bool:
     row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row, preserve_unit_loops=False)
-    total = 1
-    for lp in sch.get_loops(last):
-        total *= _extent(sch, lp)
-    if total >= PARALLEL_MIN_WORK:
+    if _volume(sch, sch.get_loops(last)) >= PARALLEL_MIN_WORK:
         sch.parallel(row)
     stats.reductions += reductions
     stats.elementwise += 1
@@ -191,6 +189,11 @@ def _iter_kinds(sch: s_tir.Schedule, block) -> list[int] | None:
 
 def _extent(sch: s_tir.Schedule, loop) -> int:
     return int(sch.get(loop).extent)
+
+
+def _volume(sch: s_tir.Schedule, loops) -> int:
+    """Iterations of a loop nest: the work a parallel launch would split."""
+    return int(np.prod([_extent(sch, lp) for lp in loops], dtype=np.int64))
 
 
 def _schedule_block(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
@@ -392,9 +395,7 @@ def _schedule_reduction(sch: s_tir.Schedule, block, kinds: list[int],
     spatial = [lp for lp, k in zip(loops, kinds) if k == DATA_PAR]
     if not spatial or kinds[:len(spatial)] != [DATA_PAR] * len(spatial):
         return
-    work = 1
-    for lp in loops:
-        work *= _extent(sch, lp)
+    work = _volume(sch, loops)  # before the fuse, which replaces the loops
     fused = sch.fuse(*spatial) if len(spatial) > 1 else spatial[0]
     if work >= PARALLEL_MIN_WORK and _extent(sch, fused) > 1:
         sch.parallel(fused)
@@ -406,12 +407,12 @@ def _schedule_elementwise(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig,
     loops = sch.get_loops(block)
     if not loops:
         return
-    # TVM cannot vectorize stores of bool (it widens them to int8 vectors and then rejects them)
-    vectorizable = all(str(w.source.dtype) != "bool" for w in sch.get(block).writes)
     if len(loops) > 1 and _extent(sch, loops[-1]) % cfg.lanes:
         _schedule_rows(sch, loops)
         stats.elementwise += 1
         return
+    # TVM cannot vectorize stores of bool (it widens them to int8 vectors and then rejects them)
+    vectorizable = all(str(w.source.dtype) != "bool" for w in sch.get(block).writes)
     fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
     total = _extent(sch, fused)
     if total >= 4 * cfg.lanes and vectorizable:
@@ -430,9 +431,7 @@ def _schedule_rows(sch: s_tir.Schedule, loops: list) -> None:
     computed apart with divisions (a max pool's pad ran 25x slower so); split by the vector
     width, the tail's predicate makes TVM emit the whole loop scalar (softmax's exp 2.4x
     slower). Rows in parallel, each row a plain loop that LLVM vectorizes with its own tail."""
-    total = 1
-    for lp in loops:
-        total *= _extent(sch, lp)
+    work = _volume(sch, loops)
     rows = sch.fuse(*loops[:-1])
-    if total >= PARALLEL_MIN_WORK:
+    if work >= PARALLEL_MIN_WORK:
         sch.parallel(rows)

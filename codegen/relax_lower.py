@@ -269,8 +269,7 @@ def _lower_linear_panels(bb, node, args):
     add: FuseOps fuses only elementwise ops into a matmul)."""
     from tvm import te
 
-    xt = node.inputs[0].type
-    in_features, out = xt.shape[-1], node.output.shape[-1]
+    in_features = node.inputs[0].shape[-1]
     panel = int(args[1].ty.shape.values[-1])
 
     def matmul(x, w, *bias):

@@ -3,8 +3,8 @@
 Matches: nodes whose inputs are all constants (evaluated with the op's numpy reference, up to
 `max_elements` per result), and ops that do nothing (reshape or broadcast to the same shape,
 identity transposes, casts to the same dtype, full-range slices, adding or subtracting zero,
-multiplying or dividing by one, an attention mask that masks nothing). Exact. Runs first: it exposes constant weights to the passes
-that fold into them.
+multiplying or dividing by one, an attention mask that masks nothing). Exact. Runs first: it
+exposes constant weights to the passes that fold into them.
 """
 
 from __future__ import annotations
