@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
+from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 
 DATA_PAR, COMM_REDUCE = 0, 2
@@ -88,6 +89,9 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         if _next_contraction(sch, set()) is None and _schedule_row_group(sch, stats):
             return sch.mod["main"]
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
+        if (gemv := find_gemv(sch)) is not None:
+            done |= schedule_gemv(sch, gemv, _inline_epilogue)
+            stats.contractions += 1
         while (found := _next_contraction(sch, done)) is not None:
             intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
             placed = intrinsic and schedule_int8_matmul(sch, found[0], *intrinsic,

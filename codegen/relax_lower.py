@@ -532,6 +532,8 @@ def _decoded_matmul(x, weight, in_features: int, out: int, panel: int, name: str
 def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
                     dtype: str, symmetric: bool):
     """w dequantized from q ([in or in/2, out] or in panels) as it is read."""
+    if panel and int(x.shape[0]) < DECODE_ROWS:
+        return _dequant_gemv(x, q, scale, zero, bits, in_features, out, panel, dtype, symmetric)
     groups = scale.shape[-2] if panel else scale.shape[0]
     group = in_features // groups
 
@@ -546,6 +548,47 @@ def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, out: int, pa
         return value * _col(scale, kk // group, col)
 
     return _decoded_matmul(x, weight, in_features, out, panel, "dequant_matmul")
+
+
+DECODE_ROWS = 4  # fewer rows than a register tile: the weights' decoding bounds the kernel
+GEMV_DOT, GEMV_KERNEL = "dequant_gemv_dot", "dequant_gemv"  # block names (see codegen/gemv.py)
+
+
+def _dequant_gemv(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
+                  dtype: str, symmetric: bool):
+    """The decoding form (one to three rows, weights in panels): with per-group scales s and
+    zero points z, y = sum_g s_g * (sum_{k in g} x_k q_k - z_g * sum_{k in g} x_k), so the
+    inner loop only turns each weight's level into a float and multiplies it in; the scale
+    and zero point are applied once per group instead of once per weight (ResNet-free
+    SmolLM2 layers: 0.128 -> 0.062 ms for an int4 1536 x 576 product)."""
+    from tvm import te
+
+    rows, groups = x.shape[0], int(scale.shape[-2])
+    group = in_features // groups
+    per_byte = 2 if bits == 4 else 1  # an int4 byte holds inputs 2b (low nibble), 2b + 1
+
+    def term(m, g, j, p, t):
+        byte = g * (group // per_byte) + t
+        value = q[j, byte, p]
+        if bits == 8:
+            return x[m, byte] * value.astype(dtype)
+        value = value.astype("int32")
+        return (x[m, 2 * byte] * (value & 15).astype(dtype)
+                + x[m, 2 * byte + 1] * (value >> 4).astype(dtype))
+
+    t = te.reduce_axis((0, group // per_byte), name="t")
+    dot = te.compute((rows, groups, out // panel, panel),
+                     lambda m, g, j, p: te.sum(term(m, g, j, p, t), axis=t), name=GEMV_DOT)
+    g = te.reduce_axis((0, groups), name="g")
+    if symmetric:
+        return te.compute((rows, out // panel, panel), lambda m, j, p: te.sum(
+            scale[j, g, p] * dot[m, g, j, p], axis=g), name=GEMV_KERNEL)
+    k = te.reduce_axis((0, group), name="k")
+    sums = te.compute((rows, groups), lambda m, gg: te.sum(x[m, gg * group + k], axis=k),
+                      name="dequant_gemv_sums")
+    return te.compute((rows, out // panel, panel), lambda m, j, p: te.sum(
+        scale[j, g, p] * (dot[m, g, j, p] - zero[j, g, p].astype(dtype) * sums[m, g]), axis=g),
+        name=GEMV_KERNEL)
 
 
 def _sparse_matmul(x, values, index, scale, in_features: int, out: int, panel: int, dtype: str,

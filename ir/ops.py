@@ -999,9 +999,11 @@ def _quant_linear_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[
                       f"{want[0]}[out, {want[1]}], got {q}")
     groups = scale.shape[1] if len(scale.shape) == 2 else 0
     if scale.shape != (q.shape[0], groups) or not groups or k % groups or \
-            zero.shape != scale.shape or zero.dtype != q.dtype or scale.dtype != x.dtype:
+            zero.shape != scale.shape or zero.dtype not in (q.dtype, scale.dtype) or \
+            scale.dtype != x.dtype:
         raise IRError(f"quant_linear: scale {scale} and zero {zero} must be [out, groups] "
-                      f"with groups dividing {k}")
+                      f"with groups dividing {k}, the zero points integers of the weight's "
+                      "type or fractional ones of the scale's")
     if len(types) == 5 and types[4].shape != (q.shape[0],):
         raise IRError(f"quant_linear: bias {types[4]} does not match {q.shape[0]} outputs")
     return [TensorType(x.shape[:-1] + (q.shape[0],), x.dtype)]
@@ -1014,7 +1016,8 @@ def _quant_linear_ref(a: dict[str, Any], x, q, scale, zero, b=None):
 
 register("quant_linear", _quant_linear_infer, _quant_linear_ref,
          {"bits": REQUIRED, "activation": "none"}, num_inputs=(4, 5),
-         doc="linear with an int8 or packed int4 weight, dequantized per group in the kernel")
+         doc="linear with an int8 or packed int4 weight, dequantized per group in the kernel: "
+             "w = (q - zero) * scale")
 
 
 # ---- W8A8 static: int8 weights and int8 activations, integer accumulation ----------------------

@@ -4,8 +4,13 @@ Matches: `linear` nodes with a constant weight, except those whose scope matches
 `keep_float` pattern. Each becomes a `quant_linear` whose weight stays quantized in memory
 and is dequantized inside the kernel:
 - `bits=8`: symmetric per output channel, scale = max|w| / 127;
-- `bits=4`: asymmetric per group of `group` input channels (32, 64 or 128), scale =
-  (max - min) / 15, zero = round(-min / scale); two values per byte.
+- `bits=4`: asymmetric per group of `group` input channels (32, 64 or 128), two values per
+  byte, w ~ (q - zero) * scale with a fractional (float) zero point, as llama.cpp's Q4_1 and
+  HQQ store it: the grid's two ends sit on the group's min and max wherever they are (an
+  integer zero point moves one end by up to half a step, and a range forced through 0 wastes
+  levels). Starting from min-max, `refine` rounds of least squares fit (scale, zero) to the
+  values' current levels and re-round them (Lloyd-style), which lowers the rounding error of
+  groups whose extreme values are outliers.
 With calibration data, AWQ-style activation-aware scaling (Lin et al., MLSys 2024): the input
 channels that carry large activations are scaled up before rounding, w' = w * s, and the input
 is divided by s (folded into a preceding layer norm's affine, or one elementwise multiply).
@@ -43,6 +48,7 @@ NAME = "weight_quant"
 class Config:
     bits: int = 8  # 8 (per output channel) or 4 (per group)
     group: int = 128  # int4 group size along the input channels: 32, 64 or 128
+    refine: int = 4  # int4: least-squares rounds fitting each group's scale and zero
     awq: bool = True  # activation-aware scaling (needs calibration data)
     alpha_grid: int = 11  # alphas tried: 0, 0.1, ... 1
     keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*lm_head*+*.0.*"
@@ -56,25 +62,48 @@ class Quantized:
     zero: np.ndarray
 
 
-def quantize_weight(w: np.ndarray, bits: int, group: int) -> Quantized:
-    """Round-to-nearest: int8 symmetric per row, int4 asymmetric per group of columns."""
+def quantize_weight(w: np.ndarray, bits: int, group: int, refine: int = 0) -> Quantized:
+    """int8 symmetric per row (round to nearest), int4 asymmetric per group of columns."""
     out, k = w.shape
     if bits == 8:
         scale = np.maximum(np.abs(w).max(1, keepdims=True), 1e-12) / 127.0
         q = np.clip(np.round(w / scale), -127, 127).astype(np.int8)
         return Quantized(q, scale.astype(np.float32), np.zeros((out, 1), np.int8))
-    wg = w.reshape(out, k // group, group)
-    lo, hi = np.minimum(wg.min(-1), 0.0), np.maximum(wg.max(-1), 0.0)
+    wg = w.reshape(out, k // group, group).astype(np.float32)
+    lo, hi = wg.min(-1), wg.max(-1)
     scale = np.maximum(hi - lo, 1e-12) / 15.0
-    zero = np.clip(np.round(-lo / scale), 0, 15)
-    q = np.clip(np.round(wg / scale[..., None]) + zero[..., None], 0, 15)
-    return Quantized(pack_int4(q.reshape(out, k)), scale.astype(np.float32),
-                     zero.astype(np.uint8))
+    offset = lo  # w ~ q * scale + offset, zero = -offset / scale
+    levels = _levels(wg, scale, offset)
+    for _ in range(refine):
+        scale, offset = _least_squares(wg, levels, scale, offset)
+        levels = _levels(wg, scale, offset)
+    return Quantized(pack_int4(levels.reshape(out, k)), scale.astype(np.float32),
+                     (-offset / scale).astype(np.float32))
 
 
-def _dequantized(w: np.ndarray, bits: int, group: int) -> np.ndarray:
-    qw = quantize_weight(w, bits, group)
-    return dequantize(qw.q, qw.scale, qw.zero, bits, w.shape[1])
+def _levels(wg: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> np.ndarray:
+    return np.clip(np.round((wg - offset[..., None]) / scale[..., None]), 0, 15)
+
+
+def _least_squares(wg: np.ndarray, levels: np.ndarray, scale: np.ndarray, offset: np.ndarray
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """Per group, the (scale, offset) minimising sum (levels * scale + offset - w)^2 for the
+    given levels; groups whose levels are all equal (no slope to fit) keep theirs."""
+    n = wg.shape[-1]
+    sq, sqq = levels.sum(-1), (levels * levels).sum(-1)
+    sw, sqw = wg.sum(-1), (levels * wg).sum(-1)
+    det = n * sqq - sq * sq
+    fit = det > 0.5  # integer levels: det is 0 or at least n - 1
+    safe = np.where(fit, det, 1.0)
+    new_scale = np.where(fit, (n * sqw - sq * sw) / safe, scale)
+    fit &= new_scale > 1e-12
+    new_scale = np.where(fit, new_scale, scale)
+    return new_scale, np.where(fit, (sw - new_scale * sq) / n, offset)
+
+
+def _dequantized(w: np.ndarray, cfg: Config) -> np.ndarray:
+    qw = quantize_weight(w, cfg.bits, cfg.group, cfg.refine)
+    return dequantize(qw.q, qw.scale, qw.zero, cfg.bits, w.shape[1])
 
 
 def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
@@ -91,7 +120,7 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
         for node in nodes:
             w = node.inputs[1].data.astype(np.float32)
             qw = quantize_weight(w if scales is None else w * scales[0][None, :], cfg.bits,
-                                 cfg.group)
+                                 cfg.group, cfg.refine)
             info = {"bits": cfg.bits, "alpha": None if scales is None else scales[1]}
             if x is not None:
                 approx = dequantize(qw.q, qw.scale, qw.zero, cfg.bits, w.shape[1])
@@ -119,6 +148,8 @@ def _check(cfg: Config) -> None:
         raise PassError(NAME, f"bits={cfg.bits}: use 8 (per channel) or 4 (per group)")
     if cfg.bits == 4 and cfg.group not in (32, 64, 128):
         raise PassError(NAME, f"group={cfg.group}: int4 groups are 32, 64 or 128")
+    if cfg.refine < 0:
+        raise PassError(NAME, f"refine={cfg.refine}: the least-squares rounds are 0 or more")
 
 
 def _matches(graph: Graph, cfg: Config, report: PassReport) -> dict[int, list[Node]]:
@@ -143,7 +174,7 @@ def _awq_scales(nodes: list[Node], x: np.ndarray, cfg: Config
     for alpha in np.linspace(0.0, 1.0, cfg.alpha_grid):
         s = magnitude ** alpha
         s = s / np.sqrt(s.max() * s.min())
-        err = sum(float(((x @ (_dequantized(w * s[None, :], cfg.bits, cfg.group)
+        err = sum(float(((x @ (_dequantized(w * s[None, :], cfg)
                                 / s[None, :]).T - y) ** 2).sum())
                   for w, y in zip(weights, wanted))
         if err < best_err:

@@ -12,23 +12,25 @@ import honer
 from honer.errors import PassError
 from honer.frontend import capture
 from honer.ir import interpret
+from honer.ir.ops import dequantize
 from honer.passes import Calibration, run_pipeline
+from honer.passes.weight_quant import quantize_weight
 from honer.tests.models.zoo import ZOO
 
 TOL = 1e-5  # same dequantized weights, the same float arithmetic in another order
 
 
 def fake_quant(w: torch.Tensor, bits: int, group: int) -> torch.Tensor:
-    """Round-to-nearest: int8 symmetric per output row; int4 asymmetric per group."""
+    """Round-to-nearest: int8 symmetric per output row; int4 asymmetric per group, the 16
+    levels spanning the group's min to max (a fractional zero point)."""
     if bits == 8:
         scale = w.abs().amax(1, keepdim=True).clamp_min(1e-12) / 127
         return (w / scale).round().clamp(-127, 127) * scale
     g = w.reshape(w.shape[0], -1, group)
-    lo, hi = g.amin(-1, keepdim=True).clamp_max(0), g.amax(-1, keepdim=True).clamp_min(0)
+    lo, hi = g.amin(-1, keepdim=True), g.amax(-1, keepdim=True)
     scale = (hi - lo).clamp_min(1e-12) / 15
-    zero = (-lo / scale).round().clamp(0, 15)
-    q = ((g / scale).round() + zero).clamp(0, 15)
-    return ((q - zero) * scale).reshape(w.shape)
+    q = ((g - lo) / scale).round().clamp(0, 15)
+    return (q * scale + lo).reshape(w.shape)
 
 
 def quantized_copy(model: torch.nn.Module, bits: int, group: int) -> torch.nn.Module:
@@ -45,8 +47,8 @@ def _rel(a, b):
 
 
 @pytest.mark.parametrize("spec, bits, group", [
-    ("weight_quant:bits=8", 8, 0), ("weight_quant:bits=4,group=64", 4, 64),
-    ("weight_quant:bits=4,group=128", 4, 128)])
+    ("weight_quant:bits=8", 8, 0), ("weight_quant:bits=4,group=64,refine=0", 4, 64),
+    ("weight_quant:bits=4,group=128,refine=0", 4, 128)])
 def test_round_to_nearest_matches_pytorch_with_fake_quantized_weights(spec, bits, group):
     model, inputs = ZOO["bert_minilm"](seq=32)
     out, [report] = run_pipeline(capture(model, inputs), [spec])
@@ -60,6 +62,24 @@ def test_round_to_nearest_matches_pytorch_with_fake_quantized_weights(spec, bits
     assert "linear" not in {n.op for n in out.nodes}
     ratio = report.effect["weight_bytes_before"] / report.effect["weight_bytes_after"]
     assert ratio > (3.9 if bits == 8 else 6.0)
+
+
+def test_int4_refinement_never_raises_the_rounding_error_and_finds_a_4_bit_grid():
+    rng = np.random.default_rng(0)
+    w = rng.standard_t(3, size=(64, 256)).astype(np.float32)  # heavy tails: outlier extremes
+    errors = []
+    for rounds in (0, 1, 4):
+        qw = quantize_weight(w, 4, 64, rounds)
+        errors.append(float(((dequantize(qw.q, qw.scale, qw.zero, 4, 256) - w) ** 2).sum()))
+    assert errors[0] >= errors[1] >= errors[2] and errors[2] < 0.97 * errors[0]
+    # weights that are a 4-bit grid per group already (a Q4_1 checkpoint: any offset, levels
+    # not all used) come back exactly: the fractional zero point puts the grid where it is
+    levels = rng.integers(1, 15, size=(64, 4, 64)).astype(np.float32)
+    levels[..., 0], levels[..., 1] = 0, 15
+    grid = (levels * rng.uniform(0.01, 0.1, (64, 4, 1)) + rng.normal(0, 0.3, (64, 4, 1)))
+    grid = grid.reshape(64, 256).astype(np.float32)
+    qw = quantize_weight(grid, 4, 64, 4)
+    assert np.abs(dequantize(qw.q, qw.scale, qw.zero, 4, 256) - grid).max() < 1e-6
 
 
 @pytest.mark.parametrize("spec", ["weight_quant:bits=8", "weight_quant:bits=4,group=32"])
@@ -114,5 +134,7 @@ def test_refusals_and_kept_layers_are_reported():
         run_pipeline(graph, ["weight_quant:bits=3"])
     with pytest.raises(PassError, match="group=48"):
         run_pipeline(graph, ["weight_quant:bits=4,group=48"])
+    with pytest.raises(PassError, match="refine=-1"):
+        run_pipeline(graph, ["weight_quant:bits=4,refine=-1"])
     _, [report] = run_pipeline(graph, ["weight_quant:bits=8"])
     assert any("no calibration data" in r["reason"] for r in report.rejections)

@@ -1,0 +1,59 @@
+"""The CPU schedule of weight-only quantized matrix-vector products (decoding: fewer rows than a
+register tile), the `dequant_gemv` kernels of relax_lower's `_dequant_gemv`.
+
+There the weights' decoding, not the multiply-adds, bounds the kernel, so the schedule keeps
+everything but the weight stream in registers: per panel of output channels (one task per
+panel, over the cores), per group of inputs, the group's dot products for every row are summed
+in a register tile (the level of each weight turned into a float once, used for all rows),
+then scaled into the row's accumulator, which is written back once, with its epilogue (bias,
+residual add), at the end of the panel.
+"""
+
+from __future__ import annotations
+
+from tvm import s_tir
+
+from .relax_lower import GEMV_DOT, GEMV_KERNEL
+
+UNROLL = 4  # pairs of inputs decoded per loop iteration (the loop body stays small)
+
+
+def find_gemv(sch: s_tir.Schedule):
+    """The dequant_gemv block of the function, or None."""
+    for block in sch.get_child_blocks(sch.get_sblock("root")):
+        if sch.get(block).name_hint == GEMV_KERNEL:
+            return block
+    return None
+
+
+def schedule_gemv(sch: s_tir.Schedule, block, inline_epilogue) -> set[str]:
+    """Schedules the gemv block, its dot-product block and its epilogue; returns the names
+    of the blocks it placed."""
+    dot = sch.get_producers(block)
+    dot = next(b for b in dot if sch.get(b).name_hint == GEMV_DOT)
+    m, j, p, g = sch.get_loops(block)
+    sch.reorder(j, g, m, p)
+    acc = sch.cache_write(block, 0, "local")
+    inline_epilogue(sch, acc)
+    acc = sch.get_consumers(block)[0]  # inlining replaced the write-back block
+    sch.reverse_compute_at(acc, j)
+    sch.compute_at(dot, g)
+    sch.set_scope(dot, 0, "local")
+    # compute_at made loops for the dot's extents above one under g: (rows,) lanes, inputs
+    *dm, dp, dt = sch.get_loops(dot)[len(sch.get_loops(block)) - 2:]
+    sch.reorder(dt, *dm, dp)
+    if int(sch.get(dt).extent) % UNROLL == 0:
+        dt, dt_inner = sch.split(dt, [None, UNROLL])
+        sch.unroll(dt_inner)
+    for loop in dm:
+        sch.unroll(loop)
+    sch.vectorize(dp)
+    sch.unroll(m)
+    sch.vectorize(p)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.parallel(j)
+    dot_init = sch.decompose_reduction(dot, dt)
+    sch.vectorize(sch.get_loops(dot_init)[-1])
+    init = sch.decompose_reduction(block, g)
+    sch.vectorize(sch.get_loops(init)[-1])
+    return {sch.get(b).name_hint for b in (block, init, acc, dot, dot_init)}
