@@ -81,6 +81,12 @@ def _forms(effect: dict) -> dict[str, int] | None:
     return forms
 
 
+def _total(effects: list[dict], key: str) -> int | None:
+    """A byte count summed over the passes that report it (None when none does)."""
+    counts = [e[key] for e in effects if key in e]
+    return sum(counts) if counts else None
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -92,8 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--windows", type=int, default=16, help="evaluation windows")
     parser.add_argument("--calibration", type=int, default=4, help="calibration windows")
     parser.add_argument("--past", type=int, default=256, help="past tokens of the step")
-    parser.add_argument("--group", type=int, default=64,
-                        help="int4 group size (64 divides all of SmolLM2's widths)")
+    parser.add_argument("--groups", default="32,64",
+                        help="int4 group sizes, comma-separated (32 is the grid of the Q4_1 "
+                        "checkpoint, 64 a coarser one; 128 does not divide 576)")
     parser.add_argument("--schemes", help="comma-separated names among those below (fp32, "
                         "the baseline, always runs)")
     parser.add_argument("--out", default="smollm2_quant", help="results name")
@@ -114,10 +121,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"decode step vs full model: {step_error:.2e} of scale", flush=True)
     step_calibration = [tuple(t.numpy() for t in step_inputs)]
     dense_head = "keep_dense=*lm_head*"
-    schemes = {"fp32": [], "int8": ["weight_quant:bits=8,awq=0"],
-               "int4 RTN": [f"weight_quant:bits=4,group={args.group},awq=0"],
-               "int4 AWQ": [f"weight_quant:bits=4,group={args.group}"],
-               "2:4 magnitude": [f"sparse24:{dense_head}"],
+    groups = [int(g) for g in args.groups.split(",")]
+    schemes = {"fp32": [], "int8": ["weight_quant:bits=8,awq=0"]}
+    for g in groups:
+        schemes[f"int4 g{g} RTN"] = [f"weight_quant:bits=4,group={g},awq=0,refine=0"]
+        schemes[f"int4 g{g} AWQ"] = [f"weight_quant:bits=4,group={g}"]
+        # the LM head (the tied embedding, Q8_0 in the checkpoint) in int8, the rest in int4,
+        # as AWQ's and llama.cpp's int4 formats leave the output layer at higher precision
+        schemes[f"int4 g{g} AWQ + int8 head"] = [
+            f"weight_quant:bits=4,group={g},keep_float=*lm_head*", "weight_quant:bits=8,awq=0"]
+    schemes |= {"2:4 magnitude": [f"sparse24:{dense_head}"],
                "2:4 Wanda": [f"sparse24:method=wanda,{dense_head}"],
                "2:4 Wanda + int8": [f"sparse24:method=wanda,bits=8,{dense_head}"]}
     if args.schemes:
@@ -137,14 +150,15 @@ def main(argv: list[str] | None = None) -> None:
                                 check=False)
         timing = harness.measure(name, lambda s=stepper: s(*arrays), runs=50)
         base_ms = base_ms or timing.median_ms
-        report = lm.report["passes"][0]["effect"] if passes else {}
+        effects = [p["effect"] for p in lm.report["passes"]]
+        layers = {k: v for e in effects for k, v in e.get("layers", {}).items()}
         rows.append({"scheme": name, "perplexity": round(ppl, 3),
                      "step_ms": round(timing.median_ms, 3),
                      "step_speedup": round(base_ms / timing.median_ms, 3),
-                     "weight_bytes": report.get("weight_bytes_after"),
-                     "weight_bytes_fp32": report.get("weight_bytes_before"),
-                     "layers": report.get("layers"), "kept_float": lm.report["passes"][0][
-                         "rejections"] if passes else [],
+                     "weight_bytes": _total(effects, "weight_bytes_after"),
+                     "weight_bytes_fp32": _total(effects, "weight_bytes_before"),
+                     "layers": layers or None,
+                     "kept_float": [r for p in lm.report["passes"] for r in p["rejections"]],
                      "step_forms": _forms(stepper.report["passes"][0]["effect"]) if passes
                      else None})
         print(rows[-1]["scheme"], rows[-1]["perplexity"], rows[-1]["step_ms"],
@@ -152,7 +166,7 @@ def main(argv: list[str] | None = None) -> None:
     print(harness.table([[r["scheme"], r["perplexity"], r["step_ms"], r["step_speedup"]]
                          for r in rows], ["scheme", "perplexity", "step ms", "step speedup"]))
     harness.save(args.out, {"seq": args.seq, "windows": args.windows,
-                                   "past": args.past, "group": args.group,
+                                   "past": args.past, "groups": groups,
                                    "step_vs_full_model_error": step_error,
                                    "rows": rows})
 

@@ -44,6 +44,7 @@ class CPUScheduleConfig:
 @dataclass
 class ScheduleStats:
     contractions: int = 0
+    decoding: int = 0  # of which quantized products of a few rows (codegen/gemv.py)
     reductions: int = 0
     elementwise: int = 0
     tuned: int = 0  # kernels that took a tuned schedule from the database
@@ -92,6 +93,7 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         if (gemv := find_gemv(sch)) is not None:
             done |= schedule_gemv(sch, gemv, _inline_epilogue)
             stats.contractions += 1
+            stats.decoding += 1
         while (found := _next_contraction(sch, done)) is not None:
             intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
             placed = intrinsic and schedule_int8_matmul(sch, found[0], *intrinsic,

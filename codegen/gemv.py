@@ -31,7 +31,9 @@ def schedule_gemv(sch: s_tir.Schedule, block, inline_epilogue) -> set[str]:
     of the blocks it placed."""
     dot = sch.get_producers(block)
     dot = next(b for b in dot if sch.get(b).name_hint == GEMV_DOT)
-    m, j, p, g = sch.get_loops(block)
+    panel = int(sch.get(dot).writes[0].source.shape[-1])
+    m, n, g = sch.get_loops(block)
+    j, p = sch.split(n, [None, panel])
     sch.reorder(j, g, m, p)
     acc = sch.cache_write(block, 0, "local")
     inline_epilogue(sch, acc)

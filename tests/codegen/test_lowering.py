@@ -119,6 +119,18 @@ def test_op_compiles_and_matches_the_interpreter(op):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("sq,sk,causal", [(1, 9, True), (5, 5, True), (4, 7, False)])
+def test_grouped_query_attention_shares_kv_heads_without_copies(sq, sk, causal):
+    """Without a mask input, the query heads sharing a k/v head are rows of one product
+    (a decoding step: one query, `rep` rows); with values of another width than keys."""
+    arrays = [rand(2, 6, sq, 8), rand(2, 2, sk, 8), rand(2, 2, sk, 4)]
+    g = Graph()
+    values = [g.add_input(f"x{i}", a.shape, F) for i, a in enumerate(arrays)]
+    g.set_outputs([g.op("attention", *values, causal=causal)])
+    np.testing.assert_allclose(_compile_graph(g)(*arrays), interpret(g, arrays)[0],
+                               rtol=1e-5, atol=1e-5)
+
+
 def _compile_graph(g: Graph):
     return honer_compile(g, None, check=False)  # compile accepts an ir.Graph directly
 
