@@ -1,4 +1,4 @@
-"""The CPU schedule of weight-only quantized matrix-vector products (decoding: fewer rows than a
+"""The CPU schedule of int4 weight-only matrix-vector products (decoding: fewer rows than a
 register tile), the `dequant_gemv` kernels of relax_lower's `_dequant_gemv`.
 
 There the weights' decoding, not the multiply-adds, bounds the kernel, so the schedule keeps
@@ -30,8 +30,7 @@ def find_gemv(sch: s_tir.Schedule):
 def schedule_gemv(sch: s_tir.Schedule, block) -> set[str]:
     """Schedules the gemv block, its dot-product block and its epilogue; returns the names
     of the blocks it placed."""
-    dot = sch.get_producers(block)
-    dot = next(b for b in dot if sch.get(b).name_hint == GEMV_DOT)
+    dot = next(b for b in sch.get_producers(block) if sch.get(b).name_hint == GEMV_DOT)
     panel = int(sch.get(dot).writes[0].source.shape[-1])
     m, n, g = sch.get_loops(block)
     j, p = sch.split(n, [None, panel])

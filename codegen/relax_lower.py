@@ -544,8 +544,8 @@ def _decoded_matmul(x, weight, in_features: int, out: int, panel: int, name: str
 def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
                     dtype: str, symmetric: bool):
     """w dequantized from q ([in or in/2, out] or in panels) as it is read."""
-    if panel and int(x.shape[0]) < DECODE_ROWS:
-        return _dequant_gemv(x, q, scale, zero, bits, in_features, out, panel, dtype, symmetric)
+    if panel and bits == 4 and int(x.shape[0]) < DECODE_ROWS:
+        return _dequant_gemv(x, q, scale, zero, in_features, out, panel, dtype)
     groups = scale.shape[-2] if panel else scale.shape[0]
     group = in_features // groups
 
@@ -566,46 +566,38 @@ DECODE_ROWS = 4  # fewer rows than a register tile: the weights' decoding bounds
 GEMV_DOT, GEMV_KERNEL = "dequant_gemv_dot", "dequant_gemv"  # block names (see codegen/gemv.py)
 
 
-def _dequant_gemv(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
-                  dtype: str, symmetric: bool):
-    """The decoding form (one to three rows, weights in panels): with per-group scales s and
-    zero points z, y = sum_g s_g * (sum_{k in g} x_k q_k - z_g * sum_{k in g} x_k), so the
-    inner loop only turns each weight's level into a float and multiplies it in; the scale
-    and zero point are applied once per group instead of once per weight (an int4 576 x 1536
-    SmolLM2 product: 0.128 -> about 0.065 ms)."""
+def _dequant_gemv(x, q, scale, zero, in_features: int, out: int, panel: int, dtype: str):
+    """The decoding form of an int4 product (one to three rows, weights in panels): with
+    per-group scales s and zero points z, y = sum_g s_g * (sum_{k in g} x_k q_k - z_g *
+    sum_{k in g} x_k), so the inner loop only turns each weight's level into a float and
+    multiplies it in; the scale and zero point are applied once per group instead of once per
+    weight (an int4 576 x 1536 SmolLM2 product: 0.128 -> about 0.065 ms). Per-channel int8
+    keeps the general form: with one scale per output it gains nothing here (measured even)."""
     from tvm import te
 
     rows, groups = x.shape[0], int(scale.shape[-2])
     group = in_features // groups
-    per_byte = 2 if bits == 4 else 1  # an int4 byte holds inputs 2b (low nibble), 2b + 1
 
-    def term(m, g, j, p, t):
-        byte = g * (group // per_byte) + t
-        value = q[j, byte, p]
-        if bits == 8:
-            return x[m, byte] * value.astype(dtype)
-        value = value.astype("int32")
+    def pair(m, g, j, p, t):  # byte b holds inputs 2b (low nibble) and 2b + 1
+        byte = g * (group // 2) + t
+        value = q[j, byte, p].astype("int32")
         return (x[m, 2 * byte] * (value & 15).astype(dtype)
                 + x[m, 2 * byte + 1] * (value >> 4).astype(dtype))
 
-    t = te.reduce_axis((0, group // per_byte), name="t")
+    t = te.reduce_axis((0, group // 2), name="t")
     dot = te.compute((rows, groups, out // panel, panel),
-                     lambda m, g, j, p: te.sum(term(m, g, j, p, t), axis=t), name=GEMV_DOT)
-    # the result in the output's shape [rows, out] (a reshape after it would keep FuseOps
-    # from putting the bias and residual add on the accumulator)
-    g = te.reduce_axis((0, groups), name="g")
-    if symmetric:
-        return te.compute((rows, out), lambda m, n: te.sum(
-            scale[n // panel, g, n % panel] * dot[m, g, n // panel, n % panel], axis=g),
-            name=GEMV_KERNEL)
+                     lambda m, g, j, p: te.sum(pair(m, g, j, p, t), axis=t), name=GEMV_DOT)
     k = te.reduce_axis((0, group), name="k")
     sums = te.compute((rows, groups), lambda m, gg: te.sum(x[m, gg * group + k], axis=k),
                       name="dequant_gemv_sums")
+    g = te.reduce_axis((0, groups), name="g")
 
     def corrected(m, n):
         j, p = n // panel, n % panel
         return scale[j, g, p] * (dot[m, g, j, p] - zero[j, g, p].astype(dtype) * sums[m, g])
 
+    # the result in the output's shape [rows, out] (a reshape after it would keep FuseOps
+    # from putting the bias and residual add on the accumulator)
     return te.compute((rows, out), lambda m, n: te.sum(corrected(m, n), axis=g),
                       name=GEMV_KERNEL)
 
