@@ -1,7 +1,7 @@
 """Accuracy versus measured latency over a family of pass settings: the curve an approximate
 pass is chosen from. `honer sweep` and the evaluation scripts use it.
 
-Every point is compiled with honer for the same target and timed in the same run as the
+Every point is compiled with honer for the same target and timed in turns with the
 baseline (no approximate pass), so the speedups are ratios measured side by side. The metric
 is what `evaluate(compiled)` returns (e.g. top-1 on a test set; a dict adds more columns to
 the row beside its "metric"); without one, the output error
@@ -54,35 +54,46 @@ def run_sweep(model: Any, example: Sequence[Any], points: Sequence[Point],
               evaluate: Callable[[Any], float | dict] | None = None, calibration: Any = None,
               target: str = "host", runs: int = 30,
               say: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Compiles and evaluates every point, then times them all in turns (`runs` calls each,
+    in rounds): a slow spell of a shared machine falls on every point alike, so the speedups
+    stay ratios measured side by side."""
     import honer
 
     arrays = [np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in example]
     rows: list[dict[str, Any]] = []
-    base_ms = base_out = None
+    compiled_points: list[Any] = []
+    base_out = None
     for label, passes in points:
         compiled = honer.compile(model, example, target=target, passes=passes,
                                  calibration=calibration, check=False)
         out = compiled(*arrays)
         out = out[0] if isinstance(out, list | tuple) else out
-        timing = harness.measure(label, lambda c=compiled: c(*arrays), runs=runs)
-        base_ms = base_ms or timing.median_ms
         base_out = out if base_out is None else base_out
         flops = [r["effect"] for r in compiled.report["passes"]
                  if "flops_before" in r.get("effect", {})]
         scores = evaluate(compiled) if evaluate is not None else {"metric": None}
         scores = scores if isinstance(scores, dict) else {"metric": float(scores)}
-        row = {"label": label, "passes": passes, **scores,
-               "output_error": float(np.abs(out - base_out).max()
-                                     / max(np.abs(base_out).max(), 1e-30)),
-               "median_ms": round(timing.median_ms, 4),
-               "speedup": round(base_ms / timing.median_ms, 3),
-               "flops_ratio": round(flops[0]["flops_before"] / flops[-1]["flops_after"], 3)
-               if flops else 1.0,
-               "effects": {r["name"]: r["effect"] for r in compiled.report["passes"]}}
-        rows.append(row)
-        say(f"{label}: metric {row['metric']}, {row['median_ms']} ms, "
-            f"speedup {row['speedup']}, FLOPs ratio {row['flops_ratio']}")
+        rows.append({"label": label, "passes": passes, **scores,
+                     "output_error": float(np.abs(out - base_out).max()
+                                           / max(np.abs(base_out).max(), 1e-30)),
+                     "flops_ratio": round(flops[0]["flops_before"] / flops[-1]["flops_after"], 3)
+                     if flops else 1.0,
+                     "effects": {r["name"]: r["effect"] for r in compiled.report["passes"]}})
+        compiled_points.append(compiled)
+        say(f"{label}: metric {rows[-1]['metric']}, FLOPs ratio {rows[-1]['flops_ratio']}")
+    rounds = min(ROUNDS, runs)
+    timings = harness.measure_interleaved(
+        {str(i): (lambda c=c: c(*arrays)) for i, c in enumerate(compiled_points)},
+        rounds=rounds, runs=-(-runs // rounds))
+    base_ms = timings["0"].median_ms
+    for i, row in enumerate(rows):
+        ms = timings[str(i)].median_ms
+        row.update(median_ms=round(ms, 4), speedup=round(base_ms / ms, 3))
+        say(f"{row['label']}: {row['median_ms']} ms, speedup {row['speedup']}")
     return rows
+
+
+ROUNDS = 6  # turns each point's timing is split into
 
 
 COLUMNS = ["label", "metric", "output_error", "median_ms", "speedup", "flops_ratio"]
