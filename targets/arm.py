@@ -12,7 +12,7 @@ from typing import Any
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..errors import HonerError
-from .base import BuildOutput, CPUTarget, Tool
+from .base import FLOAT_FREEDOMS, BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone
 
 CC = "aarch64-linux-gnu-gcc"
@@ -27,7 +27,7 @@ class ArmTarget(CPUTarget):
     tools = (Tool(CC, "install the aarch64 cross compiler: apt-get install gcc-aarch64-linux-gnu"),)
 
     def tvm_target(self) -> dict[str, Any]:
-        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"]}
+        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], **FLOAT_FREEDOMS}
 
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # NEON: 128-bit vectors, 4 float32 lanes

@@ -18,7 +18,7 @@ from ..codegen.relax_lower import LoweredModule
 from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from ..errors import HonerError
 from ..runtime.cpu import X86_FEATURES, cpu_flags
-from .base import BuildOutput, CPUTarget, Tool
+from .base import FLOAT_FREEDOMS, BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone, schedule_report
 
 LIBRARY = "model.so"
@@ -73,7 +73,7 @@ class HostTarget(CPUTarget):
         # The CPU model LLVM detects here decides the vector width (AVX2/AVX-512/NEON).
         # num-cores: MetaSchedule sizes parallel loops by it (and refuses CPU targets without)
         return {"kind": "llvm", "mcpu": self.mcpu or llvm_info.llvm_get_system_cpu(),
-                "num-cores": len(os.sched_getaffinity(0))}
+                "num-cores": len(os.sched_getaffinity(0)), **FLOAT_FREEDOMS}
 
 
     def schedule(self) -> CPUScheduleConfig:

@@ -11,7 +11,7 @@ from typing import Any
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.relax_lower import LoweredModule
 from ..errors import HonerError
-from .base import BuildOutput, CPUTarget, Tool
+from .base import FLOAT_FREEDOMS, BuildOutput, CPUTarget, Tool
 from .standalone import CToolchain, build_standalone
 
 INSTALL = "apt-get install clang lld wasi-libc libclang-rt-14-dev-wasm32"
@@ -26,7 +26,7 @@ class WasmTarget(CPUTarget):
              Tool("wasm-ld", f"install the WebAssembly linker: {INSTALL}"))
 
     def tvm_target(self) -> dict[str, Any]:
-        return {"kind": "llvm", "mtriple": "wasm32-unknown-wasi", "mattr": ["+simd128"]}
+        return {"kind": "llvm", "mtriple": "wasm32-unknown-wasi", "mattr": ["+simd128"], **FLOAT_FREEDOMS}
 
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # SIMD128: 4 float32 lanes
