@@ -401,7 +401,12 @@ def _lower_rms_norm(bb, node, args):
     return R.nn.rms_norm(args[0], weight, list(range(-k, 0)), node.attrs["eps"])
 
 
-def _lower_attention(bb, node, args):
+def _lower_attention(bb, node, args, key_block: int = 0):
+    """softmax(q k^T * scale [masked]) v. With `key_block` (CPUs: the register tile's width),
+    keys and values are padded with zeros to a whole number of blocks and the padded scores
+    masked to -inf: the score kernel then writes whole tiles (no padded copy of k^T and of
+    its output, the scale on the tile) and softmax's rows are whole vectors. Not with a mask
+    input, which would need padding too."""
     q, k, v = args[:3]
     qt, kt = node.inputs[0].type, node.inputs[1].type
     dt = qt.dtype
@@ -417,13 +422,19 @@ def _lower_attention(bb, node, args):
         q = R.reshape(q, [batch, kv_heads, rep * sq, d])
     elif rep > 1:
         k, v = bb.emit(R.repeat(k, rep, axis=1)), bb.emit(R.repeat(v, rep, axis=1))
+    keys = sk if not key_block or len(args) == 4 else -(-sk // key_block) * key_block
+    if keys != sk:
+        pad = [0, 0, 0, 0, 0, keys - sk, 0, 0]
+        k, v = bb.emit(R.nn.pad(k, pad)), bb.emit(R.nn.pad(v, pad))
     scores = bb.emit(R.multiply(R.matmul(q, R.permute_dims(k, [0, 1, 3, 2])),
                                 _const(attention_scale(node.attrs, d), dt)))
     neg_inf = _const(-np.inf, dt)
+    allowed = np.arange(keys)[None, :] < sk  # the real keys
     if node.attrs["causal"]:
-        allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
+        allowed = allowed & np.tril(np.ones((sq, keys), dtype=bool), k=sk - sq)
         if grouped:
             allowed = np.tile(allowed, (rep, 1))
+    if not allowed.all():
         scores = bb.emit(R.where(_const(allowed, "bool"), scores, neg_inf))
     if len(args) == 4:
         mask = args[3]
@@ -1039,7 +1050,7 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():
             for node in graph.nodes:
-                _emit_node(bb, node, env, stored)
+                _emit_node(bb, node, env, stored, panel)
             outs = [env[id(v)] for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
@@ -1052,7 +1063,7 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
 
 
 def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
-               stored: dict[int, str]) -> None:
+               stored: dict[int, str], panel: int) -> None:
     args = [env[id(v)] for v in node.inputs]
     lowering = LOWERINGS[node.op]
     layout = stored.get(id(node.inputs[1])) if len(node.inputs) > 1 else None
@@ -1072,6 +1083,8 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
                                      layouts=[stored.get(id(v)) for v in node.inputs])
     elif node.op == "int8_conv" and is_patchify(node):
         lowering = functools.partial(_lower_int8_patchify, layout=layout)
+    elif node.op == "attention" and panel:
+        lowering = functools.partial(_lower_attention, key_block=panel)
     elif node.op in COMPRESSED_LINEAR:
         lowering = functools.partial(COMPRESSED_LINEAR[node.op],
                                      layouts=[stored.get(id(v)) for v in node.inputs])

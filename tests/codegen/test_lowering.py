@@ -119,11 +119,15 @@ def test_op_compiles_and_matches_the_interpreter(op):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("sq,sk,causal", [(1, 9, True), (5, 5, True), (4, 7, False)])
-def test_grouped_query_attention_shares_kv_heads_without_copies(sq, sk, causal):
+@pytest.mark.parametrize("heads", [6, 2])
+@pytest.mark.parametrize("sq,sk,causal", [(1, 9, True), (5, 5, True), (4, 7, False),
+                                          (3, 21, True)])
+def test_attention_without_mask_input(heads, sq, sk, causal):
     """Without a mask input, the query heads sharing a k/v head are rows of one product
-    (a decoding step: one query, `rep` rows); with values of another width than keys."""
-    arrays = [rand(2, 6, sq, 8), rand(2, 2, sk, 8), rand(2, 2, sk, 4)]
+    (6 heads on 2: a decoding step's one query gives `rep` rows), and on CPUs the keys are
+    padded to whole register tiles (none of these lengths is one) with the padding masked;
+    values of another width than keys."""
+    arrays = [rand(2, heads, sq, 8), rand(2, 2, sk, 8), rand(2, 2, sk, 4)]
     g = Graph()
     values = [g.add_input(f"x{i}", a.shape, F) for i, a in enumerate(arrays)]
     g.set_outputs([g.op("attention", *values, causal=causal)])
