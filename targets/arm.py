@@ -27,7 +27,8 @@ class ArmTarget(CPUTarget):
     tools = (Tool(CC, "install the aarch64 cross compiler: apt-get install gcc-aarch64-linux-gnu"),)
 
     def tvm_target(self) -> dict[str, Any]:
-        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"], **FLOAT_FREEDOMS}
+        return {"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mattr": ["+neon"],
+                **FLOAT_FREEDOMS}
 
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # NEON: 128-bit vectors, 4 float32 lanes

@@ -26,7 +26,8 @@ class WasmTarget(CPUTarget):
              Tool("wasm-ld", f"install the WebAssembly linker: {INSTALL}"))
 
     def tvm_target(self) -> dict[str, Any]:
-        return {"kind": "llvm", "mtriple": "wasm32-unknown-wasi", "mattr": ["+simd128"], **FLOAT_FREEDOMS}
+        return {"kind": "llvm", "mtriple": "wasm32-unknown-wasi", "mattr": ["+simd128"],
+                **FLOAT_FREEDOMS}
 
     def schedule(self) -> CPUScheduleConfig:
         return CPUScheduleConfig(lanes=4)  # SIMD128: 4 float32 lanes
