@@ -73,11 +73,13 @@ def unlink(graph: Graph, node: Node) -> None:
 
 
 def replace_linear(graph: Graph, node: Node, op: str, weights: list[tuple[np.ndarray, str]],
-                   attrs: dict) -> Node:
+                   attrs: dict, bias: np.ndarray | None = None) -> Node:
     """node (a linear) -> `op`(x, *weights as constants named after its weight, bias), with the
-    linear's activation."""
+    linear's activation; `bias` replaces the linear's own."""
     consts = [graph.add_const(a, f"{node.inputs[1].name}_{part}") for a, part in weights]
-    new = graph.add_node(op, [node.inputs[0], *consts, *node.inputs[2:3]],
+    bias_value = (node.inputs[2:3] if bias is None
+                  else [graph.add_const(bias.astype(np.float32), f"{node.inputs[1].name}_bias")])
+    new = graph.add_node(op, [node.inputs[0], *consts, *bias_value],
                          {**attrs, "activation": node.attrs["activation"]}, node.scope,
                          before=node)
     graph.replace_all_uses(node.output, new.output)
@@ -85,25 +87,34 @@ def replace_linear(graph: Graph, node: Node, op: str, weights: list[tuple[np.nda
     return new
 
 
-def divide_input(graph: Graph, nodes: list[Node], s: np.ndarray, tag: str) -> None:
-    """x / s for the linears `nodes` (which all read x; AWQ and SmoothQuant scale their weights
-    by s): folded into the affine of a layer norm that
-    feeds only them, else one multiply by 1/s before them (fused into x's producer)."""
+def divide_input(graph: Graph, nodes: list[Node], s: np.ndarray, tag: str,
+                 shift: np.ndarray | None = None) -> str:
+    """x -> x / s (+ shift) for the linears `nodes` (which all read x; AWQ and SmoothQuant scale
+    their weights by s, per-channel activation quantization also shifts by its zero points):
+    folded into the affine of a layer norm that feeds only them (a shift needs the norm's
+    bias), else a multiply (and add) before them, which fuses into x's producer. Says where
+    it went."""
     x = nodes[0].inputs[0]
     norm = x.producer
-    if norm is not None and norm.op in NORMS and len(norm.inputs) > 1 \
+    if norm is not None and norm.op in NORMS and len(norm.inputs) > (1 if shift is None else 2) \
             and all(v.is_const for v in norm.inputs[1:]) \
             and {id(u) for u in x.users} == {id(n) for n in nodes} \
             and not any(o is x for o in graph.outputs):
         for i, v in enumerate(norm.inputs[1:], start=1):
-            scaled = graph.add_const((v.data / s).astype(v.dtype), f"{v.name}_{tag}")
+            data = v.data / s + (shift if i == 2 and shift is not None else 0.0)
+            scaled = graph.add_const(data.astype(v.dtype), f"{v.name}_{tag}")
             v.users.remove(norm)
             norm.inputs[i] = scaled
             scaled.users.append(norm)
-        return
+        return f"folded into {norm.op} {norm.name}"
     inv = graph.add_const((1.0 / s).astype(np.float32), f"{x.name}_{tag}_inv")
     scaled = graph.add_node("mul", [x, inv], scope=nodes[0].scope, before=nodes[0]).output
+    if shift is not None:
+        offset = graph.add_const(shift.astype(np.float32), f"{x.name}_{tag}_shift")
+        scaled = graph.add_node("add", [scaled, offset], scope=nodes[0].scope,
+                                before=nodes[0]).output
     for node in nodes:
         node.inputs[0] = scaled
         scaled.users.append(node)
         x.users.remove(node)
+    return "applied before the layers (fused into the producer's kernel)"

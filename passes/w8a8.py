@@ -22,6 +22,16 @@ not attempt).
   channel s = max|x|^alpha / max|w|^(1 - alpha) over the linears that read x; weights become
   w * s and the input x / s (folded into a preceding layer norm's affine, else one multiply),
   so activation outliers move into the per-channel weight scales. Exact in float.
+- `granularity=channel`: static per-input-channel activation quantization in the spirit of
+  MergeQuant (2025): each channel c of a linear's input gets its own uint8 grid (step_c,
+  integer zero point z_c, from the same calibration methods per channel), and the steps are
+  merged into the neighbouring linear maps instead of quantize/dequantize ops: the input
+  becomes x / step + z (folded into a preceding layer norm's affine where the graph allows,
+  else one multiply-add fused into the producer's kernel), which the kernel only rounds and
+  clamps (scale 1, zero point 0); the weights become w * step (then int8 per output channel)
+  and the bias absorbs -sum_c z_c w_c. SmoothQuant does not apply (every channel's range is
+  already its own); the per-channel steps move the activation outliers into the weights
+  entirely. Convs keep the per-tensor grid.
 - `reduce_range` (default on) keeps weights in [-63, 63]: x86 CPUs without VNNI sum pairs of
   uint8 x int8 products in int16 (vpmaddubsw), and 2 * 255 * 63 cannot overflow it. Turn it off
   for VNNI CPUs, GPUs and FPGAs, which accumulate in int32 directly. It applies to convs too (one
@@ -62,6 +72,7 @@ from .rewrite import where
 
 NAME = "w8a8"
 METHODS = ("minmax", "percentile", "mse")
+GRANULARITIES = ("tensor", "channel")
 # ops that stay float by rule, with the reason the report gives
 FLOAT_BY_RULE = {
     "matmul": "product of two activations (no constant weight for per-channel scales)",
@@ -79,6 +90,8 @@ class Config:
     percentile: float = 99.99  # for calibrate=percentile
     smooth: bool = True  # SmoothQuant difficulty migration
     alpha: float = 0.5  # SmoothQuant migration strength, 0..1
+    # activation grid: one scale per "tensor", or one step per input "channel" (MergeQuant)
+    granularity: str = "tensor"
     reduce_range: bool = True  # weights in [-63, 63] (CPUs without VNNI, see above)
     min_sqnr_db: float = 15.0  # layers with a lower output SQNR on the calibration data stay float
     keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*classifier*"
@@ -110,6 +123,9 @@ def _check(cfg: Config, calib: Calibration | None) -> None:
         raise PassError(NAME, f"calibrate={cfg.calibrate!r}: use one of {list(METHODS)}")
     if not 50.0 < cfg.percentile <= 100.0:
         raise PassError(NAME, f"percentile={cfg.percentile}: use a value in (50, 100]")
+    if cfg.granularity not in GRANULARITIES:
+        raise PassError(NAME, f"granularity={cfg.granularity!r}: use one of "
+                              f"{list(GRANULARITIES)}")
     if not 0.0 <= cfg.alpha <= 1.0:
         raise PassError(NAME, f"alpha={cfg.alpha}: SmoothQuant's alpha lies in [0, 1]")
     if calib is None or not calib.samples:
@@ -123,23 +139,55 @@ def _unsuitable(w: np.ndarray) -> str | None:
     return None
 
 
+@dataclass
+class _InputGrid:
+    """How a group's input x reaches its uint8 grid: x' = x / divide + shift per input channel
+    (folded into x's producer where the graph allows), then x' quantized with one
+    (x_scale, x_zero). The linears read x', so their weights become w * divide and their bias
+    b - (w * divide) @ shift."""
+    divide: np.ndarray | None
+    shift: np.ndarray | None
+    x_scale: float
+    x_zero: int
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        x = x if self.divide is None else x / self.divide
+        return x if self.shift is None else x + self.shift
+
+
+def _tensor_grid(x: np.ndarray, weights: list[np.ndarray], cfg: Config) -> _InputGrid:
+    """One scale and zero point for the tensor, after SmoothQuant's division if enabled."""
+    s = _smoothing(x, weights, cfg.alpha) if cfg.smooth else None
+    x_scale, x_zero = activation_range(x if s is None else x / s, cfg)
+    return _InputGrid(s, None, x_scale, x_zero)
+
+
+def _channel_grid(x: np.ndarray, cfg: Config) -> _InputGrid:
+    """MergeQuant-style static per-channel steps: x' = x / step + zero is already in uint8
+    codes (scale 1, zero point 0), so quantizing it is only rounding and clamping, and the
+    steps live in the producer and the weights instead of a quantize/dequantize pair."""
+    step, zero = channel_range(x, cfg)
+    return _InputGrid(step, zero, 1.0, 0)
+
+
 def _quantize_group(graph: Graph, nodes: list[Node], x: np.ndarray, cfg: Config,
                     report: PassReport) -> dict[str, dict]:
-    """Quantizes the linears that read one value (they share its smoothing and scale); when
-    every one of them stays float, the group is left as it was."""
+    """Quantizes the linears that read one value (they share its grid); when every one of them
+    stays float, the group is left as it was."""
     weights = [n.inputs[1].data.astype(np.float32) for n in nodes]
-    s = _smoothing(x, weights, cfg.alpha) if cfg.smooth else None
-    xs = x if s is None else x / s
-    x_scale, x_zero = activation_range(xs, cfg)
-    xq = quantize_activation(xs, x_scale, x_zero)
+    grid = _channel_grid(x, cfg) if cfg.granularity == "channel" else _tensor_grid(x, weights, cfg)
+    xq = quantize_activation(grid.apply(x), grid.x_scale, grid.x_zero)
+    shift = np.zeros(x.shape[1], np.float32) if grid.shift is None else grid.shift
     plans = []
     for node, w in zip(nodes, weights):
-        ws = w if s is None else w * s[None, :]
+        ws = w if grid.divide is None else w * grid.divide[None, :]
         q, w_scale = quantize_weight(ws, 63 if cfg.reduce_range else 127)
-        approx = int8_accumulate(xq, x_zero, q) * (np.float32(x_scale) * w_scale)
-        plans.append((node, ws, q, w_scale, round(sqnr_db(x @ w.T, approx), 2)))
+        shifted = q.astype(np.int64) @ shift.astype(np.int64)  # sum_k q[n, k] * shift[k]
+        approx = (int8_accumulate(xq, grid.x_zero, q) - shifted) * (np.float32(grid.x_scale)
+                                                                     * w_scale)
+        plans.append((node, ws, q, w_scale, shifted, round(sqnr_db(x @ w.T, approx), 2)))
     layers = {}
-    for node, _, _, _, sqnr in plans:
+    for node, *_, sqnr in plans:
         layers[node.scope or node.name] = {"sqnr_db": sqnr}
         if sqnr < cfg.min_sqnr_db:
             report.reject(where(node), f"output SQNR {sqnr} dB < min_sqnr_db="
@@ -148,17 +196,23 @@ def _quantize_group(graph: Graph, nodes: list[Node], x: np.ndarray, cfg: Config,
     if all(sqnr < cfg.min_sqnr_db for *_, sqnr in plans):
         return layers
     replaced = []
-    for node, ws, q, w_scale, sqnr in plans:
-        if sqnr < cfg.min_sqnr_db:  # float, but with the group's smoothed weight
-            replaced.append(node if s is None else
-                            replace_linear(graph, node, "linear", [(ws, "smooth")], {}))
+    for node, ws, q, w_scale, shifted, sqnr in plans:
+        bias = node.inputs[2].data if len(node.inputs) > 2 else np.zeros(len(ws), np.float32)
+        if sqnr < cfg.min_sqnr_db:  # float, but reading the group's x'
+            replaced.append(node if grid.divide is None else replace_linear(
+                graph, node, "linear", [(ws, "x_grid")], {},
+                None if grid.shift is None else bias - ws @ grid.shift))
             continue
-        layers[node.scope or node.name].update(x_scale=float(x_scale), x_zero=int(x_zero))
-        replaced.append(replace_linear(graph, node, "int8_linear",
-                                       [(q, "q"), (w_scale, "w_scale")],
-                                       {"x_scale": float(x_scale), "x_zero": int(x_zero)}))
-    if s is not None:
-        divide_input(graph, replaced, s, "smooth")
+        layers[node.scope or node.name].update(x_scale=float(grid.x_scale),
+                                               x_zero=int(grid.x_zero))
+        replaced.append(replace_linear(
+            graph, node, "int8_linear", [(q, "q"), (w_scale, "w_scale")],
+            {"x_scale": float(grid.x_scale), "x_zero": int(grid.x_zero)},
+            None if grid.shift is None else bias - w_scale * shifted))
+    if grid.divide is not None:
+        where_to = divide_input(graph, replaced, grid.divide, "x_grid", grid.shift)
+        for node, *_ in plans:
+            layers[node.scope or node.name]["input_scaling"] = where_to
     return layers
 
 
@@ -243,6 +297,44 @@ def activation_range(x: np.ndarray, cfg: Config) -> tuple[float, int]:
     if cfg.calibrate == "mse":
         lo, hi = _mse_clip(x, lo, hi)
     return _grid(lo, hi)
+
+
+def channel_range(x: np.ndarray, cfg: Config) -> tuple[np.ndarray, np.ndarray]:
+    """Per input channel (step, integer zero point) of the uint8 grid for x [tokens, channels],
+    by the configured method. Unlike the per-tensor grid, 0.0 need not lie on it (nothing pads
+    a linear's input), so a channel that only takes values in [2, 5] gets all 256 codes there."""
+    if cfg.calibrate == "percentile":
+        lo, hi = np.percentile(x, [100.0 - cfg.percentile, cfg.percentile], axis=0)
+    else:
+        lo, hi = x.min(0), x.max(0)
+    if cfg.calibrate == "mse":
+        lo, hi = _mse_clip_channels(x[:: max(1, len(x) // 1024)], lo, hi)
+    return _channel_steps(lo, hi)
+
+
+def _channel_steps(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    # x / step + zero runs in float32: a span of at least 1/128 of the channel's magnitude
+    # keeps |zero| <= 2^15 codes, where float32 still resolves a fraction of a code
+    span = np.maximum(hi - lo, np.maximum(np.abs(lo), np.abs(hi)) / 128.0)
+    step = (np.maximum(span, 1e-8) / 255.0).astype(np.float32)
+    return step, np.rint(-lo / step).astype(np.float32)
+
+
+def _mse_clip_channels(x: np.ndarray, lo: np.ndarray, hi: np.ndarray
+                       ) -> tuple[np.ndarray, np.ndarray]:
+    """Per channel, the shrinking of [lo, hi] about its middle (ratios 0.3 to 1) with the least
+    squared error on x."""
+    mid, half = (lo + hi) / 2, (hi - lo) / 2
+    best_lo, best_hi, best_err = lo.copy(), hi.copy(), np.full(lo.shape, np.inf)
+    for ratio in np.linspace(0.3, 1.0, 36):
+        lo_r, hi_r = mid - ratio * half, mid + ratio * half
+        step, zero = _channel_steps(lo_r, hi_r)
+        back = (np.clip(np.rint(x / step) + zero, 0, 255) - zero) * step
+        err = ((back - x) ** 2).sum(0)
+        better = err < best_err
+        best_lo[better], best_hi[better], best_err[better] = lo_r[better], hi_r[better], \
+            err[better]
+    return best_lo, best_hi
 
 
 def _grid(lo: float, hi: float) -> tuple[float, int]:

@@ -307,3 +307,71 @@ def test_builds_for_another_cpu_refuse_to_load_where_features_are_missing():
     assert "avx512vnni" in compiled.manifest["target"]["cpu_features"]
     with pytest.raises(ArtifactError, match="avx512vnni"):
         compiled(*[x.numpy() for x in inputs])
+
+
+def test_per_channel_grids_merge_into_the_layer_norm_and_the_weights():
+    """granularity=channel: each input channel its own uint8 grid (min-max here), its step
+    folded into the LayerNorm (first linear) or one multiply-add (after the GELU), the weights
+    scaled by the steps; checked against the arithmetic written out in PyTorch."""
+    model = _outlier_mlp()
+    x = torch.randn(2, 16, 64)
+    samples = [torch.randn(2, 16, 64) for _ in range(4)]
+    calib = Calibration([(s.numpy(),) for s in samples])
+    spec = "w8a8:granularity=channel,calibrate=minmax,min_sqnr_db=0"
+    out, [report] = run_pipeline(capture(model, (x,)), [spec], calib)
+    ops = [n.op for n in out.nodes]
+    assert ops == ["layer_norm", "int8_linear", "gelu", "mul", "add", "int8_linear"]
+    layers = report.effect["layers"]
+    assert layers["1"]["input_scaling"].startswith("folded into layer_norm")
+    assert layers["3"]["input_scaling"].startswith("applied before")
+    assert all(info["x_scale"] == 1.0 and info["x_zero"] == 0 for info in layers.values())
+
+    def fake(h, seen, linear):
+        lo, hi = seen.amin((0, 1)), seen.amax((0, 1))
+        step = torch.maximum(hi - lo, torch.maximum(lo.abs(), hi.abs()) / 128) / 255
+        zero = torch.round(-lo / step)
+        codes = (torch.round(h / step) + zero).clamp(0, 255) - zero
+        w = linear.weight * step[None, :]
+        w_scale = w.abs().amax(1) / 63
+        return (codes @ torch.round(w / w_scale[:, None]).T) * w_scale + linear.bias
+
+    with torch.no_grad():
+        seen1 = torch.cat([model[0](s) for s in samples])
+        seen3 = torch.cat([torch.nn.functional.gelu(model[1](model[0](s))) for s in samples])
+        h = torch.nn.functional.gelu(fake(model[0](x), seen1, model[1]))
+        want = fake(h, seen3, model[3]).numpy()
+    got = interpret(out, [x.numpy()])[0]
+    assert _rel(got, want) <= 2e-3  # same grids; float32 rounding near ties may differ
+    compiled = honer.compile(out, check=False)
+    assert _rel(compiled(x.numpy()), got) <= 5e-3
+
+
+def test_per_channel_grids_resolve_spiking_channels():
+    """Two input channels spike to +-300 on a tenth of the tokens (read by small weights, as
+    MiniLM's outlier dimensions are): one grid for the tensor loses the other channels under
+    the spikes' step, a grid per channel resolves every channel, as well as SmoothQuant's
+    migration does here."""
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(64, 32).eval()
+    with torch.no_grad():
+        linear.weight[:, :2] /= 50
+    rng = np.random.default_rng(0)
+
+    def sample():
+        x = rng.standard_normal((2, 16, 64)).astype(np.float32)
+        spikes = rng.random((2, 16)) < 0.1
+        x[..., 0] += spikes * 300
+        x[..., 1] -= spikes * 200
+        return (x,)
+
+    calib = Calibration([sample() for _ in range(8)])
+    graph = capture(linear, (torch.randn(2, 16, 64),))
+    sqnr = {}
+    for name, options in [("tensor", "smooth=false"), ("smoothquant", "smooth=true"),
+                          ("channel", "granularity=channel")]:
+        _, [report] = run_pipeline(graph, [f"w8a8:{options},min_sqnr_db=0"], calib)
+        sqnr[name] = report.effect["layers"]["linear"]["sqnr_db"]
+    assert sqnr["channel"] > sqnr["tensor"] + 20
+    assert sqnr["channel"] > sqnr["smoothquant"] - 1
+    with pytest.raises(PassError, match="granularity='row'"):
+        run_pipeline(graph, ["w8a8:granularity=row"], calib)
