@@ -1,7 +1,8 @@
 """Host CPU latency: honer beside ONNX Runtime, PyTorch eager and torch.compile, in one run.
 
 Models: ViT with DeiT-Tiny dimensions (224x224), BERT with MiniLM-L6 dimensions (seq 128),
-ResNet-18; batch 1 and 8. Threads pinned (2 by default), warm-up, median of >= 30 runs.
+ResNet-18; batch 1 and 8. Threads pinned (2 by default), warm-up, median of >= 30 runs taken
+in turns with the peers (6 rounds).
 Results (with commit, machine and versions) go to benchmarks/results/cpu_latency.json.
 
     .venv/bin/python -m honer.benchmarks.cpu_latency [--models vit bert resnet] [--batches 1 8]
@@ -54,7 +55,8 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None,
         peers["torch eager"] = lambda: model(*examples)
         compiled_torch = torch.compile(model)
         peers["torch.compile"] = lambda: compiled_torch(*examples)
-        timings = {name: harness.measure(name, fn, runs=runs) for name, fn in peers.items()}
+        # in turns: this VM's slow spells last minutes and would fall on single peers
+        timings = harness.measure_interleaved(peers, rounds=6, runs=-(-runs // 6))
     honer_ms = timings["honer"].median_ms
     return {"model": key, "batch": batch, "passes": list(passes), "gflop": work / 1e9,
             "max_error": compiled.report["check"]["max_scaled_error"],
