@@ -55,8 +55,7 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None,
         peers["torch eager"] = lambda: model(*examples)
         compiled_torch = torch.compile(model)
         peers["torch.compile"] = lambda: compiled_torch(*examples)
-        # in turns: this VM's slow spells last minutes and would fall on single peers
-        timings = harness.measure_interleaved(peers, rounds=6, runs=-(-runs // 6))
+        timings = harness.measure_in_turns(peers, runs)
     honer_ms = timings["honer"].median_ms
     return {"model": key, "batch": batch, "passes": list(passes), "gflop": work / 1e9,
             "max_error": compiled.report["check"]["max_scaled_error"],

@@ -75,6 +75,14 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs
     return {name: _timing(name, s) for name, s in samples.items()}
 
 
+def measure_in_turns(fns: dict[str, Callable[[], Any]], runs: int = 30,
+                     rounds: int = 6) -> dict[str, Timing]:
+    """measure_interleaved() with `runs` calls per variant in all, split over `rounds` turns:
+    how the benchmarks time peers and sweep points side by side."""
+    rounds = max(1, min(rounds, runs))
+    return measure_interleaved(fns, rounds=rounds, runs=-(-runs // rounds))
+
+
 def _timing(name: str, samples: list[float]) -> Timing:
     samples = sorted(samples)
     return Timing(name, statistics.median(samples), samples[len(samples) // 10],

@@ -145,8 +145,7 @@ def speed(key: str, batch: int, w8a8: list[str], threads: int, runs: int) -> dic
     peers = {"honer fp32": lambda: fp32(*arrays), "honer W8A8": lambda: int8(*arrays)}
     with tempfile.TemporaryDirectory() as tmp:
         peers.update(ort_int8_variants(model, examples, calib, threads, Path(tmp)))
-        # in turns: this VM's slow spells last minutes and would fall on single peers
-        timings = harness.measure_interleaved(peers, rounds=6, runs=-(-runs // 6))
+        timings = harness.measure_in_turns(peers, runs)
     ms = {k: round(t.median_ms, 3) for k, t in timings.items()}
     w8a8_report = next(r for r in int8.report["passes"] if r["name"] == "w8a8")
     return {"model": key, "batch": batch, "median_ms": ms,

@@ -81,19 +81,14 @@ def run_sweep(model: Any, example: Sequence[Any], points: Sequence[Point],
                      "effects": {r["name"]: r["effect"] for r in compiled.report["passes"]}})
         compiled_points.append(compiled)
         say(f"{label}: metric {rows[-1]['metric']}, FLOPs ratio {rows[-1]['flops_ratio']}")
-    rounds = min(ROUNDS, runs)
-    timings = harness.measure_interleaved(
-        {str(i): (lambda c=c: c(*arrays)) for i, c in enumerate(compiled_points)},
-        rounds=rounds, runs=-(-runs // rounds))
+    timings = harness.measure_in_turns(
+        {str(i): (lambda c=c: c(*arrays)) for i, c in enumerate(compiled_points)}, runs)
     base_ms = timings["0"].median_ms
     for i, row in enumerate(rows):
         ms = timings[str(i)].median_ms
         row.update(median_ms=round(ms, 4), speedup=round(base_ms / ms, 3))
         say(f"{row['label']}: {row['median_ms']} ms, speedup {row['speedup']}")
     return rows
-
-
-ROUNDS = 6  # turns each point's timing is split into
 
 
 COLUMNS = ["label", "metric", "output_error", "median_ms", "speedup", "flops_ratio"]
