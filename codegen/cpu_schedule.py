@@ -112,9 +112,12 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
 def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:
     """Inlines each elementwise block into its one elementwise consumer: a GELU spelled out is
     five blocks (scale, erf, half, add, product), and as blocks they ran as five passes over
-    memory after the matmul instead of on its register tile. A block feeding a reduction is
-    left alone (a conv's pad, softmax's exponentials are read many times each)."""
-    for block in sch.get_child_blocks(sch.get_sblock("root")):
+    memory after the matmul instead of on its register tile. Last block first: a block read
+    by two steps of a chain (GELU reads its input twice) has one consumer only once the chain
+    is one block, and a reshape in front of a GELU ran as a copy pass of its own (a
+    MiniLM-sized W8A8 GELU kernel: 0.128 -> 0.108 ms). A block feeding a reduction is left
+    alone (a conv's pad, softmax's exponentials are read many times each)."""
+    for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         kinds = _iter_kinds(sch, block)
         consumers = sch.get_consumers(block)
         if kinds is None or COMM_REDUCE in kinds or len(consumers) != 1:

@@ -130,8 +130,9 @@ def test_compiled_integer_kernels_agree_with_the_interpreter():
     assert compiled.report["build"]["schedule"]["fallbacks"] == []
 
 
-def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str) -> str:
-    """Machine code of the first W8A8 matmul of a small model, built for `mcpu`."""
+def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul") -> str:
+    """Machine code of the first W8A8 kernel named like `kernel` of a small model, built for
+    `mcpu`."""
     import tvm
 
     from honer.codegen.build import _call_counts, _fused_module, _kernels
@@ -147,7 +148,7 @@ def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str) -> str:
     cfg = CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
     mod = _fused_module(lower(graph, panel=2 * lanes), target, cfg)
     assert _call_counts(mod)
-    name, func = next((n, f) for n, f in _kernels(mod).items() if "int8_matmul" in n)
+    name, func = next((n, f) for n, f in _kernels(mod).items() if kernel in n)
     scheduled = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", name)}),
                                 cfg)
     return tvm.tirx.build(scheduled, target=tvm.target.Target(target)).inspect_source("asm")
@@ -160,6 +161,14 @@ def test_kernels_use_the_cpus_int8_dot_product(mcpu, lanes, int8_dot, instructio
     # built, not run: the machine code is what a CPU with these features would execute
     asm = _int8_kernel_asm(mcpu, lanes, int8_dot)
     assert instruction in asm
+
+
+def test_activation_quantizer_is_vectorized():
+    # nearbyint is no TVectorizable op in TVM; unless honer registers it so, the quantizer's
+    # loop stays scalar and LLVM gathers the lanes one load at a time
+    asm = _int8_kernel_asm("znver2", 8, "avx2", kernel="quantize_u8")
+    assert re.search(r"vroundps\s+\$12, %ymm", asm)
+    assert "vinsertps" not in asm
 
 
 def test_refusals_and_float_layers_are_reported():
