@@ -230,7 +230,19 @@ def _is_contraction(sch: s_tir.Schedule, block, kinds: list[int]) -> bool:
     stmt = sch.get(block)
     if len(stmt.reads) < 2 or len(stmt.writes) != 1:
         return False
+    # two operands that both run along the reduction: a layer norm's variance, sum over k of
+    # (x[r, k] - mean[r])^2, has two inputs too, but mean is a per-row constant, and tiled as
+    # a product it was vectorized across rows (a gather per lane)
+    reduced = [it.var for it in stmt.iter_vars[first_reduce:]]
+    if sum(1 for region in stmt.reads if _uses_any(region, reduced)) < 2:
+        return False
     return _vector_axis(stmt, first_reduce) is not None
+
+
+def _uses_any(region, variables) -> bool:
+    """Whether the indices of a buffer region mention any of `variables`."""
+    used = [u for r in region.region for u in tirx.analysis.undefined_vars(r.min)]
+    return any(u.same_as(v) for u in used for v in variables)
 
 
 def _vector_axis(stmt, first_reduce: int) -> int | None:

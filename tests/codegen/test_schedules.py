@@ -103,6 +103,9 @@ def test_row_reductions_with_odd_row_lengths(op, attrs):
     g.set_outputs([g.op(op, *args, **attrs)])
     stats = check(g, [const(3, 197, 197) * 20])
     assert stats["fallbacks"] == [] and stats["reductions"] >= 1
+    # the variance's (x - mean)^2 reads two buffers but is no product of two operands along
+    # the reduction: tiled as one, it was vectorized across rows
+    assert stats["contractions"] == 0
 
 
 def test_batched_attention_scores_with_odd_sequence_length():
