@@ -9,7 +9,8 @@ Speed (`--speed`): ViT with DeiT-Tiny dimensions and BERT with MiniLM dimensions
 8, timed in turns: honer fp32 and W8A8 (both after the exact passes) beside ONNX Runtime fp32,
 `quantize_dynamic` (int8 weights, uint8 activations quantized per call) and `quantize_static`
 (QDQ, per-channel int8 weights, uint8 activations, calibrated on the same samples as honer),
-all with the same threads.
+all with the same threads. `--only-speed` re-times the speed table and keeps the accuracy
+tables of the results file it updates (with their run's environment as accuracy_environment).
 
     .venv/bin/python -m honer.benchmarks.quant_schemes [--speed] [--only-speed]
         [--w8a8 "w8a8:reduce_range=false"] [--out quant_schemes]
@@ -18,6 +19,7 @@ all with the same threads.
 from __future__ import annotations
 
 import argparse
+import json
 import tempfile
 from pathlib import Path
 
@@ -160,6 +162,19 @@ def speed(key: str, batch: int, w8a8: list[str], threads: int, runs: int) -> dic
             "w8a8_float_ops": w8a8_report["effect"]["float_ops"]}
 
 
+def _saved_accuracy(name: str) -> dict:
+    """The accuracy tables of an earlier run's results file, with that run's environment (the
+    speed table is re-timed without re-running them)."""
+    path = harness.RESULTS / f"{name}.json"
+    if not path.exists():
+        return {}
+    saved = json.loads(path.read_text())
+    kept = {k: saved[k] for k in ("minilm_probe", "vit_fashion_mnist") if k in saved}
+    if kept:
+        kept["accuracy_environment"] = saved.get("accuracy_environment", saved["environment"])
+    return kept
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--speed", action="store_true", help="also the ONNX Runtime int8 table")
@@ -175,7 +190,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     harness.pin_threads(args.threads)
     payload: dict = {"threads": args.threads, "schemes": SCHEMES}
-    if not args.only_speed:
+    if args.only_speed:
+        payload.update(_saved_accuracy(args.out))
+    else:
         payload["minilm_probe"] = minilm_accuracy(args.train, args.test, 48, 16)
         print(sweep.summary(payload["minilm_probe"], "probe accuracy"))
         payload["vit_fashion_mnist"] = vit_accuracy(10000, 64, 8)
