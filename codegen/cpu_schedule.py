@@ -23,6 +23,7 @@ from tvm import s_tir, tirx
 
 from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
+from .relax_lower import DECODED_WEIGHT
 from .tiles import local_accumulator, vectorized_init
 
 DATA_PAR, COMM_REDUCE = 0, 2
@@ -377,9 +378,22 @@ def _schedule_contraction(sch: s_tir.Schedule, block, kinds: list[int],
     sch.vectorize(ji)
     sch.unroll(ii)
     sch.vectorize(sch.get_loops(acc)[-1])
-    sch.parallel(sch.fuse(*tasks))
+    task = sch.fuse(*tasks)
+    sch.parallel(task)
+    decoded = _decode_per_task(sch, block, task)
     init = vectorized_init(sch, block, reduce[0])
-    return {sch.get(b).name_hint for b in (block, init, acc)}
+    return {sch.get(b).name_hint for b in (block, init, acc, *decoded)}
+
+
+def _decode_per_task(sch: s_tir.Schedule, block, task) -> list:
+    """A weight decoded from its compressed form (relax_lower's DECODED_WEIGHT) is decoded
+    inside each task, only the panel that task's tiles read (in L1 while they run), rather
+    than the whole weight into memory first."""
+    decoded = [p for p in sch.get_producers(block) if sch.get(p).name_hint == DECODED_WEIGHT]
+    for producer in decoded:
+        sch.compute_at(producer, task, preserve_unit_loops=False)
+        sch.vectorize(sch.get_loops(producer)[-1])
+    return decoded
 
 
 def _schedule_reduction(sch: s_tir.Schedule, block, kinds: list[int],

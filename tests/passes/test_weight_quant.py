@@ -167,3 +167,45 @@ def test_decoding_rows_take_the_per_group_kernel_with_bias_and_residual_on_its_t
     assert stats["decoding"] == int(decoding)
     if decoding:
         assert stats["elementwise"] == 0  # bias and residual ran on the accumulator
+
+
+@pytest.mark.parametrize("rows", [4, 197])
+@pytest.mark.parametrize("spec", ["weight_quant:bits=4,group=32", "weight_quant:bits=8"])
+def test_many_rows_decode_each_weight_panel_once_per_task(rows, spec):
+    """A register tile's rows or more: each task decodes its panel of the weight into a
+    buffer its row tiles share (instead of every tile decoding every weight it reads), with
+    the bias and residual add still on the tile; the result is the interpreter's."""
+    import tvm
+
+    from honer.codegen.build import _fused_module, _kernels
+    from honer.codegen.cpu_schedule import schedule_module
+    from honer.codegen.relax_lower import DECODED_WEIGHT
+    from honer.ir import Graph
+    from honer.targets import get_target
+
+    rng = np.random.default_rng(2)
+    g = Graph()
+    x = g.add_input("x", (rows, 128), "float32")
+    r = g.add_input("r", (rows, 160), "float32")
+    w = g.add_const(rng.standard_normal((160, 128)).astype(np.float32))
+    y = g.op("linear", x, w, g.add_const(rng.standard_normal(160).astype(np.float32)))
+    g.set_outputs([g.op("add", y, r)])
+    graph, _ = run_pipeline(g, [spec])
+    arrays = [rng.standard_normal((rows, 128)).astype(np.float32),
+              rng.standard_normal((rows, 160)).astype(np.float32)]
+    compiled = honer.compile(graph, check=False)
+    assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= TOL
+    stats = compiled.report["build"]["schedule"]
+    assert stats["contractions"] == 1 and stats["elementwise"] == 0
+    assert stats["fallbacks"] == [] and stats["decoding"] == 0
+
+    target = get_target("host")
+    [kernel] = [f for n, f in _kernels(_fused_module(target.lower(graph), target.tvm_target(),
+                                                     target.schedule())).items()
+                if "dequant" in n]
+    text = schedule_module(tvm.IRModule({"main": kernel}), target.schedule())["main"].script()
+    lines = text.splitlines()
+    parallel = next(i for i, line in enumerate(lines) if "T.parallel" in line)
+    decode = next(i for i, line in enumerate(lines) if f'T.sblock("{DECODED_WEIGHT}")' in line)
+    indent = len(lines[parallel]) - len(lines[parallel].lstrip())
+    assert decode > parallel and len(lines[decode]) - len(lines[decode].lstrip()) > indent
