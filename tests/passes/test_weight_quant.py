@@ -140,13 +140,9 @@ def test_refusals_and_kept_layers_are_reported():
     assert any("no calibration data" in r["reason"] for r in report.rejections)
 
 
-@pytest.mark.parametrize("rows", [1, 3])
-@pytest.mark.parametrize("spec", ["weight_quant:bits=4,group=32", "weight_quant:bits=4,group=64",
-                                  "weight_quant:bits=8"])
-def test_decoding_rows_take_the_per_group_kernel_with_bias_and_residual_on_its_tile(rows, spec):
-    """Fewer int4 rows than a register tile (a decoding step) compute each group's dot
-    product first and scale it once (codegen/gemv.py); per-channel int8 keeps the general
-    kernel. Either way the result is the interpreter's."""
+def _quantized_linear_with_residual(rows: int, spec: str):
+    """A [rows, 128] -> [rows, 160] linear with bias and a residual add, quantized by `spec`,
+    compiled and checked against the interpreter; (the quantized graph, schedule stats)."""
     from honer.ir import Graph
 
     rng = np.random.default_rng(1)
@@ -161,7 +157,17 @@ def test_decoding_rows_take_the_per_group_kernel_with_bias_and_residual_on_its_t
               rng.standard_normal((rows, 160)).astype(np.float32)]
     compiled = honer.compile(graph, check=False)
     assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= TOL
-    stats = compiled.report["build"]["schedule"]
+    return graph, compiled.report["build"]["schedule"]
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("spec", ["weight_quant:bits=4,group=32", "weight_quant:bits=4,group=64",
+                                  "weight_quant:bits=8"])
+def test_decoding_rows_take_the_per_group_kernel_with_bias_and_residual_on_its_tile(rows, spec):
+    """Fewer int4 rows than a register tile (a decoding step) compute each group's dot
+    product first and scale it once (codegen/gemv.py); per-channel int8 keeps the general
+    kernel. Either way the result is the interpreter's."""
+    _, stats = _quantized_linear_with_residual(rows, spec)
     decoding = "bits=4" in spec
     assert stats["contractions"] == 1 and stats["fallbacks"] == []
     assert stats["decoding"] == int(decoding)
@@ -180,22 +186,9 @@ def test_many_rows_decode_each_weight_panel_once_per_task(rows, spec):
     from honer.codegen.build import _fused_module, _kernels
     from honer.codegen.cpu_schedule import schedule_module
     from honer.codegen.relax_lower import DECODED_WEIGHT
-    from honer.ir import Graph
     from honer.targets import get_target
 
-    rng = np.random.default_rng(2)
-    g = Graph()
-    x = g.add_input("x", (rows, 128), "float32")
-    r = g.add_input("r", (rows, 160), "float32")
-    w = g.add_const(rng.standard_normal((160, 128)).astype(np.float32))
-    y = g.op("linear", x, w, g.add_const(rng.standard_normal(160).astype(np.float32)))
-    g.set_outputs([g.op("add", y, r)])
-    graph, _ = run_pipeline(g, [spec])
-    arrays = [rng.standard_normal((rows, 128)).astype(np.float32),
-              rng.standard_normal((rows, 160)).astype(np.float32)]
-    compiled = honer.compile(graph, check=False)
-    assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= TOL
-    stats = compiled.report["build"]["schedule"]
+    graph, stats = _quantized_linear_with_residual(rows, spec)
     assert stats["contractions"] == 1 and stats["elementwise"] == 0
     assert stats["fallbacks"] == [] and stats["decoding"] == 0
 
