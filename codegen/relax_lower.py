@@ -576,7 +576,8 @@ def _dequantizer(q, scale, zero, bits: int, in_features: int, panel: int, dtype:
 
 def _dequant_matmul(x, q, scale, zero, bits: int, in_features: int, out: int, panel: int,
                     dtype: str, symmetric: bool):
-    """w dequantized from q as it is read (a few rows: decoding bounds the kernel anyway)."""
+    """w dequantized from q as it is read: a decoding step's few rows (decoding bounds the
+    kernel anyway), and weights not stored in panels (GPUs)."""
     if panel and bits == 4 and int(x.shape[0]) < DECODE_ROWS:
         return _dequant_gemv(x, q, scale, zero, in_features, out, panel, dtype)
     weight = _dequantizer(q, scale, zero, bits, in_features, panel, dtype, symmetric)
