@@ -758,7 +758,8 @@ def _int8_weight(q, n, k, layout: str | None):
 
 def _int8_matmul(xq, q, scale, offset, rows: int, out: int, layout: str | None, name: str):
     """int32 sums over the padded rows, rescaled on the same domain (so the CPU rule runs the
-    rescale on the register tile), then the real rows."""
+    rescale on the register tile), then the real rows (which the CPU rule also computes on the
+    tile, from the accumulators)."""
     from tvm import te
 
     in_features = xq.shape[1]

@@ -130,9 +130,10 @@ def test_compiled_integer_kernels_agree_with_the_interpreter():
     assert compiled.report["build"]["schedule"]["fallbacks"] == []
 
 
-def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul") -> str:
-    """Machine code of the first W8A8 kernel named like `kernel` of a small model, built for
-    `mcpu`."""
+def _scheduled_int8_kernel(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul",
+                           rows: int = 16):
+    """The first W8A8 kernel named like `kernel` of a small model (2 x `rows` rows),
+    scheduled for `mcpu`, and its TVM target."""
     import tvm
 
     from honer.codegen.build import _call_counts, _fused_module, _kernels
@@ -140,7 +141,7 @@ def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_m
     from honer.codegen.relax_lower import lower
 
     model = _outlier_mlp()
-    x = torch.randn(2, 16, 64)
+    x = torch.randn(2, rows, 64)
     graph, _ = run_pipeline(capture(model, (x,)), ["w8a8:min_sqnr_db=0,reduce_range=" +
                                                    str(int8_dot != "vnni")],
                             Calibration([(x.numpy(),)]))
@@ -151,7 +152,25 @@ def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_m
     name, func = next((n, f) for n, f in _kernels(mod).items() if kernel in n)
     scheduled = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", name)}),
                                 cfg)
-    return tvm.tirx.build(scheduled, target=tvm.target.Target(target)).inspect_source("asm")
+    return scheduled, tvm.target.Target(target)
+
+
+def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul") -> str:
+    """Machine code of that kernel built for `mcpu`."""
+    import tvm
+
+    scheduled, target = _scheduled_int8_kernel(mcpu, lanes, int8_dot, kernel)
+    return tvm.tirx.build(scheduled, target=target).inspect_source("asm")
+
+
+def test_padded_rows_are_rescaled_on_the_register_tile():
+    # 14 rows, padded to 18 for the 6-row tile: the rescale of the real rows used to be a
+    # second parallel pass over an int32 copy of the whole product
+    scheduled, _ = _scheduled_int8_kernel("znver2", 8, "avx2", rows=7)
+    text = scheduled.script()
+    assert text.count("T.parallel(") == 1
+    assert not re.search(r'sblock_alloc_buffer\([^)]*\), "int32"\)', text)  # local only
+    assert "T.where(" in text  # the guard that skips the padded rows
 
 
 @pytest.mark.parametrize("mcpu, lanes, int8_dot, instruction", [
