@@ -830,9 +830,13 @@ def _lower_int8_linear(bb, node, args, layouts: list[str | None]):
     out = node.output.shape[-1]
     rows = int(np.prod(xt.shape[:-1], dtype=np.int64))
     y = _int8_rows_matmul(bb, node, _as_rows(bb, args[0], xt.shape), rows, args[1], layouts[1])
+    # the activation on the rows, before the reshape: FuseOps fuses only elementwise ops into
+    # the matmul, so after the reshape the GELU ran as a pass of its own (in turns: MiniLM
+    # W8A8 15.5 -> 14.7 ms, ViT 16.4 -> 16.2)
+    y = _epilogue(bb, node, y)
     if len(xt.shape) != 2:
         y = R.reshape(bb.emit(y), list(xt.shape[:-1]) + [out])
-    return _epilogue(bb, node, y)
+    return y
 
 
 def is_patchify(node: Node) -> bool:

@@ -130,29 +130,37 @@ def test_compiled_integer_kernels_agree_with_the_interpreter():
     assert compiled.report["build"]["schedule"]["fallbacks"] == []
 
 
-def _scheduled_int8_kernel(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul",
-                           rows: int = 16):
-    """The first W8A8 kernel named like `kernel` of a small model (2 x `rows` rows),
-    scheduled for `mcpu`, and its TVM target."""
-    import tvm
-
+def _w8a8_kernels(int8_dot: str, lanes: int, rows: int = 16) -> dict:
+    """The unscheduled kernels of the W8A8 outlier MLP on 2 x `rows` rows, by name."""
     from honer.codegen.build import _call_counts, _fused_module, _kernels
-    from honer.codegen.cpu_schedule import CPUScheduleConfig, schedule_module
+    from honer.codegen.cpu_schedule import CPUScheduleConfig
     from honer.codegen.relax_lower import lower
 
     model = _outlier_mlp()
     x = torch.randn(2, rows, 64)
-    graph, _ = run_pipeline(capture(model, (x,)), ["w8a8:min_sqnr_db=0,reduce_range=" +
+    graph, _ = run_pipeline(capture(model, (x,)), ["act_fuse", "w8a8:min_sqnr_db=0,reduce_range=" +
                                                    str(int8_dot != "vnni")],
                             Calibration([(x.numpy(),)]))
-    target = {"kind": "llvm", "mcpu": mcpu, "num-cores": 2}
     cfg = CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
-    mod = _fused_module(lower(graph, panel=2 * lanes), target, cfg)
+    mod = _fused_module(lower(graph, panel=2 * lanes), {"kind": "llvm"}, cfg)
     assert _call_counts(mod)
-    name, func = next((n, f) for n, f in _kernels(mod).items() if kernel in n)
+    return _kernels(mod)
+
+
+def _scheduled_int8_kernel(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul",
+                           rows: int = 16):
+    """The first W8A8 kernel named like `kernel` of the outlier MLP (2 x `rows` rows),
+    scheduled for `mcpu`, and its TVM target."""
+    import tvm
+
+    from honer.codegen.cpu_schedule import CPUScheduleConfig, schedule_module
+
+    name, func = next((n, f) for n, f in _w8a8_kernels(int8_dot, lanes, rows).items()
+                      if kernel in n)
+    cfg = CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
     scheduled = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol", name)}),
                                 cfg)
-    return scheduled, tvm.target.Target(target)
+    return scheduled, tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
 
 
 def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_matmul") -> str:
@@ -161,6 +169,13 @@ def _int8_kernel_asm(mcpu: str, lanes: int, int8_dot: str, kernel: str = "int8_m
 
     scheduled, target = _scheduled_int8_kernel(mcpu, lanes, int8_dot, kernel)
     return tvm.tirx.build(scheduled, target=target).inspect_source("asm")
+
+
+def test_activation_runs_in_the_int8_kernel():
+    # applied after the reshape back to [batch, tokens, features], the GELU was no elementwise
+    # consumer of the matmul and ran as a pass of its own
+    names = list(_w8a8_kernels("avx2", 8))
+    assert any("int8_matmul" in n and "erf" in n for n in names), names
 
 
 def test_padded_rows_are_rescaled_on_the_register_tile():
