@@ -51,7 +51,7 @@ BRAM18_BITS = 18 * 1024
 # computed in float inside a fixed-point design (no fixed-point form here)
 FLOAT_ONLY = {"gelu", "softmax", "log_softmax", "sigmoid", "tanh", "exp", "layer_norm",
               "attention"}
-INT8_OPS = {"int8_linear", "int8_conv"}
+INT8_OPS = {"int8_linear", "int8_conv", "int8_attention"}
 SUPPORTED = ({"linear", "conv", "relu", "max_pool", "reduce_mean", "reshape", "flatten", "add",
               "mul", "transpose", "slice", "concat"} | FLOAT_ONLY | INT8_OPS)
 # the fused activation of a linear / conv (set by act_fuse) on a float `v`, as the IR's
@@ -147,11 +147,61 @@ def check_supported(graph: Graph) -> None:
     # constants of other types: attention masks, int8 weights
     problems += [(f"{n.op} on {v.dtype}", n.scope or n.name) for n in graph.nodes
                  for v in n.inputs if v.dtype != "float32"
-                 and not (n.op in {"attention"} | INT8_OPS and v.data is not None)]
+                 and not (n.op in {"attention", "int8_attention"} | INT8_OPS
+                          and v.data is not None)]
     if problems:
         listing = "\n".join(f"  {op}  (at {where})" for op, where in problems)
         raise CodegenError("fpga-hls cannot put these ops in hardware (fold batch norms first "
                            f"with passes=['bn_fold'] where that is the reason):\n{listing}")
+
+
+@dataclass(frozen=True)
+class _FloatAttention:
+    """The C++ pieces of float attention (emit_attention)."""
+    score_scale: str
+    sum_type = weight_type = "float"
+
+    def score_term(self, q: str, k: str) -> str:
+        return f"to_float({q}) * to_float({k})"
+
+    def score(self, acc: str) -> str:
+        return f"{acc} * {self.score_scale}"
+
+    def weight(self, shifted: str) -> str:
+        return f"std::exp({shifted})"
+
+    def value(self, v: str) -> str:
+        return f"to_float({v})"
+
+    def output(self, acc: str, total: str) -> str:
+        return f"{acc} / {total}"
+
+
+@dataclass(frozen=True)
+class _Int8Attention:
+    """The C++ pieces of int8_attention: `q`, `k`, `v` are code expressions of X."""
+    q: str
+    k: str
+    v: str
+    zero: int
+    score_scale: str
+    v_scale: str
+    sum_type = weight_type = "int"
+
+    def score_term(self, q: str, k: str) -> str:
+        return f"({self.q.replace('X', q)} - {self.zero}) * {self.k.replace('X', k)}"
+
+    def score(self, acc: str) -> str:
+        return f"(float){acc} * {self.score_scale}"
+
+    def weight(self, shifted: str) -> str:
+        return f"(int)std::nearbyint(std::exp({shifted}) * 255.0f)"
+
+    def value(self, v: str) -> str:
+        return self.v.replace("X", v)
+
+    def output(self, acc: str, total: str) -> str:
+        return f"{self.v_scale} / (float){total} * (float){acc}"
 
 
 # ---------------------------------------------------------------- numbers
@@ -624,12 +674,34 @@ class _Emitter:
 
     def emit_attention(self, node: Node, out: str) -> None:
         """softmax(q k^T * scale + mask) v per (batch, head, query), in float."""
+        d = node.inputs[0].shape[3]
+        scale = node.attrs["scale"] if node.attrs["scale"] is not None else d ** -0.5
+        self._attention(node, out, _FloatAttention(score_scale=c_float(scale)))
+
+    def emit_int8_attention(self, node: Node, out: str) -> None:
+        """int8_attention as ir.ops computes it: q, k, v rounded to their codes as they are
+        read, integer sums, exp(s - max) as codes of 1/255, normalized by their sum."""
+        from ..ir.ops import KV_QMAX, int8_score_scale
+
+        a = node.attrs
+
+        def inverse(name: str) -> str:
+            return c_float(np.float32(1.0) / np.float32(a[name]))
+
+        zero = int(a["q_zero"])
+        self._attention(node, out, _Int8Attention(
+            q=f"int(honer_quantize_u8(to_float(X), {inverse('q_scale')}, {float(zero)}f))",
+            k=f"int(honer_quantize_s8(to_float(X), {inverse('k_scale')}, {float(KV_QMAX)}f))",
+            v=f"int(honer_quantize_s8(to_float(X), {inverse('v_scale')}, {float(KV_QMAX)}f))",
+            zero=zero, score_scale=c_float(int8_score_scale(a, node.inputs[0].shape[3])),
+            v_scale=c_float(a["v_scale"])))
+
+    def _attention(self, node: Node, out: str, kind: _FloatAttention | _Int8Attention) -> None:
         q, k, v = node.inputs[:3]
         if any(t.data is not None for t in (q, k, v)):
             raise CodegenError(f"fpga-hls: {node.name}: attention on constant q/k/v")
         b, h, sq, d = q.shape
-        hk, sk = k.shape[1], k.shape[2]
-        scale = node.attrs["scale"] if node.attrs["scale"] is not None else d ** -0.5
+        hk, sk, dv = k.shape[1], k.shape[2], v.shape[3]
         mask = ""
         if len(node.inputs) == 4:
             m = node.inputs[3]
@@ -646,32 +718,36 @@ class _Emitter:
                 self.roms.append(f"static const float {name}[{full.size}] = {{{items}}};")
                 mask = f"s += {name}[((bb * {h} + hh) * {sq} + i) * {sk} + j];"
         causal = f"if (j > i + {sk - sq}) s = -INFINITY;" if node.attrs["causal"] else ""
+        q_at = f"a0[((bb * {h} + hh) * {sq} + i) * {d} + t]"
+        k_at = f"a1[((bb * {hk} + kh) * {sk} + j) * {d} + t]"
+        v_at = f"a2[((bb * {hk} + kh) * {sk} + j) * {dv} + t]"
         body = f"""  for (int bb = 0; bb < {b}; bb++)
   for (int hh = 0; hh < {h}; hh++)
   for (int i = 0; i < {sq}; i++) {{
     const int kh = hh / {h // hk};
-    float p[{sk}], mx = -INFINITY, sum = 0.0f;
+    float p[{sk}], mx = -INFINITY;
+    {kind.weight_type} w[{sk}], sum = 0;
     for (int j = 0; j < {sk}; j++) {{
-      float s = 0.0f;
+      {kind.sum_type} acc = 0;
       for (int t = 0; t < {d}; t++)
-        s += to_float(a0[((bb * {h} + hh) * {sq} + i) * {d} + t])
-             * to_float(a1[((bb * {hk} + kh) * {sk} + j) * {d} + t]);
-      s *= {c_float(scale)};
+        acc += {kind.score_term(q_at, k_at)};
+      float s = {kind.score('acc')};
       {mask}
       {causal}
       p[j] = s;
       mx = std::fmax(mx, s);
     }}
-    for (int j = 0; j < {sk}; j++) {{ p[j] = std::exp(p[j] - mx); sum += p[j]; }}
-    for (int t = 0; t < {v.shape[3]}; t++) {{
-      float o = 0.0f;
+    if (!std::isfinite(mx)) mx = 0.0f;
+    for (int j = 0; j < {sk}; j++) {{ w[j] = {kind.weight('p[j] - mx')}; sum += w[j]; }}
+    for (int t = 0; t < {dv}; t++) {{
+      {kind.sum_type} o = 0;
       for (int j = 0; j < {sk}; j++)
-        o += p[j] * to_float(a2[((bb * {hk} + kh) * {sk} + j) * {v.shape[3]} + t]);
-      y[((bb * {h} + hh) * {sq} + i) * {v.shape[3]} + t] = to_data(o / sum);
+        o += w[j] * {kind.value(v_at)};
+      y[((bb * {h} + hh) * {sq} + i) * {dv} + t] = to_data({kind.output('o', 'sum')});
     }}
   }}
 """
-        macs = b * h * sq * sk * (d + v.shape[3])
+        macs = b * h * sq * sk * (d + dv)
         self.add_layer(node, body, self.activations(node) + [out],
                        self.simple_estimate(node, macs + 40, self.fallback(), 10))
 
@@ -851,6 +927,11 @@ template <class T> struct honer_stream {{  // what C simulation needs of hls::st
 static inline uint8_t honer_quantize_u8(float x, float inv_scale, float zero) {{
   const float v = std::nearbyint(x * inv_scale) + zero;
   return v > 0.0f ? (v < 255.0f ? uint8_t(v) : uint8_t(255)) : uint8_t(0);
+}}
+// x -> int8 code in [-qmax, qmax] (int8_attention's k and v), rounded as above
+static inline int8_t honer_quantize_s8(float x, float inv_scale, float qmax) {{
+  const float v = std::nearbyint(x * inv_scale);
+  return int8_t(v < -qmax ? -qmax : (v > qmax ? qmax : v));
 }}
 
 {_activation_functions()}

@@ -148,16 +148,17 @@ def _weight_in_dot_layout(stmt, lanes: int) -> bool:
     (outputs not whole vectors, then padded by the generic rule) would match the intrinsic's
     pattern with strided rows and load the wrong bytes."""
     shapes = [tuple(int(d) for d in r.source.shape) for r in stmt.reads]
-    return any(len(s) == 4 and s[2:] == (lanes, 4) for s in shapes)
+    return any(len(s) >= 4 and s[-2:] == (lanes, 4) for s in shapes)
 
 
 def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int) -> set[str] | None:
     """Register tile of 6 or 4 rows (ROW_TILES) x two vectors of output channels (one when the
     channels are an odd number of vectors), the reduction in steps of four inputs, each step
     one intrinsic per vector and row; output-channel panels outside the row tiles (a panel of
-    weights stays in cache while the rows stream by), tiles spread over the cores; the rescale
-    epilogue runs on the tile. None (nothing changed) when the block does not fit the tile."""
-    m, n, k = sch.get_loops(block)
+    weights stays in cache while the rows stream by), tiles spread over the cores (with the
+    batch loops of a per-head product, attention's); the rescale epilogue runs on the tile.
+    None (nothing changed) when the block does not fit the tile."""
+    *batch, m, n, k = sch.get_loops(block)
     extent_m, extent_n = int(sch.get(m).extent), int(sch.get(n).extent)
     rows = next((r for r in ROW_TILES if extent_m % r == 0), 0)
     if not rows or extent_n % lanes or int(sch.get(k).extent) % 4 \
@@ -167,24 +168,24 @@ def schedule_int8_matmul(sch, block, intrinsic: str, lanes: int) -> set[str] | N
     mo, mi = sch.split(m, [None, rows])
     no, ni, nl = sch.split(n, [None, vectors, lanes])
     ko, kl = sch.split(k, [None, 4])
-    sch.reorder(no, mo, ko, mi, ni, nl, kl)
+    sch.reorder(*batch, no, mo, ko, mi, ni, nl, kl)
     acc = local_accumulator(sch, block)
     sch.reverse_compute_at(acc, mo)
     sch.unroll(mi)
     sch.unroll(ni)
     sch.vectorize(sch.get_loops(acc)[-1])
     placed = {sch.get(acc).name_hint}
-    placed |= _real_rows_on_tile(sch, acc, mo)
+    placed |= _real_rows_on_tile(sch, acc, mo, len(batch) + 2)
     # tasks are column panels, as in the float rule: a task per register tile costs a
     # workspace allocation for its accumulator each, which dominated the kernel
-    sch.parallel(no)
+    sch.parallel(sch.fuse(*batch, no) if batch else no)
     init = vectorized_init(sch, block, ko)
     names = placed | {sch.get(b).name_hint for b in (block, init)}
     sch.tensorize(nl, intrinsic)  # replaces the block by its "_o" form
     return names | {f"{sch.get(init).name_hint.removesuffix('_init')}_update_o"}
 
 
-def _real_rows_on_tile(sch, write_back, tile_loop) -> set[str]:
+def _real_rows_on_tile(sch, write_back, tile_loop, rank: int) -> set[str]:
     """Rows padded to the tile's height (197 -> 198) leave the rescale of the real rows as a
     block of its own (a smaller output, so it is not inlined into the write-back). Left
     alone, it ran as a second parallel pass over an int32 copy of the whole product, split
@@ -192,7 +193,7 @@ def _real_rows_on_tile(sch, write_back, tile_loop) -> set[str]:
     placed at the tile, it reads the accumulators and writes the real rows (a guard skips the
     padding). Returns the name of the block placed, if any."""
     consumers = sch.get_consumers(write_back)
-    if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != 2:
+    if len(consumers) != 1 or len(sch.get_loops(consumers[0])) != rank:
         return set()
     sch.reverse_compute_at(consumers[0], tile_loop)
     sch.vectorize(sch.get_loops(consumers[0])[-1])

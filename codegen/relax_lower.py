@@ -20,6 +20,8 @@ from tvm import relax
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
 from ..ir.ops import FREE_MERGE, attention_scale, slice_indices, tome_score_tables
+from .int8_dot import KERNEL as INT8_KERNEL
+from .int8_dot import W7_KERNEL
 
 R = relax.op
 Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
@@ -780,19 +782,254 @@ def _int8_matmul(xq, q, scale, offset, rows: int, out: int, layout: str | None, 
 tvm.ir.register_op_attr("tirx.nearbyint", "TVectorizable", True)
 
 
+def _f32(value):
+    """A float32 TIR value: a number as a constant, an expression (a scale read from a
+    tensor) as it is."""
+    from tvm import tirx
+
+    return tirx.const(value, "float32") if isinstance(value, (int, float)) else value
+
+
+def _u8_code(x, inv_scale, zero):
+    """A float -> its uint8 code (rounded half to even, saturating), as ir.ops rounds it."""
+    from tvm import tirx
+
+    v = tirx.nearbyint(x * _f32(inv_scale)) + _f32(zero)
+    return tirx.max(tirx.min(v, 255.0), 0.0).astype("uint8")
+
+
+def _s8_code(x, inv_scale, qmax: int):
+    """A float -> its int8 code in [-qmax, qmax] (ir.ops.quantize_symmetric)."""
+    from tvm import tirx
+
+    v = tirx.nearbyint(x * _f32(inv_scale))
+    return tirx.max(tirx.min(v, float(qmax)), float(-qmax)).astype("int8")
+
+
 def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
     from tvm import te, tirx
 
     rows = x.shape[0]
 
     def value(m, k):
-        v = tirx.nearbyint(x[m, k] * tirx.const(inv_scale, "float32")) + float(zero)
-        v = tirx.max(tirx.min(v, 255.0), 0.0).astype("uint8")
+        v = _u8_code(x[m, k], inv_scale, zero)
         if padded == rows:
             return v
         return tirx.if_then_else(m < rows, v, tirx.const(zero, "uint8"))
 
     return te.compute((padded, x.shape[1]), value, name="quantize_u8")
+
+
+# ---- W8A8 attention (ir.ops int8_attention) -------------------------------------------------
+#
+# q to uint8 (rows padded to the int8 tile), k and v to int8 in the dot layout the int8 rule
+# reads (int8dot<L> per head: the score product's columns are keys, the value product's are
+# channels), each key's code sum, the scores with their masks, the exponentials as uint8
+# codes and their row sums, and the weighted values normalized by those sums. The q/k/v
+# kernels are injective and fuse into the transposes that make the heads. A layer's scales
+# are one small tensor (SCALES), so every layer of a model shares the same kernels.
+
+SCALES = ("inv_q", "q_zero", "inv_k", "inv_v", "score", "v_scale")
+
+
+def _attention_scales(node: Node) -> np.ndarray:
+    from ..ir.ops import int8_score_scale
+
+    a = node.attrs
+    values = {"inv_q": _inverse(a["q_scale"]), "q_zero": float(a["q_zero"]),
+              "inv_k": _inverse(a["k_scale"]), "inv_v": _inverse(a["v_scale"]),
+              "score": float(int8_score_scale(a, node.inputs[0].shape[3])),
+              "v_scale": float(a["v_scale"])}
+    return np.array([values[name] for name in SCALES], np.float32)
+
+
+def _scale(scales, name: str):
+    return scales[SCALES.index(name)]
+
+
+def _dot_element(t, b, h, n, k, lanes: int):
+    """Element [n, k] of a per-head int8 operand, stored int8dot<lanes> or plain [n, k]."""
+    if lanes:
+        return t[b, h, n // lanes, k // 4, n % lanes, k % 4]
+    return t[b, h, n, k]
+
+
+def _quantize_heads(x, scales, rows: int):
+    """[B, H, S, D] float -> [B, H, rows, D] uint8; padded rows hold the zero point."""
+    from tvm import te, tirx
+
+    seq = int(x.shape[2])
+    zero = _scale(scales, "q_zero")
+
+    def value(b, h, m, d):
+        code = _u8_code(x[b, h, tirx.min(m, seq - 1), d], _scale(scales, "inv_q"), zero)
+        return code if rows == seq else tirx.if_then_else(m < seq, code, zero.astype("uint8"))
+
+    return te.compute((*x.shape[:2], rows, x.shape[3]), value, name="quantize_u8")
+
+
+def _pack_heads(x, scales, keys: int, lanes: int, keys_reduced: bool):
+    """[B, H, S, E] float -> int8 per head, S padded to `keys` with zeros: keys as the
+    product's columns ([n = key, k = e], the score product) or, with `keys_reduced`, as its
+    reduction ([n = e, k = key], the value product); int8dot<lanes> or plain [n, k]."""
+    from tvm import te, tirx
+
+    from ..ir.ops import KV_QMAX
+
+    seq, width = int(x.shape[2]), int(x.shape[3])
+    n_size, k_size = (width, keys) if keys_reduced else (keys, width)
+
+    def code(b, h, n, k):
+        key, e = (k, n) if keys_reduced else (n, k)
+        inv = _scale(scales, "inv_v" if keys_reduced else "inv_k")
+        value = _s8_code(x[b, h, tirx.min(key, seq - 1), e], inv, KV_QMAX)
+        return value if keys == seq else tirx.if_then_else(key < seq, value,
+                                                           tirx.const(0, "int8"))
+
+    if lanes:
+        return te.compute((*x.shape[:2], n_size // lanes, k_size // 4, lanes, 4),
+                          lambda b, h, no, ko, nl, kl: code(b, h, no * lanes + nl, ko * 4 + kl),
+                          name="pack_int8")
+    return te.compute((*x.shape[:2], n_size, k_size), code, name="pack_int8")
+
+
+def _key_sums(k, scales, keys: int):
+    """sum_d of k's int8 codes per key (0 for padded keys), for the zero point's share of the
+    scores. From the float k, whose rows are contiguous (summed over the packed layout, the
+    kernel ran 20x longer), and a kernel of its own: the int8 rule places the scores'
+    epilogue on the register tile, and TIR requires every block it reads to be computed
+    inside that tile."""
+    from tvm import te, tirx
+
+    from ..ir.ops import KV_QMAX
+
+    seq = int(k.shape[2])
+    d = te.reduce_axis((0, k.shape[3]), name="d")
+
+    def total(b, h, n):
+        code = _s8_code(k[b, h, tirx.min(n, seq - 1), d], _scale(scales, "inv_k"), KV_QMAX
+                        ).astype("int32")
+        return te.sum(code if keys == seq else tirx.if_then_else(n < seq, code, 0), axis=d)
+
+    return te.compute((*k.shape[:2], keys), total, name="key_sums")
+
+
+def _int8_scores(q8, k8, key_sums, scales, *mask, seq: int, keys_real: int, causal: bool,
+                 lanes: int):
+    """Scores over the padded rows and keys: int32 sums of (q - zero) * k (the zero point's
+    share from each key's sum), scaled to float, with the padded keys, the causal mask and
+    the given mask applied (-inf where masked)."""
+    from tvm import te, tirx
+
+    batch, heads, rows, width = (int(d) for d in q8.shape)
+    keys = int(key_sums.shape[2])
+    d = te.reduce_axis((0, width), name="d")
+    acc = te.compute((batch, heads, rows, keys), lambda b, h, m, n: te.sum(
+        q8[b, h, m, d].astype("int32") * _dot_element(k8, b, h, n, d, lanes).astype("int32"),
+        axis=d), name=W7_KERNEL)
+
+    def score(b, h, m, n):
+        zero = _scale(scales, "q_zero").astype("int32")
+        s = (acc[b, h, m, n] - zero * key_sums[b, h, n]).astype("float32") * \
+            _scale(scales, "score")
+        allowed = n < keys_real
+        if causal:
+            allowed = tirx.all(allowed, n <= m + (keys_real - seq))
+        if mask:
+            s, allowed = _apply_mask(mask[0], s, allowed, (b, h, m, n), (seq, keys_real))
+        return tirx.Select(allowed, s, tirx.const(-np.inf, "float32"))
+
+    return te.compute(acc.shape, score, name="int8_rescale")
+
+
+def _apply_mask(mask, s, allowed, index, real: tuple[int, int]):
+    """A bool (keep) or additive mask, broadcast from its own shape, read inside the real rows
+    and keys (the padding is masked or discarded anyway)."""
+    from tvm import tirx
+
+    rank = len(mask.shape)
+    clamped = list(index[:2]) + [tirx.min(index[2], real[0] - 1), tirx.min(index[3], real[1] - 1)]
+    at = [0 if int(size) == 1 else i for size, i in zip(mask.shape, clamped[-rank:])]
+    if mask.dtype == "bool":
+        return s, tirx.all(allowed, mask[tuple(at)])
+    return s + mask[tuple(at)], allowed
+
+
+def _exp_codes(scores):
+    """uint8 codes of exp(s - row max) (ir.ops.exp_codes; a row masked whole has max 0)."""
+    from tvm import te, tirx, topi
+
+    from ..ir.ops import EXP_CODES
+
+    j = te.reduce_axis((0, scores.shape[3]), name="j")
+    row_max = te.compute(scores.shape[:3], lambda b, h, m: te.max(scores[b, h, m, j], axis=j),
+                         name="row_max")
+    finite = te.compute(row_max.shape, lambda *i: tirx.Select(
+        row_max(*i) > tirx.const(-np.inf, "float32"), row_max(*i), tirx.const(0, "float32")),
+        name="finite_max")
+    e = topi.fast_exp(te.compute(scores.shape, lambda b, h, m, n: scores[b, h, m, n]
+                                 - finite[b, h, m], name="shifted"))
+    return te.compute(scores.shape, lambda *i: tirx.nearbyint(
+        e(*i) * tirx.const(EXP_CODES, "float32")).astype("uint8"), name="exp_codes")
+
+
+def _code_sums(codes):
+    """sum_j codes[j] per row: the softmax's denominator (a kernel of its own, see
+    _key_sums)."""
+    from tvm import te
+
+    j = te.reduce_axis((0, codes.shape[3]), name="j")
+    return te.compute(codes.shape[:3], lambda b, h, m: te.sum(
+        codes[b, h, m, j].astype("int32"), axis=j), name="code_sums")
+
+
+def _int8_weighted_values(codes, v8, sums, scales, seq: int, width: int, lanes: int):
+    """sum_j codes[j] * v[j] (int32) * v_scale / sum_j codes[j], the real rows only."""
+    from tvm import te
+
+    batch, heads, rows, keys = (int(d) for d in codes.shape)
+    j = te.reduce_axis((0, keys), name="j")
+    acc = te.compute((batch, heads, rows, width), lambda b, h, m, n: te.sum(
+        codes[b, h, m, j].astype("int32") * _dot_element(v8, b, h, n, j, lanes).astype("int32"),
+        axis=j), name=W7_KERNEL)
+    y = te.compute(acc.shape, lambda b, h, m, n: _scale(scales, "v_scale") / sums[b, h, m].astype(
+        "float32") * acc[b, h, m, n].astype("float32"), name="int8_rescale")
+    if rows == seq:
+        return y
+    return te.compute((batch, heads, seq, width), lambda b, h, m, n: y[b, h, m, n],
+                      name="int8_rows")
+
+
+def _lower_int8_attention(bb, node, args, key_block: int = 0):
+    """int8_attention in int8 kernels. With `key_block` (CPUs: twice the int8 lanes), keys
+    are padded to whole blocks and rows to the int8 tile, and k and v stored int8dot."""
+    from .int8_dot import padded_rows
+
+    a = node.attrs
+    _, _, seq, width = node.inputs[0].shape
+    keys_real, v_width = node.inputs[1].shape[2], node.inputs[2].shape[3]
+    lanes = key_block // 2
+    keys = -(-keys_real // (key_block or 4)) * (key_block or 4)
+    v_lanes = lanes if lanes and v_width % lanes == 0 else 0
+    scales = _const(_attention_scales(node), "float32")
+    q8 = bb.emit_te(_quantize_heads, args[0], scales, padded_rows(seq) if lanes else seq,
+                    primfunc_name_hint="quantize_u8")
+    k8 = bb.emit_te(_pack_heads, args[1], scales, keys, lanes, False,
+                    primfunc_name_hint="pack_int8")
+    v8 = bb.emit_te(_pack_heads, args[2], scales, keys, v_lanes, True,
+                    primfunc_name_hint="pack_int8")
+    key_sums = bb.emit_te(_key_sums, args[1], scales, keys, primfunc_name_hint="key_sums")
+    scores = bb.emit_te(_int8_scores, q8, k8, key_sums, scales, *args[3:], seq=seq,
+                        keys_real=keys_real, causal=bool(a["causal"]), lanes=lanes,
+                        primfunc_name_hint="int8_matmul")
+    codes = bb.emit_te(_exp_codes, scores, primfunc_name_hint="exp_codes")
+    sums = bb.emit_te(_code_sums, codes, primfunc_name_hint="code_sums")
+    return bb.emit_te(_int8_weighted_values, codes, v8, sums, scales, seq, v_width, v_lanes,
+                      primfunc_name_hint="int8_matmul")
+
+
+def _inverse(scale: float) -> float:
+    return float(np.float32(1.0) / np.float32(scale))
 
 
 def _require_constant_weights(node: Node) -> None:
@@ -819,7 +1056,7 @@ def _int8_rows_matmul(bb, node, x_rows: relax.Expr, rows: int, weight: relax.Exp
     xq = bb.emit_te(_quantize_rows, x_rows, inv, x_zero, padded_rows(rows),
                     primfunc_name_hint="quantize_u8")
     # the kernel name tells the CPU rule whether pairs of products fit int16 (vpmaddubsw)
-    name = "int8_matmul_w7" if fits_int16_pairs(q) else "int8_matmul"
+    name = W7_KERNEL if fits_int16_pairs(q) else INT8_KERNEL
     return bb.emit_te(_int8_matmul, xq, weight, _const(scale, "float32"),
                       _const(offset, "float32"), rows, out, layout, name,
                       primfunc_name_hint="int8_matmul")
@@ -925,6 +1162,7 @@ LOWERINGS: dict[str, Lowering] = {
     "sparse_linear": functools.partial(_lower_sparse_linear, layouts=[None] * 5),
     "int8_linear": functools.partial(_lower_int8_linear, layouts=[None] * 4),
     "int8_conv": _lower_int8_conv,
+    "int8_attention": _lower_int8_attention,
 }
 COMPRESSED_LINEAR = {"quant_linear": _lower_quant_linear,
                      "sparse_linear": _lower_sparse_linear}
@@ -1132,8 +1370,8 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
                                      layouts=[stored.get(id(v)) for v in node.inputs])
     elif node.op == "int8_conv" and is_patchify(node):
         lowering = functools.partial(_lower_int8_patchify, layout=layout)
-    elif node.op == "attention" and panel:
-        lowering = functools.partial(_lower_attention, key_block=panel)
+    elif node.op in ("attention", "int8_attention") and panel:
+        lowering = functools.partial(LOWERINGS[node.op], key_block=panel)
     elif node.op in COMPRESSED_LINEAR:
         lowering = functools.partial(COMPRESSED_LINEAR[node.op],
                                      layouts=[stored.get(id(v)) for v in node.inputs])

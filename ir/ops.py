@@ -822,17 +822,26 @@ def _attention_ref(a: dict[str, Any], q, k, v, mask=None):
     if rep > 1:
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
     s = np.matmul(q, np.swapaxes(k, -1, -2)) * np.float32(attention_scale(a, q.shape[-1]))
+    s = _masked(a, s, mask)
+    e = np.exp(s - _row_max(s))
+    p = e / np.sum(e, axis=-1, keepdims=True)
+    return np.matmul(p.astype(q.dtype), v).astype(q.dtype)
+
+
+def _masked(a: dict[str, Any], s: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    """Scores with the causal and the given mask applied (-inf where masked)."""
     if a["causal"]:
         sq, sk = s.shape[-2:]
         allowed = np.tril(np.ones((sq, sk), dtype=bool), k=sk - sq)
         s = np.where(allowed, s, -np.inf)
     if mask is not None:
         s = np.where(mask, s, -np.inf) if mask.dtype == bool else s + mask
+    return s
+
+
+def _row_max(s: np.ndarray) -> np.ndarray:
     m = np.max(s, axis=-1, keepdims=True)
-    m = np.where(np.isfinite(m), m, 0)
-    e = np.exp(s - m)
-    p = e / np.sum(e, axis=-1, keepdims=True)
-    return np.matmul(p.astype(q.dtype), v).astype(q.dtype)
+    return np.where(np.isfinite(m), m, 0)
 
 
 register("attention", _attention_infer, _attention_ref, {"scale": None, "causal": False},
@@ -1118,6 +1127,67 @@ register("int8_conv", _int8_conv_infer, _int8_conv_ref,
          doc="W8A8 2-D conv (ungrouped): input quantized to uint8 per tensor (x_scale, x_zero; "
              "padding is the zero point), int8 weight [out, in, kh, kw] per output channel "
              "(w_scale), int32 accumulation, float rescale as int8_linear")
+
+
+# ---- W8A8 attention ---------------------------------------------------------------------------
+#
+# Both products of attention in int8 with int32 sums (SmoothQuant's O3): q as uint8 with a zero
+# point, k and v as int8 in [-KV_QMAX, KV_QMAX] (per-tensor scales from calibration), and the
+# softmax's exponentials exp(s - max) in (0, 1] as uint8 codes with the step 1/255 (the
+# largest is always 255). The normalization moves after the second product: out = v_scale *
+# sum_j e[j] v[j] / sum_j e[j], over the codes, so the weights still sum to exactly one.
+
+KV_QMAX = 63  # uint8 x int8 pairs within int16 (2 * 255 * 63 < 32767): vpmaddubsw is exact
+EXP_CODES = 255.0  # exp(s - max) in (0, 1] -> uint8 codes
+
+
+def quantize_symmetric(x: np.ndarray, scale: float, qmax: int = KV_QMAX) -> np.ndarray:
+    """x -> int8 in [-qmax, qmax] as the int8 attention kernels round it (half to even)."""
+    inv = np.float32(1.0) / np.float32(scale)
+    return np.clip(np.rint(x.astype(np.float32) * inv), -qmax, qmax).astype(np.int8)
+
+
+def int8_score_scale(attrs: dict[str, Any], head_dim: int) -> np.float32:
+    """The float32 factor from int32 sums of (q - q_zero) * k to attention scores."""
+    return np.float32(attention_scale(attrs, head_dim) * attrs["q_scale"] * attrs["k_scale"])
+
+
+def exp_codes(s: np.ndarray) -> np.ndarray:
+    """Masked scores -> uint8 codes of exp(s - row max) (0 where masked)."""
+    e = np.exp(s - _row_max(s)) * np.float32(EXP_CODES)
+    return np.rint(e).astype(np.uint8)
+
+
+def _int8_attention_infer(types: list[TensorType], attrs: dict[str, Any]) -> list[TensorType]:
+    if any(t.dtype != "float32" for t in types[:3]):
+        raise IRError("int8_attention: q, k and v must be float32")
+    if types[1].shape[1] != types[0].shape[1]:
+        raise IRError("int8_attention: grouped key/value heads are not supported")
+    if not all(float(attrs[s]) > 0 for s in ("q_scale", "k_scale", "v_scale")) \
+            or not 0 <= int(attrs["q_zero"]) <= 255:
+        raise IRError(f"int8_attention: scales must be > 0 and q_zero in 0..255, got "
+                      f"{ {k: attrs[k] for k in ('q_scale', 'q_zero', 'k_scale', 'v_scale')} }")
+    return _attention_infer(types, attrs)
+
+
+def _int8_attention_ref(a: dict[str, Any], q, k, v, mask=None):
+    q8 = quantize_activation(q, a["q_scale"], a["q_zero"]).astype(np.float64) - a["q_zero"]
+    k8, v8 = (quantize_symmetric(t, a[f"{n}_scale"]).astype(np.float64)
+              for t, n in ((k, "k"), (v, "v")))
+    # float64 products of integers below 2^53 are exact: the int32 sums of the kernels
+    acc = np.matmul(q8, np.swapaxes(k8, -1, -2)).astype(np.float32)
+    codes = exp_codes(_masked(a, acc * int8_score_scale(a, q.shape[-1]), mask))
+    e = codes.astype(np.float64)
+    weight = np.float32(a["v_scale"]) / e.sum(-1, keepdims=True).astype(np.float32)
+    return (weight * np.matmul(e, v8).astype(np.float32)).astype(np.float32)
+
+
+register("int8_attention", _int8_attention_infer, _int8_attention_ref,
+         {"scale": None, "causal": False, "q_scale": REQUIRED, "q_zero": 0,
+          "k_scale": REQUIRED, "v_scale": REQUIRED}, num_inputs=(3, 4),
+         doc="attention with both products in int8 (W8A8): q uint8 per tensor (q_scale, "
+             "q_zero), k and v int8 in [-63, 63] per tensor, exp(s - max) as uint8 codes, "
+             "int32 sums, normalized after the second product")
 
 
 # ---- 2:4 structured sparse linear ------------------------------------------------------------

@@ -37,12 +37,20 @@ not attempt).
   for VNNI CPUs, GPUs and FPGAs, which accumulate in int32 directly. It applies to convs too (one
   rule for every int8 weight; an int8 conv kernel on vpmaddubsw would need it).
 
-Which ops stay float, by rule (listed in the report): products of two activations (attention's
-q @ k and p @ v: no constant operand for a per-channel weight scale), normalizations, softmax
+`attention` (default on): both products of each `attention` node in int8, SmoothQuant's O3
+(`int8_attention`): q as uint8 with a zero point, k and v as int8 in [-63, 63] (per-tensor
+scales from the same calibration methods, symmetric for k and v), int32 sums; the softmax's
+exponentials exp(s - max), in (0, 1], become uint8 codes of step 1/255 and the normalization
+moves after the second product (divided by the codes' own sum). Attentions with grouped
+key/value heads or a head size not a multiple of 4 stay float; so does one whose output SQNR
+falls below `min_sqnr_db`.
+
+Which ops stay float, by rule (listed in the report): other products of two activations (a
+plain `matmul`: no constant operand for a per-channel weight scale), normalizations, softmax
 and activation functions (nonlinear: their inputs need float range), linears named by
 `keep_float`, linears with an input width not a multiple of 4, grouped, 1-D or 3-D convs, and
-linears and convs whose output SQNR on the calibration data falls below `min_sqnr_db` (the layer
-that would hurt).
+linears, convs and attentions whose output SQNR on the calibration data falls below
+`min_sqnr_db` (the layer that would hurt).
 
 Approximate; needs calibration data. The report gives, per layer, the output SQNR on the
 calibration data and the activation scale and zero point. Belongs last among the graph passes.
@@ -58,7 +66,7 @@ import numpy as np
 
 from ..errors import PassError
 from ..ir import Graph, Node, interpret
-from ..ir.ops import get_schema, int8_accumulate, quantize_activation
+from ..ir.ops import KV_QMAX, get_schema, int8_accumulate, quantize_activation, quantize_symmetric
 from .base import Calibration, PassReport, PassResult
 from .linears import (
     calibration_inputs,
@@ -76,7 +84,8 @@ GRANULARITIES = ("tensor", "channel")
 # ops that stay float by rule, with the reason the report gives
 FLOAT_BY_RULE = {
     "matmul": "product of two activations (no constant weight for per-channel scales)",
-    "attention": "product of two activations (no constant weight for per-channel scales)",
+    "attention": "int8 only with attention=True, and not grouped key/value heads (see "
+                 "rejections)",
     "softmax": "nonlinear", "layer_norm": "nonlinear", "rms_norm": "nonlinear",
     "gelu": "nonlinear", "silu": "nonlinear", "tanh": "nonlinear", "exp": "nonlinear",
 }
@@ -96,6 +105,7 @@ class Config:
     min_sqnr_db: float = 15.0  # layers with a lower output SQNR on the calibration data stay float
     keep_float: str = ""  # scope patterns kept in float, "+"-separated: "*classifier*"
     max_tokens: int = 4096  # calibration rows (linears) or output positions (convs) per layer
+    attention: bool = True  # both attention products in int8 (SmoothQuant's O3)
 
 
 def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResult:
@@ -107,13 +117,17 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
     convs = _const_convs(out, scope_patterns(cfg.keep_float), report)
     inputs = calibration_inputs(out, groups, calib, cfg.max_tokens)
     conv_inputs = _conv_inputs(out, convs, calib)  # both on the float graph
+    attentions = _attentions(out, cfg, report)
+    attention_inputs = _attention_inputs(out, attentions, calib)
     layers: dict[str, dict] = {}
     for source, nodes in groups.items():
         layers.update(_quantize_group(out, nodes, inputs[source], cfg, report))
     for node in convs:
         layers.update(_quantize_conv(out, node, conv_inputs[id(node)], cfg, report))
+    for node in attentions:
+        layers.update(_quantize_attention(out, node, attention_inputs[id(node)], cfg, report))
     out.remove_dead()
-    report.matches = sum(1 for info in layers.values() if "x_scale" in info)
+    report.matches = sum(1 for info in layers.values() if "x_scale" in info or "q_scale" in info)
     report.effect = {"layers": layers, "float_ops": _float_ops(out)}
     return PassResult(out, report.matches > 0, report)
 
@@ -257,8 +271,7 @@ def _quantize_conv(graph: Graph, node: Node, x: np.ndarray, cfg: Config,
     below the floor. The range uses every calibration value (at most ~2M, evenly spread); the
     SQNR the first images covering `max_tokens` output positions (at least one)."""
     w = node.inputs[1].data.astype(np.float32)
-    flat = x.reshape(-1)
-    x_scale, x_zero = activation_range(flat[:: max(1, flat.size // (1 << 21))], cfg)
+    x_scale, x_zero = activation_range(_spread(x, 1 << 21), cfg)
     q, w_scale = quantize_weight(w.reshape(len(w), -1), 63 if cfg.reduce_range else 127)
     q = q.reshape(w.shape)
     attrs = {key: node.attrs[key] for key in ("strides", "padding", "dilation")}
@@ -278,6 +291,85 @@ def _quantize_conv(graph: Graph, node: Node, x: np.ndarray, cfg: Config,
     replace_linear(graph, node, "int8_conv", [(q, "q"), (w_scale, "w_scale")],
                    {**attrs, "x_scale": float(x_scale), "x_zero": int(x_zero)})
     return {key: info}
+
+
+def _attentions(graph: Graph, cfg: Config, report: PassReport) -> list[Node]:
+    """Attention nodes whose two products can run in int8; the others are listed in the
+    report with the reason."""
+    if not cfg.attention:
+        return []
+    found = []
+    for node in graph.nodes:
+        if node.op != "attention":
+            continue
+        q, k = node.inputs[0].type, node.inputs[1].type
+        reason = ("q, k, v are not float32" if any(v.dtype != "float32"
+                                                  for v in node.inputs[:3])
+                  else "grouped key/value heads; kept float" if q.shape[1] != k.shape[1]
+                  else f"head size {q.shape[3]} is not a multiple of 4; kept float"
+                  if q.shape[3] % 4
+                  else "kept float (keep_float)" if any(
+                      fnmatch.fnmatch(node.scope, p) for p in scope_patterns(cfg.keep_float))
+                  else None)
+        if reason:
+            report.reject(where(node), reason)
+        else:
+            found.append(node)
+    return found
+
+
+def _attention_inputs(graph: Graph, nodes: list[Node], calib: Calibration
+                      ) -> dict[int, list[list[np.ndarray]]]:
+    """Each attention's inputs (q, k, v and any mask) on each calibration sample."""
+    names = sorted({v.name for node in nodes for v in node.inputs if not v.is_const})
+    samples = [interpret(graph, list(sample), capture=names)[1]
+               for sample in (calib.samples if nodes else [])]
+    return {id(node): [[v.data if v.is_const else seen[v.name] for v in node.inputs]
+                       for seen in samples] for node in nodes}
+
+
+def _quantize_attention(graph: Graph, node: Node, samples: list[list[np.ndarray]],
+                        cfg: Config, report: PassReport) -> dict[str, dict]:
+    """One attention -> int8_attention (q uint8 with a zero point, k and v int8 per tensor),
+    unless its output SQNR on the first calibration sample falls below the floor."""
+    q, k, v = (np.concatenate([_spread(inputs[i], (1 << 21) // len(samples))
+                               for inputs in samples]) for i in range(3))
+    q_scale, q_zero = activation_range(q, cfg)
+    scales = {"q_scale": float(q_scale), "q_zero": int(q_zero),
+              "k_scale": symmetric_scale(k, cfg, KV_QMAX),
+              "v_scale": symmetric_scale(v, cfg, KV_QMAX)}
+    want = get_schema("attention").reference(node.attrs, *samples[0])
+    got = get_schema("int8_attention").reference({**node.attrs, **scales}, *samples[0])
+    key = f"{node.scope or node.name} (attention)"
+    info: dict = {"sqnr_db": round(sqnr_db(want, got), 2)}
+    if info["sqnr_db"] < cfg.min_sqnr_db:
+        report.reject(where(node), f"output SQNR {info['sqnr_db']} dB < min_sqnr_db="
+                                   f"{cfg.min_sqnr_db}; kept float")
+        return {key: {**info, "kept_float": True}}
+    new = graph.add_node("int8_attention", node.inputs, {**node.attrs, **scales}, node.scope,
+                         name=node.name, before=node)
+    graph.replace_all_uses(node.output, new.output)
+    return {key: {**info, **scales}}
+
+
+def _spread(x: np.ndarray, limit: int) -> np.ndarray:
+    """At most ~`limit` values of x, evenly spread (ranges need not see every value)."""
+    flat = x.reshape(-1)
+    return flat[:: max(1, flat.size // limit)]
+
+
+def symmetric_scale(x: np.ndarray, cfg: Config, qmax: int) -> float:
+    """The step of a symmetric int grid [-qmax, qmax] for x, by the configured method."""
+    mag = np.abs(x)
+    hi = float(np.percentile(mag, cfg.percentile) if cfg.calibrate == "percentile"
+               else mag.max(initial=0.0))
+    if cfg.calibrate == "mse":
+        sample = x[:: max(1, x.size // 200_000)]
+        errors = {ratio: float(((quantize_symmetric(sample, max(hi * ratio, 1e-8) / qmax, qmax)
+                                 * np.float32(max(hi * ratio, 1e-8) / qmax) - sample) ** 2).sum())
+                  for ratio in np.linspace(0.3, 1.0, 36)}
+        hi *= min(errors, key=errors.get)
+    return max(hi, 1e-8) / qmax
 
 
 def _smoothing(x: np.ndarray, weights: list[np.ndarray], alpha: float) -> np.ndarray:

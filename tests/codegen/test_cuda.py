@@ -68,12 +68,13 @@ def test_every_exact_pass_then_cuda_builds(name):
 
 @needs_nvcc
 def test_w8a8_builds_for_cuda():
-    """W8A8's uint8 x int8 -> int32 matmuls on the GPU path (dlight's generic rules: no int8
-    tensor-core kernel yet), within the architecture's launch limits."""
+    """W8A8's uint8 x int8 -> int32 matmuls, attention's included, on the GPU path (dlight's
+    generic rules: no int8 tensor-core kernel yet), within the architecture's launch
+    limits."""
     model, inputs = ZOO["bert_minilm"](seq=32)
     compiled = honer.compile(model, inputs, target="cuda", passes=["w8a8"],
                              calibration=[tuple(x.numpy() for x in inputs)])
-    assert compiled.report["passes"][-1]["matches"] == 36
+    assert compiled.report["passes"][-1]["matches"] == 36 + 6  # linears and attentions
     kernels = compiled.report["build"]["kernels"]
     assert any("int8_matmul" in k for k in kernels)
     for kernel, launch in kernels.items():

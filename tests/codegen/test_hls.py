@@ -247,11 +247,13 @@ def _calibrated(model, inputs, seed: int = 0, spec: str = "w8a8:reduce_range=fal
 
 @pytest.mark.parametrize("name", ["mlp", "small_vit"])
 def test_int8_mlp_and_vit_generate_and_simulate(name):
-    """After W8A8 (GELU, log_softmax, layer norm and attention stay float): the C++ builds
-    without a warning and its C simulation matches the interpreter."""
+    """After W8A8 (GELU, log_softmax and layer norm stay float; the ViT's two attentions are
+    int8_attention): the C++ builds without a warning and its C simulation matches the
+    interpreter."""
     model, inputs = ZOO["mlp"]() if name == "mlp" else _small_vit()
     graph = _calibrated(model, inputs)
-    assert sum(n.op.startswith("int8_") for n in graph.nodes) == (3 if name == "mlp" else 14)
+    assert sum(n.op.startswith("int8_") for n in graph.nodes) == (3 if name == "mlp" else 16)
+    assert sum(n.op == "int8_attention" for n in graph.nodes) == (0 if name == "mlp" else 2)
     compiled = honer.compile(graph, tuple(x.numpy() for x in inputs),
                              target="fpga-hls:number=float")
     # float libm (erf, exp, sqrt) against numpy's: a last-bit difference can move a code

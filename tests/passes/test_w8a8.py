@@ -94,9 +94,12 @@ def test_calibration_methods_report_each_layer(method):
     calib = Calibration([tuple(x.numpy() for x in inputs)])
     out, [report] = run_pipeline(capture(model, inputs), [f"w8a8:calibrate={method}"], calib)
     layers = report.effect["layers"]
-    assert report.matches == 36 and len(layers) == 36
+    # 36 linears and 6 attentions, whose two products run in int8 too
+    assert report.matches == 42 and len(layers) == 42
+    assert sum(1 for key in layers if key.endswith("(attention)")) == 6
     assert all(info["sqnr_db"] > 20 for info in layers.values())
-    assert set(report.effect["float_ops"]) >= {"attention", "layer_norm", "gelu"}
+    assert set(report.effect["float_ops"]) >= {"layer_norm", "gelu"}
+    assert "attention" not in report.effect["float_ops"]
     with torch.no_grad():
         want = model(*inputs).numpy()
     assert _rel(interpret(out, [x.numpy() for x in inputs])[0], want) < 0.05
@@ -219,11 +222,95 @@ def test_refusals_and_float_layers_are_reported():
         run_pipeline(graph, ["w8a8:alpha=1.5"], calib)
     _, [report] = run_pipeline(graph, ["w8a8:keep_float=*layer.0.*"], calib)
     kept = [r for r in report.rejections if "keep_float" in r["reason"]]
-    assert report.matches == 30 and len(kept) == 6
+    assert report.matches == 35 and len(kept) == 7  # 6 linears and the attention of layer 0
+    _, [report] = run_pipeline(graph, ["w8a8:attention=false"], calib)
+    assert report.matches == 36 and report.effect["float_ops"]["attention"]["count"] == 6
     # a demanding SQNR floor keeps the worst layers float, and says so
     _, [report] = run_pipeline(graph, ["w8a8:min_sqnr_db=60"], calib)
     assert report.matches == 0 and all("SQNR" in r["reason"] for r in report.rejections)
     assert report.effect["float_ops"]["linear"]["count"] == 36
+
+
+# ---- attention ---------------------------------------------------------------------------------
+
+class _Attention(torch.nn.Module):
+    def __init__(self, causal: bool = False):
+        super().__init__()
+        self.causal = causal
+
+    def forward(self, q, k, v, *mask):
+        return torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask[0] if mask else None, is_causal=self.causal)
+
+
+def _attention_case(shape, causal=False, masked=False, seed=0):
+    """q, k, v (and a key padding mask hiding the last 5 keys of the first sample) and the
+    W8A8 graph of one attention calibrated on them."""
+    torch.manual_seed(seed)
+    inputs = [torch.randn(*shape) * s for s in (1.0, 2.0, 0.5)]
+    if masked:
+        mask = torch.ones(shape[0], 1, 1, shape[2], dtype=torch.bool)
+        mask[0, ..., -5:] = False
+        inputs.append(mask)
+    model = _Attention(causal)
+    graph, [report] = run_pipeline(capture(model, tuple(inputs)), ["w8a8:min_sqnr_db=0"],
+                                   Calibration([tuple(x.numpy() for x in inputs)]))
+    return model, inputs, graph, report
+
+
+def test_int8_attention_is_integer_products_of_the_codes():
+    # an independent torch spelling of ir.ops' int8_attention: q uint8 with a zero point, k
+    # and v int8 in [-63, 63], exp(s - max) as codes of 1/255, normalized by the codes' sum
+    model, inputs, graph, report = _attention_case((2, 3, 21, 32))
+    [node] = graph.nodes
+    a = node.attrs
+    q, k, v = inputs
+    q8 = torch.clamp(torch.round(q / a["q_scale"]) + a["q_zero"], 0, 255) - a["q_zero"]
+    k8, v8 = (torch.clamp(torch.round(t / a[f"{n}_scale"]), -63, 63) for t, n in ((k, "k"),
+                                                                                 (v, "v")))
+    s = (q8.double() @ k8.double().transpose(-1, -2)) * (a["q_scale"] * a["k_scale"] / 32 ** 0.5)
+    codes = torch.round(torch.exp(s - s.amax(-1, keepdim=True)) * 255)
+    want = (codes @ v8.double()) * a["v_scale"] / codes.sum(-1, keepdim=True)
+    got = interpret(graph, [x.numpy() for x in inputs])[0]
+    assert _rel(got, want.numpy()) < 1e-5
+    # and it is attention: the report's SQNR is the error against float
+    [info] = report.effect["layers"].values()
+    with torch.no_grad():
+        assert 10 * np.log10(1 / _rel(got, model(*inputs).numpy()) ** 2) > 20
+    assert info["sqnr_db"] > 25
+
+
+@pytest.mark.parametrize("shape, causal, masked", [
+    ((1, 3, 21, 64), False, False),  # rows padded to the int8 tile, keys to whole blocks
+    ((2, 2, 21, 32), True, False), ((2, 4, 16, 32), False, True)])
+def test_compiled_int8_attention_is_the_interpreter(shape, causal, masked):
+    _, inputs, graph, _ = _attention_case(shape, causal, masked)
+    assert [n.op for n in graph.nodes] == ["int8_attention"]
+    compiled = honer.compile(graph, check=False)
+    arrays = [x.numpy() for x in inputs]
+    # the same integer sums and codes; only float rounding may differ
+    assert _rel(compiled(*arrays), interpret(graph, arrays)[0]) <= 1e-6
+    assert compiled.report["build"]["schedule"]["fallbacks"] == []
+
+
+def test_int8_attention_products_use_the_int8_dot_product():
+    import tvm
+
+    from honer.codegen.build import _fused_module, _kernels
+    from honer.codegen.cpu_schedule import CPUScheduleConfig, schedule_module
+    from honer.codegen.relax_lower import lower
+
+    _, _, graph, _ = _attention_case((1, 3, 21, 64))
+    cfg = CPUScheduleConfig(lanes=8, int8_dot="avx2")
+    products = {name: func for name, func in _kernels(
+        _fused_module(lower(graph, panel=16), {"kind": "llvm"}, cfg)).items()
+        if "int8_matmul" in name}
+    assert len(products) == 2  # q k^T and p v
+    target = tvm.target.Target({"kind": "llvm", "mcpu": "znver2", "num-cores": 2})
+    for name, func in products.items():
+        scheduled = schedule_module(tvm.IRModule({"main": func.with_attr("global_symbol",
+                                                                         name)}), cfg)
+        assert "vpmaddubsw" in tvm.tirx.build(scheduled, target=target).inspect_source("asm")
 
 
 # ---- convolutions -----------------------------------------------------------------------------
