@@ -233,19 +233,28 @@ def _quantize_group(graph: Graph, nodes: list[Node], x: np.ndarray, cfg: Config,
 def _const_convs(graph: Graph, keep: list[str], report: PassReport) -> list[Node]:
     """Ungrouped 2-D convs with a float32 constant weight, minus those `keep` names; the other
     convs are listed in the report with the reason."""
+    def why_not(node: Node) -> str | None:
+        w = node.inputs[1]
+        return ("weight is not a float32 constant" if not w.is_const or w.dtype != "float32"
+                else f"{len(w.shape) - 2}-D conv: only 2-D convs are quantized; kept float"
+                if len(w.shape) != 4
+                else f"groups={node.attrs['groups']}: only ungrouped convs; kept float"
+                if node.attrs["groups"] != 1
+                else None)
+
+    return _suitable(graph, "conv", why_not, keep, report)
+
+
+def _suitable(graph: Graph, op: str, why_not, keep: list[str], report: PassReport
+              ) -> list[Node]:
+    """The `op` nodes that `why_not` has no reason against and no `keep` pattern names; the
+    report lists the others with the reason."""
     found = []
     for node in graph.nodes:
-        if node.op != "conv":
+        if node.op != op:
             continue
-        w = node.inputs[1]
-        reason = ("weight is not a float32 constant" if not w.is_const or w.dtype != "float32"
-                  else f"{len(w.shape) - 2}-D conv: only 2-D convs are quantized; kept float"
-                  if len(w.shape) != 4
-                  else f"groups={node.attrs['groups']}: only ungrouped convs; kept float"
-                  if node.attrs["groups"] != 1
-                  else "kept float (keep_float)" if any(fnmatch.fnmatch(node.scope, p)
-                                                        for p in keep)
-                  else None)
+        reason = why_not(node) or ("kept float (keep_float)" if any(
+            fnmatch.fnmatch(node.scope, p) for p in keep) else None)
         if reason:
             report.reject(where(node), reason)
         else:
@@ -296,26 +305,16 @@ def _quantize_conv(graph: Graph, node: Node, x: np.ndarray, cfg: Config,
 def _attentions(graph: Graph, cfg: Config, report: PassReport) -> list[Node]:
     """Attention nodes whose two products can run in int8; the others are listed in the
     report with the reason."""
+    def why_not(node: Node) -> str | None:
+        q, k = node.inputs[0].type, node.inputs[1].type
+        return ("q, k, v are not float32" if any(v.dtype != "float32" for v in node.inputs[:3])
+                else "grouped key/value heads; kept float" if q.shape[1] != k.shape[1]
+                else f"head size {q.shape[3]} is not a multiple of 4; kept float"
+                if q.shape[3] % 4 else None)
+
     if not cfg.attention:
         return []
-    found = []
-    for node in graph.nodes:
-        if node.op != "attention":
-            continue
-        q, k = node.inputs[0].type, node.inputs[1].type
-        reason = ("q, k, v are not float32" if any(v.dtype != "float32"
-                                                  for v in node.inputs[:3])
-                  else "grouped key/value heads; kept float" if q.shape[1] != k.shape[1]
-                  else f"head size {q.shape[3]} is not a multiple of 4; kept float"
-                  if q.shape[3] % 4
-                  else "kept float (keep_float)" if any(
-                      fnmatch.fnmatch(node.scope, p) for p in scope_patterns(cfg.keep_float))
-                  else None)
-        if reason:
-            report.reject(where(node), reason)
-        else:
-            found.append(node)
-    return found
+    return _suitable(graph, "attention", why_not, scope_patterns(cfg.keep_float), report)
 
 
 def _attention_inputs(graph: Graph, nodes: list[Node], calib: Calibration
