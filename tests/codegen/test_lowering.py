@@ -79,6 +79,10 @@ CASES = {
     "rms_norm": ([rand(2, 3, 4), rand(4)], {}),
     "attention": ([rand(1, 4, 5, 8), rand(1, 2, 6, 8), rand(1, 2, 6, 8), rand(1, 1, 5, 6)],
                   {"causal": True}),
+    # rows padded to the int8 tile (5 -> 6), keys to whole blocks (6 -> 16), an additive mask
+    "int8_attention": ([rand(1, 2, 5, 8), rand(1, 2, 6, 8), rand(1, 2, 6, 8), rand(1, 1, 5, 6)],
+                       {"q_scale": 2 / 255, "q_zero": 128, "k_scale": 1 / 63,
+                        "v_scale": 1 / 63}),
 }
 BINARY_COMPARE = ("equal", "not_equal", "less", "less_equal", "greater", "greater_equal")
 LOGICAL = ("logical_and", "logical_or", "logical_xor")
