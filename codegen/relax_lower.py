@@ -827,9 +827,9 @@ def _quantize_rows(x, inv_scale: float, zero: int, padded: int):
 # channels), each key's code sum, the scores with their masks, the exponentials as uint8
 # codes and their row sums, and the weighted values normalized by those sums. The q/k/v
 # kernels are injective and fuse into the transposes that make the heads. A layer's scales
-# are one small tensor (SCALES), so every layer of a model shares the same kernels.
+# are one small tensor (ATTENTION_SCALES), so every layer of a model shares the same kernels.
 
-SCALES = ("inv_q", "q_zero", "inv_k", "inv_v", "score", "v_scale")
+ATTENTION_SCALES = ("inv_q", "q_zero", "inv_k", "inv_v", "score", "v_scale")
 
 
 def _attention_scales(node: Node) -> np.ndarray:
@@ -840,11 +840,11 @@ def _attention_scales(node: Node) -> np.ndarray:
               "inv_k": _inverse(a["k_scale"]), "inv_v": _inverse(a["v_scale"]),
               "score": float(int8_score_scale(a, node.inputs[0].shape[3])),
               "v_scale": float(a["v_scale"])}
-    return np.array([values[name] for name in SCALES], np.float32)
+    return np.array([values[name] for name in ATTENTION_SCALES], np.float32)
 
 
 def _scale(scales, name: str):
-    return scales[SCALES.index(name)]
+    return scales[ATTENTION_SCALES.index(name)]
 
 
 def _dot_element(t, b, h, n, k, lanes: int):
@@ -896,7 +896,7 @@ def _pack_heads(x, scales, keys: int, lanes: int, keys_reduced: bool):
 def _key_sums(k, scales, keys: int):
     """sum_d of k's int8 codes per key (0 for padded keys), for the zero point's share of the
     scores. From the float k, whose rows are contiguous (summed over the packed layout, the
-    kernel ran 20x longer), and a kernel of its own: the int8 rule places the scores'
+    ViT's ran 0.164 instead of 0.009 ms), and a kernel of its own: the int8 rule places the scores'
     epilogue on the register tile, and TIR requires every block it reads to be computed
     inside that tile."""
     from tvm import te, tirx
