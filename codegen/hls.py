@@ -748,8 +748,9 @@ class _Emitter:
   }}
 """
         macs = b * h * sq * sk * (d + dv)
+        arithmetic = "int8" if isinstance(kind, _Int8Attention) else self.fallback()
         self.add_layer(node, body, self.activations(node) + [out],
-                       self.simple_estimate(node, macs + 40, self.fallback(), 10))
+                       self.simple_estimate(node, macs + 40, arithmetic, 10))
 
     def fallback(self) -> str:
         return "float" if self.cfg.fixed is None else "float fallback"
