@@ -179,7 +179,8 @@ class _FloatAttention:
 
 @dataclass(frozen=True)
 class _Int8Attention:
-    """The C++ pieces of int8_attention: `q`, `k`, `v` are code expressions of X."""
+    """The C++ pieces of int8_attention: `q`, `k`, `v` turn an element (their `{}`) into its
+    code."""
     q: str
     k: str
     v: str
@@ -189,7 +190,7 @@ class _Int8Attention:
     sum_type = weight_type = "int"
 
     def score_term(self, q: str, k: str) -> str:
-        return f"({self.q.replace('X', q)} - {self.zero}) * {self.k.replace('X', k)}"
+        return f"({self.q.format(q)} - {self.zero}) * {self.k.format(k)}"
 
     def score(self, acc: str) -> str:
         return f"(float){acc} * {self.score_scale}"
@@ -198,7 +199,7 @@ class _Int8Attention:
         return f"(int)std::nearbyint(std::exp({shifted}) * 255.0f)"
 
     def value(self, v: str) -> str:
-        return self.v.replace("X", v)
+        return self.v.format(v)
 
     def output(self, acc: str, total: str) -> str:
         return f"{self.v_scale} / (float){total} * (float){acc}"
@@ -690,9 +691,9 @@ class _Emitter:
 
         zero = int(a["q_zero"])
         self._attention(node, out, _Int8Attention(
-            q=f"int(honer_quantize_u8(to_float(X), {inverse('q_scale')}, {float(zero)}f))",
-            k=f"int(honer_quantize_s8(to_float(X), {inverse('k_scale')}, {float(KV_QMAX)}f))",
-            v=f"int(honer_quantize_s8(to_float(X), {inverse('v_scale')}, {float(KV_QMAX)}f))",
+            q=f"int(honer_quantize_u8(to_float({{}}), {inverse('q_scale')}, {float(zero)}f))",
+            k=f"int(honer_quantize_s8(to_float({{}}), {inverse('k_scale')}, {float(KV_QMAX)}f))",
+            v=f"int(honer_quantize_s8(to_float({{}}), {inverse('v_scale')}, {float(KV_QMAX)}f))",
             zero=zero, score_scale=c_float(int8_score_scale(a, node.inputs[0].shape[3])),
             v_scale=c_float(a["v_scale"])))
 

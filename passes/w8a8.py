@@ -81,6 +81,8 @@ from .rewrite import where
 NAME = "w8a8"
 METHODS = ("minmax", "percentile", "mse")
 GRANULARITIES = ("tensor", "channel")
+CLIP_RATIOS = np.linspace(0.3, 1.0, 36)  # clippings of the observed range the mse method tries
+MSE_SAMPLE = 200_000  # values the mse method's error is measured on
 # ops that stay float by rule, with the reason the report gives
 FLOAT_BY_RULE = {
     "matmul": "product of two activations (no constant weight for per-channel scales)",
@@ -115,10 +117,15 @@ def run(graph: Graph, cfg: Config, calib: Calibration | None = None) -> PassResu
     groups = const_linears(out, scope_patterns(cfg.keep_float), "kept float (keep_float)",
                            report, _unsuitable)
     convs = _const_convs(out, scope_patterns(cfg.keep_float), report)
-    inputs = calibration_inputs(out, groups, calib, cfg.max_tokens)
-    conv_inputs = _conv_inputs(out, convs, calib)  # both on the float graph
     attentions = _attentions(out, cfg, report)
-    attention_inputs = _attention_inputs(out, attentions, calib)
+    # all on the float graph; convs and attentions share one interpreter run per sample
+    inputs = calibration_inputs(out, groups, calib, cfg.max_tokens)
+    captured = _captured(out, convs + attentions, calib)
+    conv_inputs = {id(node): np.concatenate([seen[node.inputs[0].name].astype(np.float32)
+                                             for seen in captured]) for node in convs}
+    attention_inputs = {id(node): [[v.data if v.is_const else seen[v.name]
+                                    for v in node.inputs] for seen in captured]
+                        for node in attentions}
     layers: dict[str, dict] = {}
     for source, nodes in groups.items():
         layers.update(_quantize_group(out, nodes, inputs[source], cfg, report))
@@ -262,16 +269,13 @@ def _suitable(graph: Graph, op: str, why_not, keep: list[str], report: PassRepor
     return found
 
 
-def _conv_inputs(graph: Graph, convs: list[Node], calib: Calibration
-                 ) -> dict[int, np.ndarray]:
-    """Each conv's input on every calibration sample, concatenated on the batch axis."""
-    names = {node.inputs[0].name for node in convs}
-    seen: dict[str, list[np.ndarray]] = {name: [] for name in names}
-    for sample in calib.samples if convs else []:
-        _, captured = interpret(graph, list(sample), capture=sorted(names))
-        for name in names:
-            seen[name].append(captured[name].astype(np.float32))
-    return {id(node): np.concatenate(seen[node.inputs[0].name]) for node in convs}
+def _captured(graph: Graph, nodes: list[Node], calib: Calibration
+              ) -> list[dict[str, np.ndarray]]:
+    """The non-constant inputs of `nodes` on each calibration sample (one interpreter run per
+    sample, none when there are no nodes)."""
+    names = sorted({v.name for node in nodes for v in node.inputs if not v.is_const})
+    return [interpret(graph, list(sample), capture=names)[1]
+            for sample in (calib.samples if names else [])]
 
 
 def _quantize_conv(graph: Graph, node: Node, x: np.ndarray, cfg: Config,
@@ -317,16 +321,6 @@ def _attentions(graph: Graph, cfg: Config, report: PassReport) -> list[Node]:
     return _suitable(graph, "attention", why_not, scope_patterns(cfg.keep_float), report)
 
 
-def _attention_inputs(graph: Graph, nodes: list[Node], calib: Calibration
-                      ) -> dict[int, list[list[np.ndarray]]]:
-    """Each attention's inputs (q, k, v and any mask) on each calibration sample."""
-    names = sorted({v.name for node in nodes for v in node.inputs if not v.is_const})
-    samples = [interpret(graph, list(sample), capture=names)[1]
-               for sample in (calib.samples if nodes else [])]
-    return {id(node): [[v.data if v.is_const else seen[v.name] for v in node.inputs]
-                       for seen in samples] for node in nodes}
-
-
 def _quantize_attention(graph: Graph, node: Node, samples: list[list[np.ndarray]],
                         cfg: Config, report: PassReport) -> dict[str, dict]:
     """One attention -> int8_attention (q uint8 with a zero point, k and v int8 per tensor),
@@ -363,11 +357,14 @@ def symmetric_scale(x: np.ndarray, cfg: Config, qmax: int) -> float:
     hi = float(np.percentile(mag, cfg.percentile) if cfg.calibrate == "percentile"
                else mag.max(initial=0.0))
     if cfg.calibrate == "mse":
-        sample = x[:: max(1, x.size // 200_000)]
-        errors = {ratio: float(((quantize_symmetric(sample, max(hi * ratio, 1e-8) / qmax, qmax)
-                                 * np.float32(max(hi * ratio, 1e-8) / qmax) - sample) ** 2).sum())
-                  for ratio in np.linspace(0.3, 1.0, 36)}
-        hi *= min(errors, key=errors.get)
+        sample = _spread(x, MSE_SAMPLE)
+
+        def error(ratio: float) -> float:
+            step = max(hi * ratio, 1e-8) / qmax
+            back = quantize_symmetric(sample, step, qmax) * np.float32(step)
+            return float(((back - sample) ** 2).sum())
+
+        hi *= min(CLIP_RATIOS, key=error)
     return max(hi, 1e-8) / qmax
 
 
@@ -417,7 +414,7 @@ def _mse_clip_channels(x: np.ndarray, lo: np.ndarray, hi: np.ndarray
     squared error on x."""
     mid, half = (lo + hi) / 2, (hi - lo) / 2
     best_lo, best_hi, best_err = lo.copy(), hi.copy(), np.full(lo.shape, np.inf)
-    for ratio in np.linspace(0.3, 1.0, 36):
+    for ratio in CLIP_RATIOS:
         lo_r, hi_r = mid - ratio * half, mid + ratio * half
         step, zero = _channel_steps(lo_r, hi_r)
         back = (np.clip(np.rint(x / step) + zero, 0, 255) - zero) * step
@@ -436,9 +433,9 @@ def _grid(lo: float, hi: float) -> tuple[float, int]:
 
 def _mse_clip(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
     """The clipping ratio of [lo, hi] (searched from 0.3 to 1) with the least squared error."""
-    sample = x.reshape(-1)[:: max(1, x.size // 200_000)]
+    sample = _spread(x, MSE_SAMPLE)
     best, best_err = (lo, hi), np.inf
-    for ratio in np.linspace(0.3, 1.0, 36):
+    for ratio in CLIP_RATIOS:
         scale, zero = _grid(lo * ratio, hi * ratio)
         back = (quantize_activation(sample, scale, zero).astype(np.float32) - zero) * scale
         err = float(((back - sample) ** 2).sum())
