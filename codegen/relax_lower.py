@@ -943,15 +943,15 @@ def _int8_scores(q8, k8, key_sums, scales, *mask, seq: int, keys_real: int, caus
 
 
 def _apply_mask(mask, s, allowed, index, real: tuple[int, int]):
-    """A bool (keep) or additive mask, broadcast from its own shape, read inside the real rows
-    and keys (the padding is masked or discarded anyway)."""
+    """A keep mask (int8) or additive mask, broadcast from its own shape, read inside the real
+    rows and keys (the padding is masked or discarded anyway)."""
     from tvm import tirx
 
     rank = len(mask.shape)
     clamped = list(index[:2]) + [tirx.min(index[2], real[0] - 1), tirx.min(index[3], real[1] - 1)]
     at = [0 if int(size) == 1 else i for size, i in zip(mask.shape, clamped[-rank:])]
-    if mask.dtype == "bool":
-        return s, tirx.all(allowed, mask[tuple(at)])
+    if mask.dtype == "int8":  # a keep mask (see _lower_int8_attention)
+        return s, tirx.all(allowed, mask[tuple(at)] != tirx.const(0, "int8"))
     return s + mask[tuple(at)], allowed
 
 
@@ -1019,7 +1019,11 @@ def _lower_int8_attention(bb, node, args, key_block: int = 0):
     v8 = bb.emit_te(_pack_heads, args[2], scales, keys, v_lanes, True,
                     primfunc_name_hint="pack_int8")
     key_sums = bb.emit_te(_key_sums, args[1], scales, keys, primfunc_name_hint="key_sums")
-    scores = bb.emit_te(_int8_scores, q8, k8, key_sums, scales, *args[3:], seq=seq,
+    # a bool keep mask is read as int8: TVM's CUDA code generator loads bool vectors as 16-bit
+    # values (see gpu.bools_as_int8), and the scores kernel is opaque to its cast
+    masks = [bb.emit(R.astype(m, "int8")) if str(m.ty.dtype) == "bool" else m
+             for m in args[3:]]
+    scores = bb.emit_te(_int8_scores, q8, k8, key_sums, scales, *masks, seq=seq,
                         keys_real=keys_real, causal=bool(a["causal"]), lanes=lanes,
                         primfunc_name_hint="int8_matmul")
     codes = bb.emit_te(_exp_codes, scores, primfunc_name_hint="exp_codes")
