@@ -28,13 +28,14 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
-from . import sparse_tc
+from . import int8_tc, sparse_tc
 from .build import last_error_line
 from .gpu_matmul import TensorCoreMatmul
 from .relax_lower import LoweredModule
 
 R = relax.op
 PRECISIONS = ("float32", "float16", "bfloat16")
+HAND_WRITTEN = (sparse_tc, int8_tc)  # modules of kernels written in CUDA (cuda_kernels.py)
 
 
 @dataclass(frozen=True)
@@ -129,7 +130,7 @@ def gpu_pipeline(target: tvm.target.Target, cfg: GPUConfig) -> tvm.transform.Pas
 def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfig,
                workdir: Path) -> CudaBuild:
     target = tvm.target.Target(tvm_target)
-    mod = bools_as_int8(scans_as_matmul(lowered.mod))
+    mod = int8_tc.on_tensor_cores(bools_as_int8(scans_as_matmul(lowered.mod)))
     mod, half_params = _mixed_precision(mod, cfg.precision)
     config = {"relax.backend.use_cuda_graph": cfg.graphs}  # read by RewriteCUDAGraph
     try:
@@ -143,8 +144,7 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
     source = _cuda_source(executable.mod)
     # the runtime asks for kernels by TVM's source (CudaBuild.source_sha256); what nvcc
     # compiles may add the device functions honer's hand-written kernels call
-    compiled = sparse_tc.DEVICE_SOURCE + source if sparse_tc.uses_tensor_cores(source) \
-        else source
+    compiled = "".join(m.DEVICE_SOURCE for m in HAND_WRITTEN if m.called_in(source)) + source
     fatbin, ptxas_log = compile_fatbin(compiled, cfg.archs, workdir)
     _merge_ptxas_resources(launches, ptxas_log)
     check_launch_limits(launches, cfg.archs)

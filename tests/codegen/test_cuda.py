@@ -68,15 +68,20 @@ def test_every_exact_pass_then_cuda_builds(name):
 
 @needs_nvcc
 def test_w8a8_builds_for_cuda():
-    """W8A8's uint8 x int8 -> int32 matmuls, attention's included, on the GPU path (dlight's
-    generic rules: no int8 tensor-core kernel yet), within the architecture's launch
-    limits."""
+    """W8A8's uint8 x int8 -> int32 matmuls on the GPU path: the linears' on the int8 tensor
+    cores (int8_tc.py; its arithmetic is checked by test_cuda_device_functions), attention's
+    on dlight's generic rules, all within the architecture's launch limits."""
     model, inputs = ZOO["bert_minilm"](seq=32)
     compiled = honer.compile(model, inputs, target="cuda", passes=["w8a8"],
                              calibration=[tuple(x.numpy() for x in inputs)])
     assert compiled.report["passes"][-1]["matches"] == 36 + 6  # linears and attentions
     kernels = compiled.report["build"]["kernels"]
-    assert any("int8_matmul" in k for k in kernels)
+    # one kernel per linear shape (qkv/out 384 -> 384, fc1 -> 1536, fc2 -> 384), one warp of
+    # 32 tokens x 32 channels per block at 32 tokens
+    tensor_core = {k: v for k, v in kernels.items() if re.fullmatch(r"int8_matmul\d*_tc", k)}
+    assert sorted(v["blocks"][1] for v in tensor_core.values()) == [12, 12, 48]
+    assert all(v["threads"] == [32, 1, 1] for v in tensor_core.values())
+    assert any(k.startswith("int8_matmul") and not k.endswith("_tc") for k in kernels)
     for kernel, launch in kernels.items():
         assert 1 <= np.prod(launch["threads"]) <= 1024, kernel
 
@@ -125,6 +130,14 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
     assert half.report["build"]["schedule"]["half_weights"] >= len(tensor_core)
     full = honer.compile(model, inputs, target="cuda", passes=spec)
     assert not any(k.endswith("_tc") for k in full.report["build"]["kernels"])
+    # many tokens: the tiled kernel, blocks of 64 outputs x 64 tokens (its arithmetic is
+    # checked by test_cuda_device_functions)
+    many = honer.compile(model, (torch.randn(200, 256),), target="cuda:precision=fp16",
+                         passes=spec)
+    kernels = many.report["build"]["kernels"]
+    tiled = sorted(v["blocks"] for k, v in kernels.items()
+                   if re.fullmatch(r"sparse_matmul\d*_tc", k))
+    assert tiled == [[1, 4, 1], [2, 4, 1]]
 
 
 @needs_nvcc
