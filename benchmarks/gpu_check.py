@@ -24,7 +24,9 @@ Two steps, because GPU machines are lent for minutes and carry no compiler toolc
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -64,6 +66,8 @@ class Case:
 
 INT8 = "weight_quant:bits=8"
 INT4 = "weight_quant:bits=4,group=64"
+SPARSE = "sparse24:form=compressed"
+W8A8 = "w8a8"  # calibrated on the example inputs (random weights: a check of the kernels)
 # fp16 first: torch.compile is timed only while the run is young (it compiles for seconds)
 CASES: list[Case] = [
     *(Case(name, {"batch": batch}, "fp16", True, graphs=True, profile=batch == 8)
@@ -83,10 +87,19 @@ CASES: list[Case] = [
     Case("linear_4096", {"batch": 1}, "fp16", True),
     Case("linear_4096", {"batch": 1}, "fp16", False, (INT8,)),
     Case("linear_4096", {"batch": 1}, "fp16", False, (INT4,)),
-    Case("linear_4096", {"batch": 1}, "fp16", False, ("sparse24:form=compressed",)),
-    Case("linear_4096", {"batch": 1}, "fp16", False, ("sparse24:form=compressed,bits=8",)),
-    Case("linear_4096", {"batch": 256}, "fp16"),
-    Case("linear_4096", {"batch": 256}, "fp16", False, ("sparse24:form=compressed",)),
+    Case("linear_4096", {"batch": 1}, "fp16", False, (SPARSE,)),
+    Case("linear_4096", {"batch": 1}, "fp16", False, (SPARSE + ",bits=8",)),
+    # 2:4 at many tokens (the tiled mma.sp kernel) beside dense fp16, and a larger layer
+    *(Case(name, {"batch": batch}, "fp16", False, passes)
+      for name, batch in (("linear_4096", 64), ("linear_4096", 256), ("linear_8192", 256))
+      for passes in ((), (SPARSE,), (SPARSE + ",bits=8",))),
+    # bfloat16 compute (weights kept in float32, cast on the device: numpy has no bfloat16)
+    *(Case(name, {"batch": 8}, "bf16", graphs=True) for name in ("vit_deit_tiny", "bert_minilm")),
+    # W8A8 on the int8 tensor cores (int8_tc.py), the float parts in fp16; in fp32 the
+    # integer products leave the interpreter's result exact but for float rounding
+    *(Case(name, {"batch": batch}, "fp16", False, (W8A8,), graphs=True, profile=batch == 8)
+      for name in ("vit_deit_tiny", "bert_minilm") for batch in (1, 8)),
+    Case("vit_deit_tiny", {"batch": 8}, "fp32", False, (W8A8,), graphs=True),
     Case("vit_deit_tiny", {"batch": 8}, "fp16", False, ("tome:r=8",)),
     Case("mlp"),
     Case("conv_bn_relu_cnn"),
@@ -122,22 +135,55 @@ def fill_weights(model: Any) -> Any:
     return model
 
 
-def linear_4096(batch: int = 1) -> tuple[Any, tuple]:
-    """One 4096x4096 linear layer: the shape where weight bytes decide the speed."""
+def linear(features: int, batch: int = 1) -> tuple[Any, tuple]:
+    """One square linear layer: at one token, the shape where weight bytes decide the speed."""
     import torch
 
     torch.manual_seed(0)
-    return torch.nn.Linear(4096, 4096), (torch.randn(batch, 4096),)
+    return torch.nn.Linear(features, features), (torch.randn(batch, features),)
 
 
-EXTRA_MODELS = {"linear_4096": linear_4096}
+EXTRA_MODELS = {"linear_4096": functools.partial(linear, 4096),
+                "linear_8192": functools.partial(linear, 8192)}
 
 
 def make_model(name: str, kwargs: dict[str, int]) -> tuple[Any, tuple]:
+    """The model with `fill_weights`, and its example inputs, the float ones replaced by
+    `reproducible` values (so the bundle carries how to make them, not the data)."""
+    import torch
+
     from ..tests.models.zoo import ZOO
 
     model, inputs = {**ZOO, **EXTRA_MODELS}[name](**kwargs)
+    inputs = tuple(torch.from_numpy(reproducible(tuple(x.shape), i))
+                   if x.is_floating_point() else x for i, x in enumerate(inputs))
     return fill_weights(model).eval(), inputs
+
+
+def reproducible(shape: tuple[int, ...], seed: int) -> np.ndarray:
+    """float32 values in [-2, 2) from an integer hash (splitmix64) of each element's index:
+    bitwise the same on every machine and library version, unlike a float RNG's stream."""
+    z = np.arange(int(np.prod(shape)), dtype=np.uint64) + np.uint64(seed) * np.uint64(
+        0x9E3779B97F4A7C15)
+    z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    z = z ^ (z >> np.uint64(31))
+    unit = (z >> np.uint64(40)).astype(np.float32) / np.float32(2**24)  # 24 bits: exact
+    return (unit * np.float32(4) - np.float32(2)).reshape(shape)
+
+
+def saved_inputs(case_dir: Path, inputs: tuple) -> None:
+    """The integer inputs (token ids, masks) as data; the float ones are `reproducible`."""
+    np.savez(case_dir / "inputs.npz", **{f"arr_{i}": x.numpy() for i, x in enumerate(inputs)
+                                          if not x.is_floating_point()})
+
+
+def load_inputs(case_dir: Path, case: dict[str, Any]) -> list[np.ndarray]:
+    """The example inputs saved_inputs kept, the float ones made again (make_model)."""
+    npz = np.load(case_dir / "inputs.npz")
+    _, inputs = make_model(case["model"], case["kwargs"])
+    return [npz[f"arr_{i}"] if f"arr_{i}" in npz.files else x.numpy()
+            for i, x in enumerate(inputs)]
 
 
 # ---------------------------------------------------------------- step 1: build (no GPU)
@@ -145,14 +191,15 @@ def make_model(name: str, kwargs: dict[str, int]) -> tuple[Any, tuple]:
 def build(out: Path, python_version: str, only: set[str] | None = None,
           select: list[str] | None = None) -> None:
     """`only`: rebuild just these case ids, keeping the others already in `out`; `select`:
-    the bundle holds only the cases whose id contains one of these strings."""
+    the bundle holds only the cases whose id one of these regular expressions matches (a
+    plain string: contains it)."""
     out.mkdir(parents=True, exist_ok=True)
     listing = out / "cases.json"
     kept = {c["id"]: c for c in json.loads(listing.read_text())} \
         if only and listing.exists() else {}
     cases = []
     for case in CASES:
-        if select and not any(s in case.id for s in select):
+        if select and not any(re.search(s, case.id) for s in select):
             continue
         if only and case.id not in only and case.id in kept:
             cases.append(kept[case.id])
@@ -160,7 +207,8 @@ def build(out: Path, python_version: str, only: set[str] | None = None,
             cases.append(build_case(out, case))
         (out / "cases.json").write_text(json.dumps(cases, indent=1))
     probes = [build_probe(out, name, kwargs) for name, kwargs in PROBES
-              if not select or any(s in "probe_" + Case(name, kwargs).id for s in select)]
+              if not select or any(re.search(s, "probe_" + Case(name, kwargs).id)
+                                   for s in select)]
     (out / "probes.json").write_text(json.dumps(probes, indent=1))
     pack_runtime(out / "runtime", python_version)
 
@@ -171,7 +219,10 @@ def build_case(out: Path, case: Case) -> dict[str, Any]:
 
     start = time.perf_counter()
     model, inputs = make_model(case.model, case.kwargs)
-    compiled = honer.compile(model, inputs, target=case.target, passes=list(case.passes))
+    # passes that calibrate (W8A8) get the example inputs
+    calibration = [tuple(x.numpy() for x in inputs)] if W8A8 in case.passes else None
+    compiled = honer.compile(model, inputs, target=case.target, passes=list(case.passes),
+                             calibration=calibration)
     recipe = save_case(out / case.id, compiled, model, inputs, derivations(case.passes))
     if case.passes:  # the reference for an approximate model is its own graph, interpreted
         expected = interpret(compiled.graph, [x.numpy() for x in inputs])[0]
@@ -251,7 +302,7 @@ def save_case(case_dir: Path, compiled: Any, model: Any, inputs: tuple,
     compiled.save(case_dir)
     recipe = weight_recipe(case_dir, model, derived)
     (case_dir / "weights.bin").unlink()
-    np.savez(case_dir / "inputs.npz", *[x.numpy() for x in inputs])
+    saved_inputs(case_dir, inputs)
     return recipe
 
 
@@ -386,10 +437,9 @@ def run_one(bundle: Path, kind: str, cid: str, with_compile: bool) -> None:
     if kind == "once":  # one run, no timing: for compute-sanitizer
         model, _ = make_model(case["model"], case["kwargs"])
         rebuild_weights(bundle / cid, case, model)
-        npz = np.load(bundle / cid / "inputs.npz")
         import honer
 
-        honer.load(bundle / cid).run(*[npz[f"arr_{i}"] for i in range(len(npz.files))])
+        honer.load(bundle / cid).run(*load_inputs(bundle / cid, case))
         row = {"ran": cid}
     elif kind == "case":
         row = check_case(bundle / cid, case, with_compile)
@@ -404,8 +454,7 @@ def check_probe(artifact: Path, probe: dict[str, Any]) -> dict[str, Any]:
 
     model, _ = make_model(probe["model"], probe["kwargs"])
     rebuild_weights(artifact, probe, model)
-    npz = np.load(artifact / "inputs.npz")
-    got = honer.load(artifact).run(*[npz[f"arr_{i}"] for i in range(len(npz.files))])
+    got = honer.load(artifact).run(*load_inputs(artifact, probe))
     bad = []
     for want, g in zip(probe["values"], got):
         have = value_stats(g)
@@ -451,8 +500,7 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
     model, _ = make_model(case["model"], case["kwargs"])
     rebuild_weights(artifact, case, model)
     loaded = honer.load(artifact)  # checks the rebuilt weights against the manifest hashes
-    npz = np.load(artifact / "inputs.npz")
-    arrays = [npz[f"arr_{i}"] for i in range(len(npz.files))]
+    arrays = load_inputs(artifact, case)
     model = model.cuda()
     inputs = [torch.from_numpy(a).cuda() for a in arrays]
     with torch.no_grad():
@@ -480,12 +528,14 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
                                                           runner.device.sync()), runs=50,
                                         warmup=10)}
     peer, peer_inputs = model, inputs
-    if case["precision"] == "fp16":
-        peer = model.half()
-        peer_inputs = [x.half() if x.is_floating_point() else x for x in inputs]
+    half = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(case["precision"])
+    if half is not None:  # the peers compute in the same precision
+        peer = model.to(half)
+        peer_inputs = [x.to(half) if x.is_floating_point() else x for x in inputs]
         with torch.no_grad():
             half_out = peer(*peer_inputs).float().cpu().numpy()
-        row["torch_fp16_eager_scaled_error"] = float(np.abs(half_out - want).max()) / scale
+        row[f"torch_{case['precision']}_eager_scaled_error"] = \
+            float(np.abs(half_out - want).max()) / scale
     timings["eager"] = _time_torch("eager", peer, peer_inputs)
     if case["compare_compile"] and with_compile:
         t0 = time.perf_counter()
@@ -561,8 +611,8 @@ def main(argv: list[str] | None = None) -> None:
     b.add_argument("--out", type=Path, default=Path(".gpu_bundle"))
     b.add_argument("--python-version", default="3.12", help="the GPU machine's Python")
     b.add_argument("--only", help="comma-separated case ids to rebuild (others are kept)")
-    b.add_argument("--select", help="comma-separated strings: bundle only the cases whose "
-                   "id contains one")
+    b.add_argument("--select", help="comma-separated regular expressions: bundle only the "
+                   "cases whose id one matches (a plain string: contains it)")
     r = sub.add_parser("run", help="run the bundle on a GPU machine")
     r.add_argument("--bundle", type=Path, default=Path(".gpu_bundle"))
     r.add_argument("--out", type=Path,
