@@ -19,6 +19,7 @@ import hashlib
 import re
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -462,9 +463,14 @@ def compile_fatbin(source: str, archs: tuple[str, ...], workdir: Path) -> tuple[
     log = workdir / "nvcc.log"
     log.write_text(proc.stdout + proc.stderr)
     if proc.returncode != 0:
+        # the build's directory is temporary: the source and log are kept where they can be read
+        kept = Path(tempfile.mkdtemp(prefix="honer-nvcc-failed-"))
+        shutil.copy(src, kept)
+        shutil.copy(log, kept)
         errors = [ln for ln in proc.stderr.splitlines() if ": error" in ln]
         raise BuildError(f"nvcc failed (exit {proc.returncode}): {' '.join(cmd)}\n"
-                         f"see {log}:\n{_tail(chr(10).join(errors) or proc.stderr)}")
+                         f"source and log kept in {kept}:\n"
+                         f"{_tail(chr(10).join(errors) or proc.stderr)}")
     return out.read_bytes(), proc.stdout + proc.stderr
 
 

@@ -279,3 +279,18 @@ def test_tensor_core_tiles_compile(tile, warps, blocks):
     assert down["threads"] == [32, warps, 1] and np.prod(down["blocks"]) == blocks
     with pytest.raises(HonerError, match="mma_tile='16x16'"):
         get_target("cuda:mma_tile=16x16")
+
+
+@needs_nvcc
+def test_nvcc_failure_names_the_error_and_keeps_the_source(tmp_path):
+    """The build directory is temporary, so a failing compile keeps its source and log
+    elsewhere and says where, with nvcc's error lines in the message."""
+    from pathlib import Path
+
+    from honer.codegen.gpu import compile_fatbin
+
+    with pytest.raises(BuildError, match="undefined_thing") as failure:
+        compile_fatbin("__global__ void k() { undefined_thing(); }", ("sm_80",), tmp_path)
+    kept = Path(re.search(r"kept in (\S+):", str(failure.value)).group(1))
+    assert (kept / "kernels.cu").exists() and (kept / "nvcc.log").exists()
+    shutil.rmtree(kept)
