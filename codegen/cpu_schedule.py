@@ -89,7 +89,7 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         _inline_elementwise_chains(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             _pad_contraction(sch, block, cfg)
-        if _next_contraction(sch, set()) is None and _schedule_row_group(sch, stats):
+        if _next_contraction(sch, set()) is None and _schedule_row_group(sch, cfg, stats):
             return sch.mod["main"]
         done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         if (gemv := find_gemv(sch)) is not None:
@@ -132,7 +132,8 @@ def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:
             pass
 
 
-def _schedule_row_group(sch: s_tir.Schedule, stats: ScheduleStats) -> bool:
+def _schedule_row_group(sch: s_tir.Schedule, cfg: CPUScheduleConfig,
+                        stats: ScheduleStats) -> bool:
     """Softmax, layer norm and their kin: row reductions and elementwise blocks over the same
     rows. One parallel loop over the rows computes each row whole (max, exponentials, sum,
     normalized output) while it is in L1, instead of one pass over memory per block. True
@@ -150,15 +151,39 @@ def _schedule_row_group(sch: s_tir.Schedule, stats: ScheduleStats) -> bool:
         if block_kinds is None or block_kinds[:len(rows)] != [DATA_PAR] * len(rows) \
                 or [_extent(sch, lp) for lp in block_loops[:len(rows)]] != rows:
             return False
-    reductions = sum(1 for b in blocks if COMM_REDUCE in _iter_kinds(sch, b))
+    reducing = [b for b in blocks if COMM_REDUCE in _iter_kinds(sch, b)]
+    partials = [p for p in (_vector_partials(sch, b, cfg.lanes) for b in reducing) if p]
+    blocks = sch.get_child_blocks(sch.get_sblock("root"))  # with the partials' blocks
     row = sch.fuse(*loops[:-1]) if len(loops) > 2 else loops[0]
     for block in reversed(blocks[:-1]):
         sch.compute_at(block, row, preserve_unit_loops=False)
+    for block in partials:  # placed as (lane, step): steps outside, lanes one vector
+        lane, step = sch.get_loops(block)[-2:]
+        sch.reorder(step, lane)
+        sch.vectorize(lane)
     if _volume(sch, sch.get_loops(last)) >= PARALLEL_MIN_WORK:
         sch.parallel(row)
-    stats.reductions += reductions
+    stats.reductions += len(reducing)
     stats.elementwise += 1
     return True
+
+
+def _vector_partials(sch: s_tir.Schedule, block, lanes: int):
+    """A row reduction as `lanes` partial results per row, one per vector lane, then one sum or
+    max of those: each step of the loop is one vector operation instead of `lanes` scalar
+    ones each waiting for the last (W8A8 attention's row max over 208 scores was a chain of
+    208 dependent maxima per row). Returns the partials' block, to be vectorized once it is
+    placed in the row loop, or None where the row is not whole vectors (or TIR cannot split
+    the reduction: a reduction of several values at once)."""
+    loop = sch.get_loops(block)[-1]
+    if _extent(sch, loop) % lanes or _extent(sch, loop) < 2 * lanes:
+        return None
+    spatial = sum(1 for k in _iter_kinds(sch, block) if k == DATA_PAR)
+    try:
+        _, lane = sch.split(loop, [None, lanes])
+        return sch.rfactor(lane, factor_axis=spatial)  # lanes last: contiguous per row
+    except s_tir.ScheduleError:
+        return None
 
 
 def _next_contraction(sch: s_tir.Schedule, done: set[str]):

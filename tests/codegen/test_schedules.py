@@ -108,6 +108,34 @@ def test_row_reductions_with_odd_row_lengths(op, attrs):
     assert stats["contractions"] == 0
 
 
+@pytest.mark.parametrize("op", ["softmax", "layer_norm"])
+def test_row_reductions_of_whole_vectors_keep_one_partial_per_lane(op):
+    """Rows of whole vectors (208 = 26 x 8): each row's max and sums are reduced as one
+    partial per vector lane (a vectorized loop of vector steps, then 8 to 1) instead of a
+    chain of scalar steps each waiting for the last; the numbers stay the interpreter's."""
+    import re
+
+    import tvm
+
+    from honer.codegen.build import _fused_module, _kernels
+    from honer.codegen.cpu_schedule import schedule_module
+    from honer.targets import get_target
+
+    g = Graph()
+    x = g.add_input("x", (3, 64, 208), "float32")
+    args = [x] if op == "softmax" else [x, g.add_const(const(208)), g.add_const(const(208))]
+    g.set_outputs([g.op(op, *args, **({"axis": -1} if op == "softmax" else {}))])
+    stats = check(g, [const(3, 64, 208) * 20], tol=1e-5)
+    assert stats["fallbacks"] == [] and stats["reductions"] >= 1
+    target = get_target("host")
+    cfg = target.schedule()
+    [kernel] = _kernels(_fused_module(target.lower(g), target.tvm_target(), cfg)).values()
+    script = schedule_module(tvm.IRModule({"main": kernel}), cfg)["main"].script()
+    partials = [line for line in script.splitlines() if 'sblock("' in line and '_rf"' in line]
+    vectors = re.findall(rf"T\.vectorized\((?:T\.int64\()?{cfg.lanes}\)", script)
+    assert partials and len(vectors) >= len(partials), script
+
+
 def test_batched_attention_scores_with_odd_sequence_length():
     g = Graph()
     q = g.add_input("q", (1, 3, 197, 64), "float32")
