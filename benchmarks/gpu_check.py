@@ -178,12 +178,12 @@ def saved_inputs(case_dir: Path, inputs: tuple) -> None:
                                           if not x.is_floating_point()})
 
 
-def load_inputs(case_dir: Path, case: dict[str, Any]) -> list[np.ndarray]:
-    """The example inputs saved_inputs kept, the float ones made again (make_model)."""
+def load_inputs(case_dir: Path, made: tuple) -> list[np.ndarray]:
+    """The example inputs: those saved_inputs kept, and the float ones of `made` (the inputs
+    make_model returned on this machine)."""
     npz = np.load(case_dir / "inputs.npz")
-    _, inputs = make_model(case["model"], case["kwargs"])
     return [npz[f"arr_{i}"] if f"arr_{i}" in npz.files else x.numpy()
-            for i, x in enumerate(inputs)]
+            for i, x in enumerate(made)]
 
 
 # ---------------------------------------------------------------- step 1: build (no GPU)
@@ -435,11 +435,11 @@ def run_one(bundle: Path, kind: str, cid: str, with_compile: bool) -> None:
     listing = "probes.json" if kind == "probe" else "cases.json"
     case = next(c for c in json.loads((bundle / listing).read_text()) if c["id"] == cid)
     if kind == "once":  # one run, no timing: for compute-sanitizer
-        model, _ = make_model(case["model"], case["kwargs"])
+        model, made = make_model(case["model"], case["kwargs"])
         rebuild_weights(bundle / cid, case, model)
         import honer
 
-        honer.load(bundle / cid).run(*load_inputs(bundle / cid, case))
+        honer.load(bundle / cid).run(*load_inputs(bundle / cid, made))
         row = {"ran": cid}
     elif kind == "case":
         row = check_case(bundle / cid, case, with_compile)
@@ -452,9 +452,9 @@ def check_probe(artifact: Path, probe: dict[str, Any]) -> dict[str, Any]:
     """The first intermediate values whose stats disagree with the interpreter's."""
     import honer
 
-    model, _ = make_model(probe["model"], probe["kwargs"])
+    model, made = make_model(probe["model"], probe["kwargs"])
     rebuild_weights(artifact, probe, model)
-    got = honer.load(artifact).run(*load_inputs(artifact, probe))
+    got = honer.load(artifact).run(*load_inputs(artifact, made))
     bad = []
     for want, g in zip(probe["values"], got):
         have = value_stats(g)
@@ -497,10 +497,10 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
 
     from . import harness
 
-    model, _ = make_model(case["model"], case["kwargs"])
+    model, made = make_model(case["model"], case["kwargs"])
     rebuild_weights(artifact, case, model)
     loaded = honer.load(artifact)  # checks the rebuilt weights against the manifest hashes
-    arrays = load_inputs(artifact, case)
+    arrays = load_inputs(artifact, made)
     model = model.cuda()
     inputs = [torch.from_numpy(a).cuda() for a in arrays]
     with torch.no_grad():

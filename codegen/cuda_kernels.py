@@ -12,12 +12,12 @@ from collections.abc import Callable
 import tvm
 from tvm import relax, tirx
 
-WARP_TILE = 32  # rows and columns of the output a warp of the tiled kernels owns
+WARP_TILE = 32  # rows and columns of the output a warp of the int8 kernel owns
 MIN_BLOCKS = 2 * 132  # two blocks per SM on the largest built-for GPU (H100/H200: 132 SMs)
 
 
 def warps_per_side(rows: int, cols: int) -> int:
-    """The tiled kernels' block: 2 x 2 warps (which share operand fragments through L1) where
+    """The int8 kernel's block: 2 x 2 warps (which share operand fragments through L1) where
     that still gives every SM two blocks, else one warp (BERT's 128 tokens by 384 outputs make
     4 x 12 blocks of one warp, 2 x 6 of four)."""
     def blocks(side: int) -> int:
