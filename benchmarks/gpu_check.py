@@ -49,6 +49,7 @@ class Case:
     passes: tuple[str, ...] = ()
     graphs: bool = False  # the target's CUDA-graph option
     mma_tile: str = "auto"  # the target's tensor-core tile option
+    sparse_tile: str = "auto"  # the target's 2:4 tile option
     profile: bool = False  # also time each kernel (CUPTI, through torch.profiler)
 
     @property
@@ -56,17 +57,20 @@ class Case:
         tags = [p.replace(":", "_").replace("=", "").replace(",", "_") for p in self.passes]
         return "_".join([self.model, *(f"{k}{v}" for k, v in self.kwargs.items()), *tags,
                          self.precision] + (["graphs"] if self.graphs else [])
-                        + ([f"tile{self.mma_tile}"] if self.mma_tile != "auto" else []))
+                        + ([f"tile{self.mma_tile}"] if self.mma_tile != "auto" else [])
+                        + ([f"sparse{self.sparse_tile}"] if self.sparse_tile != "auto" else []))
 
     @property
     def target(self) -> str:
-        return (f"cuda:precision={self.precision},mma_tile={self.mma_tile}"
+        return (f"cuda:precision={self.precision},mma_tile={self.mma_tile},"
+                f"sparse_tile={self.sparse_tile}"
                 + (",graphs=on" if self.graphs else ""))
 
 
 INT8 = "weight_quant:bits=8"
 INT4 = "weight_quant:bits=4,group=64"
 SPARSE = "sparse24:form=compressed"
+LAYER_SHAPES = (("linear_4096", 64), ("linear_4096", 256), ("linear_8192", 256))
 W8A8 = "w8a8"  # calibrated on the example inputs (random weights: a check of the kernels)
 # fp16 first: torch.compile is timed only while the run is young (it compiles for seconds)
 CASES: list[Case] = [
@@ -89,10 +93,19 @@ CASES: list[Case] = [
     Case("linear_4096", {"batch": 1}, "fp16", False, (INT4,)),
     Case("linear_4096", {"batch": 1}, "fp16", False, (SPARSE,)),
     Case("linear_4096", {"batch": 1}, "fp16", False, (SPARSE + ",bits=8",)),
-    # 2:4 at many tokens (the tiled mma.sp kernel) beside dense fp16, and a larger layer
-    *(Case(name, {"batch": batch}, "fp16", False, passes)
-      for name, batch in (("linear_4096", 64), ("linear_4096", 256), ("linear_8192", 256))
-      for passes in ((), (SPARSE,), (SPARSE + ",bits=8",))),
+    # 2:4 at many tokens (the tiled mma.sp kernel) beside dense fp16, and a larger layer, in
+    # CUDA graphs (kernel time, not launch overhead: the sparse layer is one kernel more)
+    *(Case(name, {"batch": batch}, "fp16", False, passes, graphs=True,
+           profile=(name, batch) == ("linear_4096", 256))
+      for name, batch in LAYER_SHAPES for passes in ((), (SPARSE,), (SPARSE + ",bits=8",))),
+    # each block shape of the tiled 2:4 kernel (codegen.sparse_tc.TILES but those with one step
+    # per stage, not imported: the GPU machine has a runtime-only TVM)
+    *(Case(name, {"batch": batch}, "fp16", False, (SPARSE,), graphs=True, sparse_tile=tile)
+      for name, batch in LAYER_SHAPES
+      for tile in ("128x64x128", "128x64x64", "64x64x128", "64x64x64", "64x64x32s2")),
+    # and dense fp16 with the tensor-core tiles the automatic choice passed over
+    *(Case(name, {"batch": 256}, "fp16", graphs=True, mma_tile=tile)
+      for name in ("linear_4096", "linear_8192") for tile in ("128x128", "64x128")),
     # bfloat16 compute (weights kept in float32, cast on the device: numpy has no bfloat16)
     *(Case(name, {"batch": 8}, "bf16", graphs=True) for name in ("vit_deit_tiny", "bert_minilm")),
     # W8A8 on the int8 tensor cores (int8_tc.py), the float parts in fp16; in fp32 the
@@ -213,6 +226,18 @@ def build(out: Path, python_version: str, only: set[str] | None = None,
     pack_runtime(out / "runtime", python_version)
 
 
+def saved_once(out: Path, array: np.ndarray) -> str:
+    """`array` saved under the bundle's expected/, named by its content: cases that differ only
+    in a kernel option share their reference (an 8192-wide output is 8 MB)."""
+    import hashlib
+
+    data = np.ascontiguousarray(array)
+    name = f"expected/{hashlib.sha256(data.tobytes()).hexdigest()[:16]}.npy"
+    (out / "expected").mkdir(exist_ok=True)
+    np.save(out / name, data)
+    return name
+
+
 def build_case(out: Path, case: Case) -> dict[str, Any]:
     import honer
     from honer.ir import interpret
@@ -224,12 +249,13 @@ def build_case(out: Path, case: Case) -> dict[str, Any]:
     compiled = honer.compile(model, inputs, target=case.target, passes=list(case.passes),
                              calibration=calibration)
     recipe = save_case(out / case.id, compiled, model, inputs, derivations(case.passes))
+    expected = None
     if case.passes:  # the reference for an approximate model is its own graph, interpreted
-        expected = interpret(compiled.graph, [x.numpy() for x in inputs])[0]
-        np.save(out / case.id / "expected.npy", expected)
+        expected = saved_once(out, interpret(compiled.graph, [x.numpy() for x in inputs])[0])
     row = {"id": case.id, "model": case.model, "kwargs": case.kwargs,
            "precision": case.precision, "passes": list(case.passes),
            "compare_compile": case.compare_compile, "profile": case.profile, "recipe": recipe,
+           "expected": expected,
            "build_s": round(time.perf_counter() - start, 1),
            "kernels": compiled.report["build"]["schedule"]["kernels"]}
     print(f"{case.id}: built in {row['build_s']} s, "
@@ -517,8 +543,8 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
         want2 = model(*[torch.from_numpy(a).cuda() for a in others]).float().cpu().numpy()
     row["second_inputs_error_vs_eager_fp32"] = float(np.abs(loaded(*others) - want2).max()) / (
         float(np.abs(want2).max()) or 1.0)
-    if (artifact / "expected.npy").exists():  # approximate passes: checked against their
-        expected = np.load(artifact / "expected.npy")  # own graph, the cost reported apart
+    if case.get("expected"):  # approximate passes: checked against their own graph, the
+        expected = np.load(artifact.parent / case["expected"])  # cost reported apart
         row["max_scaled_error_vs_pass_reference"] = float(np.abs(got - expected).max()) / (
             float(np.abs(expected).max()) or 1.0)
         row["pass_error_vs_eager_fp32"] = row.pop("max_scaled_error_vs_eager_fp32")

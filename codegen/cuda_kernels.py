@@ -7,6 +7,7 @@ the device functions' source in front of the CUDA TVM generates before nvcc comp
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 
 import tvm
@@ -63,3 +64,70 @@ class _KernelReplacer(relax.PyExprMutator):
         kernel, args = found
         gv = self.builder_.add_func(kernel, call.args[0].name_hint + self.suffix)
         return relax.Call(call.op, [gv, relax.Tuple(args)], call.attrs, call.ty_args)
+
+
+def fold_bias_adds(mod: tvm.IRModule, bias_free: str,
+                   with_bias: Callable[[tirx.PrimFunc], tirx.PrimFunc]) -> tvm.IRModule:
+    """`add(k(...), b)`, or `add(reshape(k(...)), b)`, for a kernel k with the attribute
+    `bias_free` and a float32 bias b of shape [N] -> `with_bias(k)` called with b as its last
+    input: the bias is added in the kernel's epilogue instead of a second pass over its
+    output."""
+    uses = Counter()
+
+    @relax.expr_functor.visitor
+    class _Uses(relax.PyExprVisitor):
+        def visit_var_(self, var: relax.Var) -> None:
+            uses[var] += 1
+
+        def visit_dataflow_var_(self, var: relax.DataflowVar) -> None:
+            uses[var] += 1
+
+    _Uses().visit_expr(mod["main"])
+    folder = _BiasFolder(mod, bias_free, with_bias, uses)
+    main = folder.visit_expr(mod["main"])
+    out = folder.builder_.get()
+    out["main"] = main
+    return relax.transform.DeadCodeElimination()(out)
+
+
+@relax.expr_functor.mutator
+class _BiasFolder(relax.PyExprMutator):
+    def __init__(self, mod: tvm.IRModule, bias_free: str,
+                 with_bias: Callable[[tirx.PrimFunc], tirx.PrimFunc], uses: Counter) -> None:
+        super().__init__(mod)
+        self.mod, self.bias_free, self.with_bias, self.uses = mod, bias_free, with_bias, uses
+
+    def visit_call_(self, call: relax.Call) -> relax.Expr:
+        call = super().visit_call_(call)
+        if not (_is_op(call, "relax.add") and isinstance(call.args[0], relax.Var)):
+            return call
+        y, bias = call.args
+        source, reshape = self._only_use(y), None
+        if _is_op(source, "relax.reshape") and isinstance(source.args[0], relax.Var):
+            source, reshape = self._only_use(source.args[0]), source
+        if not (_is_op(source, "relax.call_tir")
+                and self.mod[source.args[0]].attrs.get(self.bias_free, False)):
+            return call
+        out = source.ty_args[0]
+        n = int(out.shape.values[1])
+        bty = bias.ty
+        if not (isinstance(bty, relax.TensorType) and str(bty.dtype) == "float32"
+                and isinstance(bty.shape, relax.ShapeExpr)
+                and [int(d) for d in bty.shape.values] == [n] and str(out.dtype) == "float32"):
+            return call
+        kernel = self.with_bias(self.mod[source.args[0]])
+        gv = self.builder_.add_func(kernel, source.args[0].name_hint + "_bias")
+        args = [*source.args[1].fields, bias]
+        folded = relax.Call(source.op, [gv, relax.Tuple(args)], source.attrs, source.ty_args)
+        if reshape is None:
+            return folded
+        return relax.op.reshape(self.builder_.emit(folded), reshape.args[1])
+
+    def _only_use(self, var: relax.Var) -> relax.Expr | None:
+        """What `var` is bound to, where it is used once (the add about to absorb it)."""
+        return self.lookup_binding(var) if self.uses[var] == 1 else None
+
+
+def _is_op(expr, name: str) -> bool:
+    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
+        and expr.op.name == name

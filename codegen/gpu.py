@@ -49,6 +49,8 @@ class GPUConfig:
     # block tile of fp16 tensor-core matmuls: "auto" sizes it to the problem (gpu_matmul.py);
     # "128x128" is dlight's fixed tile
     mma_tile: str = "auto"
+    # block of the many-token 2:4 kernel (sparse_tc.TILE_NAMES); "auto" sizes it to the layer
+    sparse_tile: str = "auto"
 
 
 # Per-architecture limits (CUDA C programming guide, "compute capabilities" table).
@@ -132,7 +134,7 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
                workdir: Path) -> CudaBuild:
     target = tvm.target.Target(tvm_target)
     mod = int8_tc.on_tensor_cores(bools_as_int8(scans_as_matmul(lowered.mod)))
-    mod, half_params = _mixed_precision(mod, cfg.precision)
+    mod, half_params = _mixed_precision(mod, cfg.precision, cfg.sparse_tile)
     config = {"relax.backend.use_cuda_graph": cfg.graphs}  # read by RewriteCUDAGraph
     try:
         with target, tvm.transform.PassContext(opt_level=3, config=config):
@@ -234,7 +236,8 @@ class _BoolsAsInt8(relax.PyExprMutator):
         return self.renamed.get(var, var)
 
 
-def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, list[int]]:
+def _mixed_precision(mod: tvm.IRModule, precision: str,
+                     sparse_tile: str = "auto") -> tuple[tvm.IRModule, list[int]]:
     """float32 leaves the module alone; half precision converts matmuls and convs (fp32
     accumulation) and turns weights that are only ever cast to half into half params."""
     if precision == "float32":
@@ -245,7 +248,7 @@ def _mixed_precision(mod: tvm.IRModule, precision: str) -> tuple[tvm.IRModule, l
         return _to_bf16(mod), []
     # 2:4-sparse layers go to the sparse tensor cores, which take half inputs
     return _half_params(sparse_tc.on_tensor_cores(_casts_before_transposes(
-        _to_mixed_precision(mod))), precision)
+        _to_mixed_precision(mod)), sparse_tile), precision)
 
 
 def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:

@@ -9,13 +9,16 @@ honer's compressed form), eight tokens are operand B, accumulation is float32. T
 - few tokens (decoding): each block owns 16 output features by 8 tokens; its warps split the
   input channels between them and add their partial tiles through shared memory, so a single
   token still keeps the GPU busy (`sparse_tc_kernel`);
-- many tokens: blocks of 64 output features by 64 tokens, four warps of 32 x 32 (2 x 4
+- many tokens: blocks of 64 or 128 output features by 64 tokens, warps of 32 x 32 (2 x 4
   fragments, so every weight fragment a warp reads serves four token fragments and every
-  token fragment two weight fragments), each step of 32 input channels staged in shared
-  memory with coalesced loads and double-buffered (`sparse_tc_tiled_kernel`, whose body is
-  the device function `honer_sparse_tiles` below; the tokens are cast to half before it).
-  Loading fragments straight from global memory instead (no staging, float tokens), a
-  4096 x 4096 layer at 256 tokens ran at half the dense kernel's speed on an H200.
+  token fragment two weight fragments), stages of 32 to 128 input channels staged in shared
+  memory with coalesced loads while the next stage's loads are in flight
+  (`sparse_tc_tiled_kernel`, whose body is the device function `honer_sparse_tiles` below;
+  the tokens are cast to half before it, the layer's bias is added in its epilogue). The
+  block is the target option `sparse_tile` (TILES), sized to the layer by `choose_tile`.
+  Measured on an H200 at 4096 x 4096 and 256 tokens: fragments loaded straight from global
+  memory ran at half the dense kernel's speed; 64 x 64 blocks staging 32 channels at 0.8x;
+  128 x 64 blocks staging 128 channels at 1.2x (benchmarks/results/gpu_check_sparse.json).
 
 Fragment layouts (PTX ISA, "Matrix fragments for mma.sp.m16n8k32 with .f16"), for lane l,
 g = l / 4 and t = l % 4:
@@ -31,19 +34,57 @@ g = l / 4 and t = l % 4:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import tvm
 from tvm import relax
 from tvm.relax.op import astype
 
-from .cuda_kernels import replace_kernels
+from .cuda_kernels import fold_bias_adds, replace_kernels
 
 KERNEL = "sparse_matmul"  # the TE kernel's name this replaces
 MMA_SP = "honer_mma_sp_m16n8k32"
-SPARSE_TILES = "honer_sparse_tiles"
+SPARSE_TILES = "honer_sparse_tiles"  # a template: <warps_n, steps, groups, buffers>
 TILE_N, TILE_M, STEP_K = 16, 8, 32
 MAX_SPLIT = 8  # warps per block sharing one tile's input channels
-TILE = 64  # the tiled kernel's block: output features and tokens
 TILED_MIN_ROWS = 32  # fewer tokens leave the tiled kernel's warps mostly idle
+BIAS_FREE = "honer.bias_free"  # attribute of a tiled kernel without a bias
+TILE_ATTR = "honer.sparse_tile"
+# Wide blocks once there are about as many as SMs (H100/H200: 132): on an H200, 4096 x 4096 at
+# 256 tokens ran 0.066 ms in 128 blocks of 128 outputs, 0.082 in 256 of 64; at 64 tokens
+# (32 or 64 blocks) the narrow block won, 0.054 against 0.063 (gpu_check_sparse.json)
+MIN_BLOCKS = 96
+
+
+@dataclass(frozen=True)
+class SparseTile:
+    """The tiled kernel's block: 32 x `warps_n` output features by 64 tokens (warps_n x 2
+    warps of 32 x 32), `steps` steps of 32 input channels per shared-memory stage; `groups`
+    such sets of warps split the input channels; `buffers` 2 double-buffers the stages in
+    shared memory, 1 holds the next one in registers (two barriers a stage, half the shared
+    memory)."""
+
+    warps_n: int
+    steps: int
+    groups: int = 1
+    buffers: int = 2
+
+    @property
+    def warps(self) -> int:
+        return 2 * self.warps_n * self.groups
+
+    @property
+    def outputs(self) -> int:
+        return 32 * self.warps_n
+
+    @property
+    def name(self) -> str:
+        return f"{self.outputs}x64x{32 * self.steps}" + ("s2" if self.groups == 2 else "")
+
+
+TILES = (SparseTile(4, 4, buffers=1), SparseTile(4, 2), SparseTile(4, 1),
+         SparseTile(2, 4, buffers=1), SparseTile(2, 2), SparseTile(2, 1, 2), SparseTile(2, 1))
+TILE_NAMES = ("auto", *(t.name for t in TILES))
 
 # The device function the kernels call: the PTX is written out here (TVM's own mma.sp
 # intrinsic changed shape between releases), packed to halves in registers.
@@ -97,87 +138,130 @@ __device__ __forceinline__ uint2 honer_four_halves(const signed char* v) {
                     honer_half2_bits(__int2half_rn(b[2]), __int2half_rn(b[3])));
 }
 
-// y[m, n] = scale[n] * sum_k x[m, k] w[n, k] for the block tile (bn, bm) of 64 output
-// features x 64 tokens, four warps (128 threads) of 32 x 32, each 2 x 4 fragments of 16 x 8
-// (layouts: see sparse_tc.py's docstring). x is half [M, K]; the weight is its kept values
-// [K / 2, N] and positions [K / 8, N]. Each step of 32 input channels is staged in shared
-// memory by all 128 threads with coalesced loads, double-buffered: the next step's loads are
-// in flight while the warps multiply the current one. Staged so a fragment register is one
+// y[m, n] = scale[n] * sum_k x[m, k] w[n, k] (+ bias[n] with BIAS: the layer's bias add
+// folded in) for the block tile (bn, bm) of 32 WN output features x 64 tokens: G groups of
+// WN x 2 warps (64 WN threads) of 32 x 32, each 2 x 4 fragments of 16 x 8 (layouts: see
+// sparse_tc.py's docstring). x is half [M, K]; the weight is its kept values [K / 2, N] and
+// positions [K / 8, N]. Each stage of KS steps of 32 input channels is staged in shared
+// memory by all threads with coalesced loads while the next stage's loads are in flight;
+// a stage gives the warps 8 KS mma.sp between barriers. With B = 2 buffers the stages
+// alternate between them (one barrier per stage); with B = 1 (large stages, within the 48 KB
+// of static shared memory) the next stage waits in registers until every warp is done with
+// the buffer (two barriers). The G groups split the input channels (more warps to hide the
+// loads' latency) and add up through shared memory. Staged so a fragment register is one
 // shared load: kept values as half2 pairs of consecutive rows, positions as the metadata
 // words themselves, tokens read by ldmatrix (one instruction per token fragment).
-template <typename V>
+template <int WN, int KS, int G, int B, bool BIAS, typename V>
 __device__ __forceinline__ void honer_sparse_tiles(
     const __half* __restrict__ x, const V* __restrict__ values,
     const unsigned char* __restrict__ index, const float* __restrict__ scale,
-    float* __restrict__ y, int M, int K, int N, int bn, int bm, int warp, int lane) {
+    const float* __restrict__ bias, float* __restrict__ y, int M, int K, int N, int bn, int bm,
+    int block_warp, int lane) {
+  constexpr int TN = 32 * WN;          // output features of the block
+  constexpr int X_VECS = 4 / WN;       // 16-byte token loads per thread and step
   // pads: the fragment reads of a warp fall in 32 different banks
-  __shared__ __align__(16) unsigned s_pairs[2][8][64 + 8];  // [kc / 2][n]: (kc, kc + 1)
-  __shared__ __align__(16) unsigned s_meta[2][2][32];       // [half of the step][group of n]
-  __shared__ __align__(16) __half s_x[2][64][32 + 8];       // [token][k]
+  __shared__ __align__(16) unsigned s_pairs_[G][B][KS][8][TN + 8];  // [kc / 2][n]: kc, kc + 1
+  __shared__ __align__(16) unsigned s_meta_[G][B][KS][2][TN / 2];  // [half of step][n group]
+  __shared__ __align__(16) __half s_x_[G][B][KS][64][32 + 8];      // [token][k]
+  const int group = block_warp / (2 * WN), warp = block_warp % (2 * WN);
+  auto& s_pairs = s_pairs_[group];
+  auto& s_meta = s_meta_[group];
+  auto& s_x = s_x_[group];
   const int tid = warp * 32 + lane, g = lane >> 2, t = lane & 3;
-  const int n_tile = bn * 64, m_tile = bm * 64;
+  const int n_tile = bn * TN, m_tile = bm * 64;
   // this thread's share of a step: 4 columns of a pair of value rows; one metadata word
-  // (threads < 64: half h of the step, output features n and n + 8); 16 inputs of a token
-  const int v_pair = tid / 16, v_col = (tid % 16) * 4;
-  const int w_half = (tid / 32) & 1, w_group = tid % 32;
+  // (threads < TN: half h of the step, output features n and n + 8); 8 X_VECS inputs of a
+  // token
+  const int v_pair = tid / (TN / 4), v_col = (tid % (TN / 4)) * 4;
+  const int w_half = tid / (TN / 2) & 1, w_group = tid % (TN / 2);
   const int w_n = n_tile + w_group / 8 * 16 + w_group % 8;
-  const int x_row = tid / 2, x_col = (tid % 2) * 16;
+  const int x_row = tid / (4 / X_VECS), x_col = (tid % (4 / X_VECS)) * 8 * X_VECS;
   const bool x_live = m_tile + x_row < M;
   const __half* x_at = x + (size_t)(x_live ? m_tile + x_row : 0) * K + x_col;
-  uint2 r_even, r_odd;
-  unsigned r_meta = 0;
-  uint4 r_x[2];
-  auto load = [&](int s) {
-    const V* v = values + (size_t)(s * 16 + 2 * v_pair) * N + n_tile + v_col;
-    r_even = honer_four_halves(v);
-    r_odd = honer_four_halves(v + N);
-    if (tid < 64) {
-      const unsigned char* i = index + (size_t)(s * 4 + 2 * w_half) * N + w_n;
-      r_meta = (unsigned)i[0] | (unsigned)i[N] << 8 | (unsigned)i[8] << 16
-             | (unsigned)i[N + 8] << 24;
+  uint2 r_even[KS], r_odd[KS];
+  unsigned r_meta[KS];
+  uint4 r_x[KS][X_VECS];
+  auto load = [&](int stage) {
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      const int s = stage * KS + j;
+      const V* v = values + (size_t)(s * 16 + 2 * v_pair) * N + n_tile + v_col;
+      r_even[j] = honer_four_halves(v);
+      r_odd[j] = honer_four_halves(v + N);
+      if (tid < TN) {
+        const unsigned char* i = index + (size_t)(s * 4 + 2 * w_half) * N + w_n;
+        r_meta[j] = (unsigned)i[0] | (unsigned)i[N] << 8 | (unsigned)i[8] << 16
+                  | (unsigned)i[N + 8] << 24;
+      }
+#pragma unroll
+      for (int q = 0; q < X_VECS; ++q)
+        r_x[j][q] = x_live ? *reinterpret_cast<const uint4*>(x_at + s * 32 + q * 8)
+                           : make_uint4(0, 0, 0, 0);
     }
-    const uint4 zero = make_uint4(0, 0, 0, 0);
-    r_x[0] = x_live ? *reinterpret_cast<const uint4*>(x_at + s * 32) : zero;
-    r_x[1] = x_live ? *reinterpret_cast<const uint4*>(x_at + s * 32 + 8) : zero;
   };
   auto store = [&](int buf) {
-    const __half* e = reinterpret_cast<const __half*>(&r_even);
-    const __half* o = reinterpret_cast<const __half*>(&r_odd);
-    *reinterpret_cast<uint4*>(&s_pairs[buf][v_pair][v_col]) = make_uint4(
-        honer_half2_bits(e[0], o[0]), honer_half2_bits(e[1], o[1]),
-        honer_half2_bits(e[2], o[2]), honer_half2_bits(e[3], o[3]));
-    if (tid < 64) s_meta[buf][w_half][w_group] = r_meta;
-    *reinterpret_cast<uint4*>(&s_x[buf][x_row][x_col]) = r_x[0];
-    *reinterpret_cast<uint4*>(&s_x[buf][x_row][x_col + 8]) = r_x[1];
+#pragma unroll
+    for (int j = 0; j < KS; ++j) {
+      const __half* e = reinterpret_cast<const __half*>(&r_even[j]);
+      const __half* o = reinterpret_cast<const __half*>(&r_odd[j]);
+      *reinterpret_cast<uint4*>(&s_pairs[buf][j][v_pair][v_col]) = make_uint4(
+          honer_half2_bits(e[0], o[0]), honer_half2_bits(e[1], o[1]),
+          honer_half2_bits(e[2], o[2]), honer_half2_bits(e[3], o[3]));
+      if (tid < TN) s_meta[buf][j][w_half][w_group] = r_meta[j];
+#pragma unroll
+      for (int q = 0; q < X_VECS; ++q)
+        *reinterpret_cast<uint4*>(&s_x[buf][j][x_row][x_col + q * 8]) = r_x[j][q];
+    }
   };
-  const int wn = (warp & 1) * 32, wm = (warp >> 1) * 32;  // the warp's corner in the tile
+  const int wn = (warp % WN) * 32, wm = (warp / WN) * 32;  // the warp's corner in the tile
   float acc[2][4][4];
 #pragma unroll
   for (int f = 0; f < 32; ++f) acc[f / 16][f / 4 % 4][f % 4] = 0.f;
-  const int steps = K / 32;
-  load(0);
-  store(0);
+  // the group's stages: first .. first + mine - 1; every group runs `per` rounds, so that
+  // the barriers are the block's
+  const int stages = K / (32 * KS), per = (stages + G - 1) / G, first = group * per;
+  const int mine = min(per, stages - first);
+  if (mine > 0) {
+    load(first);
+    store(0);
+  }
   __syncthreads();
-  for (int s = 0; s < steps; ++s) {
-    const int buf = s & 1;
-    if (s + 1 < steps) load(s + 1);
-    unsigned a[2][4], meta[2], b[4][4];
+  for (int round = 0; round < per; ++round) {
+    const int buf = B == 2 ? round & 1 : 0;
+    if (round + 1 < mine) load(first + round + 1);
 #pragma unroll
-    for (int fi = 0; fi < 2; ++fi) {
+    for (int j = 0; j < KS; ++j) {
+      if (round >= mine) break;
+      unsigned a[2][4], meta[2], b[4][4];
 #pragma unroll
-      for (int p = 0; p < 4; ++p)  // elements 2p, 2p + 1: compressed rows kc, kc + 1
-        a[fi][p] = s_pairs[buf][p / 2 * 4 + t][wn + fi * 16 + p % 2 * 8 + g];
-      meta[fi] = s_meta[buf][lane & 1][(wn / 16 + fi) * 8 + g];
+      for (int fi = 0; fi < 2; ++fi) {
+#pragma unroll
+        for (int p = 0; p < 4; ++p)  // elements 2p, 2p + 1: compressed rows kc, kc + 1
+          a[fi][p] = s_pairs[buf][j][p / 2 * 4 + t][wn + fi * 16 + p % 2 * 8 + g];
+        meta[fi] = s_meta[buf][j][lane & 1][(wn / 16 + fi) * 8 + g];
+      }
+#pragma unroll
+      for (int fj = 0; fj < 4; ++fj)  // b[fj][p]: tokens x input channels 8p .. 8p + 7
+        honer_ldmatrix_x4(b[fj], &s_x[buf][j][wm + fj * 8 + lane % 8][lane / 8 * 8]);
+#pragma unroll
+      for (int fi = 0; fi < 2; ++fi)
+#pragma unroll
+        for (int fj = 0; fj < 4; ++fj)
+          honer_mma_sp_regs(acc[fi][fj], a[fi], b[fj], meta[fi]);
     }
-#pragma unroll
-    for (int fj = 0; fj < 4; ++fj)  // b[fj][p]: tokens x input channels 8p .. 8p + 7
-      honer_ldmatrix_x4(b[fj], &s_x[buf][wm + fj * 8 + lane % 8][lane / 8 * 8]);
-#pragma unroll
-    for (int fi = 0; fi < 2; ++fi)
-#pragma unroll
-      for (int fj = 0; fj < 4; ++fj) honer_mma_sp_regs(acc[fi][fj], a[fi], b[fj], meta[fi]);
-    if (s + 1 < steps) store(buf ^ 1);
+    if (B == 1) __syncthreads();
+    if (round + 1 < mine) store(B == 2 ? buf ^ 1 : 0);
     __syncthreads();
+  }
+  if constexpr (G == 2) {  // group 1's sums to group 0's warp of the same corner
+    __shared__ float s_sums[2 * WN][32][32];  // [warp][accumulator][lane]
+    if (group == 1)
+#pragma unroll
+      for (int f = 0; f < 32; ++f) s_sums[warp][f][lane] = acc[f / 16][f / 4 % 4][f % 4];
+    __syncthreads();
+    if (group == 1) return;
+#pragma unroll
+    for (int f = 0; f < 32; ++f) acc[f / 16][f / 4 % 4][f % 4] += s_sums[warp][f][lane];
   }
 #pragma unroll
   for (int fi = 0; fi < 2; ++fi)
@@ -187,7 +271,7 @@ __device__ __forceinline__ void honer_sparse_tiles(
       for (int i = 0; i < 4; ++i) {
         const int n = n_tile + wn + fi * 16 + i / 2 * 8 + g;
         const int m = m_tile + wm + fj * 8 + t * 2 + i % 2;
-        if (m < M) y[(size_t)m * N + n] = acc[fi][fj][i] * scale[n];
+        if (m < M) y[(size_t)m * N + n] = acc[fi][fj][i] * scale[n] + (BIAS ? bias[n] : 0.f);
       }
 }
 """
@@ -197,25 +281,54 @@ def fits(rows: int, in_features: int, out_features: int) -> bool:
     return in_features % STEP_K == 0 and out_features % TILE_N == 0 and rows > 0
 
 
-def tiled(rows: int, out_features: int) -> bool:
-    """Whether the many-token kernel takes the layer (else the split-input-channel one)."""
-    return rows >= TILED_MIN_ROWS and out_features % TILE == 0
+def choose_tile(rows: int, in_features: int, out_features: int,
+                wanted: str = "auto") -> SparseTile | None:
+    """The tiled kernel's block for the layer, None for the split-input-channel kernel (few
+    tokens, or shapes no tile divides). `wanted` names a tile (taken where it divides the
+    layer), or "auto": the first of TILES (widest, then deepest stages) that divides the layer
+    and gives MIN_BLOCKS blocks, else the first of those giving the most blocks."""
+    if rows < TILED_MIN_ROWS:
+        return None
+    usable = [t for t in TILES if out_features % t.outputs == 0
+              and in_features % (32 * t.steps) == 0]
+    named = [t for t in usable if t.name == wanted]
+    if named or not usable:
+        return named[0] if named else None
+
+    def blocks(tile: SparseTile) -> int:
+        return -(-rows // 64) * (out_features // tile.outputs)
+
+    most = max(blocks(t) for t in usable)
+    return next(t for t in usable if blocks(t) >= min(MIN_BLOCKS, most))
 
 
-def on_tensor_cores(mod: tvm.IRModule) -> tvm.IRModule:
+def on_tensor_cores(mod: tvm.IRModule, tile: str = "auto") -> tvm.IRModule:
     """Every call of a `sparse_matmul` kernel whose shapes fit -> a tensor-core kernel; float
     values are cast to half where they are read, so the artifact stores them in half (see
-    gpu._half_params)."""
-    return replace_kernels(mod, KERNEL, "_tc", _on_sparse_tensor_cores)
+    gpu._half_params). `tile` is the tiled kernel's block (TILE_NAMES)."""
+    def replacement(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc,
+                    args: list[relax.Expr]):
+        return _on_sparse_tensor_cores(builder, func, args, tile)
+
+    return fold_bias_adds(replace_kernels(mod, KERNEL, "_tc", replacement), BIAS_FREE,
+                          _with_bias)
+
+
+def _with_bias(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    x, values, _, _, _ = func.params
+    rows, k = (int(d) for d in x.shape)
+    tile = next(t for t in TILES if t.name == func.attrs[TILE_ATTR])
+    return sparse_tc_tiled_kernel(rows, k, int(values.shape[1]), str(values.dtype), tile,
+                                  with_bias=True)
 
 
 def called_in(cuda_source: str) -> bool:
     """Whether the kernels call DEVICE_SOURCE's functions."""
-    return f"{MMA_SP}(" in cuda_source or f"{SPARSE_TILES}(" in cuda_source
+    return f"{MMA_SP}(" in cuda_source or f"{SPARSE_TILES}<" in cuda_source
 
 
 def _on_sparse_tensor_cores(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc,
-                            args: list[relax.Expr]):
+                            args: list[relax.Expr], wanted: str):
     x, values, _, _, _ = func.params
     rows, k = (int(d) for d in x.shape)
     n, dtype = int(values.shape[1]), str(values.dtype)
@@ -224,10 +337,11 @@ def _on_sparse_tensor_cores(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc
     if dtype == "float32":
         args[1] = builder.emit(astype(args[1], "float16"))
         dtype = "float16"
-    if not tiled(rows, n):
+    tile = choose_tile(rows, k, n, wanted)
+    if tile is None:
         return sparse_tc_kernel(rows, k, n, dtype), args
     args[0] = builder.emit(astype(args[0], "float16"))  # read by every block of its rows
-    return sparse_tc_tiled_kernel(rows, k, n, dtype), args
+    return sparse_tc_tiled_kernel(rows, k, n, dtype, tile), args
 
 
 def sparse_tc_kernel(rows: int, in_features: int, out_features: int,
@@ -299,24 +413,39 @@ def sparse_tc_kernel(rows: int, in_features: int, out_features: int,
 
 
 def sparse_tc_tiled_kernel(rows: int, in_features: int, out_features: int,
-                           values_dtype: str) -> tvm.tirx.PrimFunc:
-    """The same product as `sparse_tc_kernel` with x in half, for many tokens: blocks of 64
-    output features by 64 tokens, the body in the device function `honer_sparse_tiles`
-    (DEVICE_SOURCE)."""
+                           values_dtype: str, tile: SparseTile,
+                           with_bias: bool = False) -> tvm.tirx.PrimFunc:
+    """The same product as `sparse_tc_kernel` with x in half, for many tokens: blocks of
+    `tile`, the body in the device function `honer_sparse_tiles` (DEVICE_SOURCE); `with_bias`,
+    a fifth parameter, the bias [N], is added to y."""
     from tvm.script import tirx as T
 
     K, N, M = in_features, out_features, rows  # noqa: N806 - the matrix names
+    body = (f"{SPARSE_TILES}<{tile.warps_n}, {tile.steps}, {tile.groups}, {tile.buffers}, "
+            f"{str(with_bias).lower()}>")
+    attrs = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8,
+             BIAS_FREE: not with_bias, TILE_ATTR: tile.name}
+
+    @T.macro
+    def launch(x, values, index, scale, bias, y):
+        T.func_attr(attrs)
+        bn = T.launch_thread("blockIdx.x", N // tile.outputs)
+        bm = T.launch_thread("blockIdx.y", (M + 63) // 64)
+        warp = T.launch_thread("threadIdx.y", tile.warps)
+        lane = T.launch_thread("threadIdx.x", 32)
+        T.evaluate(T.call_extern("void", body, x, values, index, scale, bias, y, M, K, N, bn,
+                                 bm, warp, lane))
 
     @T.prim_func(private=True)
-    def kernel(x: T.Buffer((M, K), "float16"), values: T.Buffer((K // 2, N), values_dtype),
+    def biased(x: T.Buffer((M, K), "float16"), values: T.Buffer((K // 2, N), values_dtype),
                index: T.Buffer((K // 8, N), "uint8"), scale: T.Buffer((1, N), "float32"),
-               y: T.Buffer((M, N), "float32")):
-        T.func_attr({"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8})
-        bn = T.launch_thread("blockIdx.x", N // TILE)
-        bm = T.launch_thread("blockIdx.y", (M + TILE - 1) // TILE)
-        warp = T.launch_thread("threadIdx.y", 4)
-        lane = T.launch_thread("threadIdx.x", 32)
-        T.evaluate(T.call_extern("void", SPARSE_TILES, x.data, values.data, index.data,
-                                 scale.data, y.data, M, K, N, bn, bm, warp, lane))
+               bias: T.Buffer((N,), "float32"), y: T.Buffer((M, N), "float32")):
+        launch(x.data, values.data, index.data, scale.data, bias.data, y.data)
 
-    return kernel
+    @T.prim_func(private=True)
+    def unbiased(x: T.Buffer((M, K), "float16"), values: T.Buffer((K // 2, N), values_dtype),
+                 index: T.Buffer((K // 8, N), "uint8"), scale: T.Buffer((1, N), "float32"),
+                 y: T.Buffer((M, N), "float32")):
+        launch(x.data, values.data, index.data, scale.data, scale.data, y.data)  # bias unread
+
+    return biased if with_bias else unbiased

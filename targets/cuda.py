@@ -11,6 +11,7 @@ from ..codegen.build import export_library
 from ..codegen.gpu import ARCH_LIMITS, PRECISIONS, GPUConfig, build_cuda, launch_report
 from ..codegen.gpu_matmul import TILE_NAMES
 from ..codegen.relax_lower import LoweredModule
+from ..codegen.sparse_tc import TILE_NAMES as SPARSE_TILE_NAMES
 from ..errors import HonerError
 from .base import BuildOutput, Target, Tool
 
@@ -24,13 +25,14 @@ class CudaTarget(Target):
     description = ("NVIDIA GPUs (sm_80, sm_90 by default): dlight-scheduled CUDA kernels "
                    "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
                    "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs), "
-                   "mma_tile=auto|128x128|64x128|32x64|32x32 (fp16 tensor-core tile)")
+                   "mma_tile=auto|128x128|64x128|32x64|32x32 (fp16 tensor-core tile), "
+                   "sparse_tile=auto|128x64x64|... (2:4 kernel's outputs x tokens x channels)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 
     def __init__(self, archs: tuple[str, ...] = GPUConfig.archs,
                  precision: str = GPUConfig.precision, graphs: bool = GPUConfig.graphs,
-                 mma_tile: str = GPUConfig.mma_tile):
+                 mma_tile: str = GPUConfig.mma_tile, sparse_tile: str = GPUConfig.sparse_tile):
         unknown = [a for a in archs if a not in ARCH_LIMITS]
         if unknown or not archs:
             raise HonerError(f"target cuda: unknown arch(s) {unknown}; known: "
@@ -41,11 +43,14 @@ class CudaTarget(Target):
         if mma_tile not in TILE_NAMES:
             raise HonerError(f"target cuda: mma_tile={mma_tile!r}; choose one of "
                              f"{'|'.join(TILE_NAMES)}")
-        self.config = GPUConfig(tuple(archs), precision, graphs, mma_tile)
+        if sparse_tile not in SPARSE_TILE_NAMES:
+            raise HonerError(f"target cuda: sparse_tile={sparse_tile!r}; choose one of "
+                             f"{'|'.join(SPARSE_TILE_NAMES)}")
+        self.config = GPUConfig(tuple(archs), precision, graphs, mma_tile, sparse_tile)
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> CudaTarget:
-        known = {"arch", "precision", "graphs", "mma_tile"}
+        known = {"arch", "precision", "graphs", "mma_tile", "sparse_tile"}
         if set(options) - known:
             raise HonerError(f"target cuda: unknown option(s) {sorted(set(options) - known)}; "
                              f"it takes {sorted(known)}")
@@ -58,8 +63,9 @@ class CudaTarget(Target):
             if options["graphs"] not in ("on", "off"):
                 raise HonerError(f"target cuda: graphs={options['graphs']!r}; use on or off")
             kwargs["graphs"] = options["graphs"] == "on"
-        if "mma_tile" in options:
-            kwargs["mma_tile"] = options["mma_tile"]
+        for tile in ("mma_tile", "sparse_tile"):
+            if tile in options:
+                kwargs[tile] = options[tile]
         return cls(**kwargs)
 
     def lower(self, graph: Any) -> Any:
@@ -90,6 +96,7 @@ class CudaTarget(Target):
                                "precision": self.config.precision,
                                "graphs": self.config.graphs,
                                "mma_tile": self.config.mma_tile,
+                               "sparse_tile": self.config.sparse_tile,
                                "source_sha256": build.source_sha256}},
             report={"schedule": {"family": "dlight", "precision": self.config.precision,
                                  "archs": list(self.config.archs),

@@ -131,13 +131,37 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
     full = honer.compile(model, inputs, target="cuda", passes=spec)
     assert not any(k.endswith("_tc") for k in full.report["build"]["kernels"])
     # many tokens: the tiled kernel, blocks of 64 outputs x 64 tokens (its arithmetic is
-    # checked by test_cuda_device_functions)
+    # checked by test_cuda_device_functions), each layer's bias added in its epilogue
     many = honer.compile(model, (torch.randn(200, 256),), target="cuda:precision=fp16",
                          passes=spec)
     kernels = many.report["build"]["kernels"]
-    tiled = sorted(v["blocks"] for k, v in kernels.items()
-                   if re.fullmatch(r"sparse_matmul\d*_tc", k))
-    assert tiled == [[1, 4, 1], [2, 4, 1]]
+    tiled = sorted((k, v["blocks"]) for k, v in kernels.items() if "sparse_matmul" in k)
+    assert tiled == [("sparse_matmul1_tc_bias", [1, 4, 1]), ("sparse_matmul_tc_bias", [2, 4, 1])]
+    assert not any(k.startswith(("add", "fused_add")) for k in kernels)
+    # a named block where it divides the layer: 128 outputs x 64 tokens, 8 warps, 64
+    # channels per stage (the 64-output layer keeps a 64-output block)
+    wide = honer.compile(model, (torch.randn(200, 256),),
+                         target="cuda:precision=fp16,sparse_tile=128x64x64", passes=spec)
+    kernels = wide.report["build"]["kernels"]
+    tiled = sorted((v["blocks"], v["threads"]) for k, v in kernels.items()
+                   if "sparse_matmul" in k)
+    assert tiled == [([1, 4, 1], [32, 4, 1]), ([1, 4, 1], [32, 8, 1])]
+    with pytest.raises(HonerError, match="sparse_tile='64x64'"):
+        get_target("cuda:sparse_tile=64x64")
+
+
+def test_sparse_tile_fills_the_gpu():
+    from honer.codegen.sparse_tc import choose_tile
+
+    assert choose_tile(16, 4096, 4096) is None  # few tokens: the split-channel kernel
+    # the choices measured fastest on an H200 (benchmarks/results/gpu_check_sparse.json)
+    assert choose_tile(256, 4096, 4096).name == "128x64x128"  # 128 blocks
+    assert choose_tile(256, 4096, 8192).name == "128x64x128"
+    assert choose_tile(64, 4096, 4096).name == "64x64x128"  # 64 blocks, 128 outputs: 32
+    assert choose_tile(256, 96, 8192).name == "128x64x32"  # 96 channels: 3 steps
+    assert choose_tile(256, 4096, 4096, "64x64x64").name == "64x64x64"
+    assert choose_tile(200, 256, 64, "128x64x64").name == "64x64x128"  # does not divide
+    assert choose_tile(200, 80, 64) is None  # 80 channels: no whole stage of 32 + 32
 
 
 @needs_nvcc

@@ -23,6 +23,7 @@ DRIVER = r"""
 {sources}
 #include <cstdio>
 #include <string>
+#include <type_traits>
 
 template <typename T>
 std::vector<T> load(const std::string& path, size_t n) {{
@@ -50,12 +51,39 @@ int main(int argc, char** argv) {{
   }} else {{
     auto x = load<__half>(dir + "/a", (size_t)M * K);
     auto index = load<unsigned char>(dir + "/index", (size_t)K / 8 * N);
-    auto scale = load<float>(dir + "/scale", N);
+    auto scale = load<float>(dir + "/scale", N), bias = load<float>(dir + "/bias", N);
+    const bool with_bias = kind == "sparse_int8";  // (both kinds would only double the runs)
+    // side: the tile's warps along the outputs; padded: its steps per stage, groups and
+    // buffers (100 steps + 10 groups + buffers)
     auto run = [&](auto values) {{
-      emu::launch(N / 64, (M + 63) / 64, 4, [&](int bn, int bm, int w, int l) {{
-        honer_sparse_tiles(x.data(), values.data(), index.data(), scale.data(), y.data(),
-                           M, K, N, bn, bm, w, l);
-      }});
+      auto tiles = [&](auto warps_n, auto steps, auto groups, auto buffers) {{
+        constexpr int WN = decltype(warps_n)::value, KS = decltype(steps)::value;
+        constexpr int G = decltype(groups)::value, B = decltype(buffers)::value;
+        emu::launch(N / (32 * WN), (M + 63) / 64, 2 * WN * G,
+                    [&](int bn, int bm, int w, int l) {{
+          if (with_bias)
+            honer_sparse_tiles<WN, KS, G, B, true>(x.data(), values.data(), index.data(),
+                                                   scale.data(), bias.data(), y.data(), M, K, N,
+                                                   bn, bm, w, l);
+          else
+            honer_sparse_tiles<WN, KS, G, B, false>(x.data(), values.data(), index.data(),
+                                                    scale.data(), nullptr, y.data(), M, K, N,
+                                                    bn, bm, w, l);
+        }});
+      }};
+      using one = std::integral_constant<int, 1>;
+      using two = std::integral_constant<int, 2>;
+      using four = std::integral_constant<int, 4>;
+      switch (side * 1000 + padded) {{
+        case 2112: tiles(two{{}}, one{{}}, one{{}}, two{{}}); break;
+        case 2122: tiles(two{{}}, one{{}}, two{{}}, two{{}}); break;
+        case 2212: tiles(two{{}}, two{{}}, one{{}}, two{{}}); break;
+        case 2411: tiles(two{{}}, four{{}}, one{{}}, one{{}}); break;
+        case 4112: tiles(four{{}}, one{{}}, one{{}}, two{{}}); break;
+        case 4212: tiles(four{{}}, two{{}}, one{{}}, two{{}}); break;
+        case 4411: tiles(four{{}}, four{{}}, one{{}}, one{{}}); break;
+        default: std::exit(3);
+      }}
     }};
     if (kind == "sparse_half") run(load<__half>(dir + "/b", (size_t)K / 2 * N));
     else run(load<signed char>(dir + "/b", (size_t)K / 2 * N));
@@ -105,27 +133,31 @@ def test_int8_tiles_are_the_integer_product(emulator, tmp_path, side):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("int8_values", [False, True])
-def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values):
-    """The tiled mma.sp kernel: 70 tokens (a partial tile), 96 input channels (three steps
-    through both shared-memory buffers), 128 outputs (two tiles); values in half, or int8
-    with a scale per output."""
+@pytest.mark.parametrize("tile", sparse_tc.TILES, ids=lambda t: t.name)
+@pytest.mark.parametrize("int8_values", [False, True], ids=["half", "int8"])
+def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values, tile):
+    """The tiled mma.sp kernel in each of its block shapes: 70 tokens (a partial tile), 160,
+    192 or 384 input channels (five or three stages, through both shared-memory buffers or
+    through the one buffer, or split 3 + 2 between two groups of warps), 256 outputs (two or
+    four tiles); values in half, or int8 with a scale per output and a bias."""
     rng = np.random.default_rng(int8_values)
-    m, k, n = 70, 96, 128
+    m, k, n = 70, {1: 160, 2: 192, 4: 384}[tile.steps], 256  # 160: a split of 3 and 2 stages
     x = rng.standard_normal((m, k)).astype(np.float16)
     dense = sparse24.prune_24(rng.standard_normal((n, k)).astype(np.float32))
     values, index = compress_24(dense)  # [n, k/2], [n, k/8]
-    scale = np.ones(n, np.float32)
+    scale, bias = np.ones(n, np.float32), np.zeros(n, np.float32)
     if int8_values:
+        bias = rng.standard_normal(n).astype(np.float32)
         values, scale = sparse24.int8_rows(values)
         stored = values.T
     else:
         stored = values.T.astype(np.float16)
     got = _run(emulator, "sparse_int8" if int8_values else "sparse_half", tmp_path,
-               {"a": x, "b": stored, "index": index.T, "scale": scale.astype(np.float32)}, m, k, n,
-               side=0)
+               {"a": x, "b": stored, "index": index.T, "scale": scale.astype(np.float32),
+                "bias": bias}, m, k, n,
+               side=tile.warps_n, padded=100 * tile.steps + 10 * tile.groups + tile.buffers)
     kept = _decompress(stored.T.astype(np.float64), index, k)
-    want = x.astype(np.float64) @ kept.T * scale.reshape(-1)
+    want = x.astype(np.float64) @ kept.T * scale.reshape(-1) + bias
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())
 
 
