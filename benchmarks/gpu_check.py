@@ -98,8 +98,9 @@ CASES: list[Case] = [
     *(Case(name, {"batch": batch}, "fp16", False, passes, graphs=True,
            profile=(name, batch) == ("linear_4096", 256))
       for name, batch in LAYER_SHAPES for passes in ((), (SPARSE,), (SPARSE + ",bits=8",))),
-    # each block shape of the tiled 2:4 kernel (codegen.sparse_tc.TILES but those with one step
-    # per stage, not imported: the GPU machine has a runtime-only TVM)
+    # block shapes of the tiled 2:4 kernel (codegen.sparse_tc.TILES, not imported: the GPU
+    # machine has a runtime-only TVM), all but 128x64x32 and 64x64x32, which lost to their
+    # deeper stages at every shape
     *(Case(name, {"batch": batch}, "fp16", False, (SPARSE,), graphs=True, sparse_tile=tile)
       for name, batch in LAYER_SHAPES
       for tile in ("128x64x128", "128x64x64", "64x64x128", "64x64x64", "64x64x32s2")),
@@ -232,7 +233,8 @@ def saved_once(out: Path, array: np.ndarray) -> str:
     import hashlib
 
     data = np.ascontiguousarray(array)
-    name = f"expected/{hashlib.sha256(data.tobytes()).hexdigest()[:16]}.npy"
+    digest = hashlib.sha256(f"{data.dtype}{data.shape}".encode() + data.tobytes())
+    name = f"expected/{digest.hexdigest()[:16]}.npy"
     (out / "expected").mkdir(exist_ok=True)
     np.save(out / name, data)
     return name
@@ -543,8 +545,12 @@ def check_case(artifact: Path, case: dict[str, Any], with_compile: bool) -> dict
         want2 = model(*[torch.from_numpy(a).cuda() for a in others]).float().cpu().numpy()
     row["second_inputs_error_vs_eager_fp32"] = float(np.abs(loaded(*others) - want2).max()) / (
         float(np.abs(want2).max()) or 1.0)
-    if case.get("expected"):  # approximate passes: checked against their own graph, the
-        expected = np.load(artifact.parent / case["expected"])  # cost reported apart
+    # approximate passes: checked against their own graph, the cost reported apart (a case
+    # kept from an older bundle has its reference in its own directory)
+    reference = artifact.parent / case["expected"] if case.get("expected") else \
+        artifact / "expected.npy"
+    if reference.exists():
+        expected = np.load(reference)
         row["max_scaled_error_vs_pass_reference"] = float(np.abs(got - expected).max()) / (
             float(np.abs(expected).max()) or 1.0)
         row["pass_error_vs_eager_fp32"] = row.pop("max_scaled_error_vs_eager_fp32")

@@ -115,6 +115,8 @@ class _BiasFolder(relax.PyExprMutator):
                 and isinstance(bty.shape, relax.ShapeExpr)
                 and [int(d) for d in bty.shape.values] == [n] and str(out.dtype) == "float32"):
             return call
+        if reshape is not None and not _keeps_columns(reshape, call, n):
+            return call
         kernel = self.with_bias(self.mod[source.args[0]])
         gv = self.builder_.add_func(kernel, source.args[0].name_hint + "_bias")
         args = [*source.args[1].fields, bias]
@@ -126,6 +128,16 @@ class _BiasFolder(relax.PyExprMutator):
     def _only_use(self, var: relax.Var) -> relax.Expr | None:
         """What `var` is bound to, where it is used once (the add about to absorb it)."""
         return self.lookup_binding(var) if self.uses[var] == 1 else None
+
+
+def _keeps_columns(reshape: relax.Call, add: relax.Call, n: int) -> bool:
+    """Whether the reshaped product still has the N columns last and the add broadcasts
+    nothing onto it (so adding b to each row before the reshape is the same)."""
+    shape, result = reshape.args[1], add.ty.shape
+    if not (isinstance(shape, relax.ShapeExpr) and isinstance(result, relax.ShapeExpr)):
+        return False
+    dims = [int(d) for d in shape.values]
+    return dims[-1] == n and dims == [int(d) for d in result.values]
 
 
 def _is_op(expr, name: str) -> bool:

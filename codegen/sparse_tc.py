@@ -60,8 +60,9 @@ MIN_BLOCKS = 96
 class SparseTile:
     """The tiled kernel's block: 32 x `warps_n` output features by 64 tokens (warps_n x 2
     warps of 32 x 32), `steps` steps of 32 input channels per shared-memory stage; `groups`
-    such sets of warps split the input channels; `buffers` 2 double-buffers the stages in
-    shared memory, 1 holds the next one in registers (two barriers a stage, half the shared
+    such sets of warps split the input channels. The next stage's loads wait in registers
+    while the warps multiply; with `buffers` 2 the stages alternate between two shared
+    buffers (one barrier a stage), with 1 they share one (two barriers, half the shared
     memory)."""
 
     warps_n: int
@@ -290,7 +291,8 @@ def choose_tile(rows: int, in_features: int, out_features: int,
     if rows < TILED_MIN_ROWS:
         return None
     usable = [t for t in TILES if out_features % t.outputs == 0
-              and in_features % (32 * t.steps) == 0]
+              and in_features % (32 * t.steps) == 0
+              and in_features // (32 * t.steps) >= t.groups]  # no idle group
     named = [t for t in usable if t.name == wanted]
     if named or not usable:
         return named[0] if named else None

@@ -138,6 +138,13 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
     tiled = sorted((k, v["blocks"]) for k, v in kernels.items() if "sparse_matmul" in k)
     assert tiled == [("sparse_matmul1_tc_bias", [1, 4, 1]), ("sparse_matmul_tc_bias", [2, 4, 1])]
     assert not any(k.startswith(("add", "fused_add")) for k in kernels)
+    # tokens in a batch (the product reshaped back to [2, 100, 128] before the bias add)
+    batched = honer.compile(model, (torch.randn(2, 100, 256),), target="cuda:precision=fp16",
+                            passes=spec)
+    kernels = batched.report["build"]["kernels"]
+    assert sorted(k for k in kernels if "sparse_matmul" in k) == [
+        "sparse_matmul1_tc_bias", "sparse_matmul_tc_bias"]
+    assert not any(k.startswith(("add", "fused_add")) for k in kernels)
     # a named block where it divides the layer: 128 outputs x 64 tokens, 8 warps, 64
     # channels per stage (the 64-output layer keeps a 64-output block)
     wide = honer.compile(model, (torch.randn(200, 256),),
@@ -161,7 +168,7 @@ def test_sparse_tile_fills_the_gpu():
     assert choose_tile(256, 96, 8192).name == "128x64x32"  # 96 channels: 3 steps
     assert choose_tile(256, 4096, 4096, "64x64x64").name == "64x64x64"
     assert choose_tile(200, 256, 64, "128x64x64").name == "64x64x128"  # does not divide
-    assert choose_tile(200, 80, 64) is None  # 80 channels: no whole stage of 32 + 32
+    assert choose_tile(200, 32, 64).name == "64x64x32"  # one stage: no group split
 
 
 @needs_nvcc
