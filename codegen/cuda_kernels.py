@@ -99,13 +99,13 @@ class _BiasFolder(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not (_is_op(call, "relax.add") and isinstance(call.args[0], relax.Var)):
+        if not (is_op(call, "relax.add") and isinstance(call.args[0], relax.Var)):
             return call
         y, bias = call.args
         source, reshape = self._only_use(y), None
-        if _is_op(source, "relax.reshape") and isinstance(source.args[0], relax.Var):
+        if is_op(source, "relax.reshape") and isinstance(source.args[0], relax.Var):
             source, reshape = self._only_use(source.args[0]), source
-        if not (_is_op(source, "relax.call_tir")
+        if not (is_op(source, "relax.call_tir")
                 and self.mod[source.args[0]].attrs.get(self.bias_free, False)):
             return call
         out = source.ty_args[0]
@@ -140,6 +140,7 @@ def _keeps_columns(reshape: relax.Call, add: relax.Call, n: int) -> bool:
     return dims[-1] == n and dims == [int(d) for d in result.values]
 
 
-def _is_op(expr, name: str) -> bool:
+def is_op(expr: relax.Expr | None, name: str) -> bool:
+    """Whether `expr` is a call of the Relax operator `name` (e.g. "relax.add")."""
     return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) \
         and expr.op.name == name

@@ -31,6 +31,7 @@ from tvm import relax, tirx
 from ..errors import BuildError
 from . import int8_tc, sparse_tc
 from .build import last_error_line
+from .cuda_kernels import is_op
 from .gpu_matmul import TensorCoreMatmul
 from .relax_lower import LoweredModule
 
@@ -270,18 +271,14 @@ class _SwapCastTranspose(relax.PyExprMutator):
 
     def visit_call_(self, call: relax.Call) -> relax.Expr:
         call = super().visit_call_(call)
-        if not (_is_op(call, "relax.astype") and isinstance(call.args[0], relax.Var)):
+        if not (is_op(call, "relax.astype") and isinstance(call.args[0], relax.Var)):
             return call
         source = self.lookup_binding(call.args[0])
-        if not (_is_op(source, "relax.permute_dims") and isinstance(source.args[0], relax.Var)
+        if not (is_op(source, "relax.permute_dims") and isinstance(source.args[0], relax.Var)
                 and self.lookup_binding(source.args[0]) is None):
             return call
         cast = self.builder_.emit(R.astype(source.args[0], call.attrs.dtype))
         return R.permute_dims(cast, source.attrs.axes)
-
-
-def _is_op(expr: Any, name: str) -> bool:
-    return isinstance(expr, relax.Call) and isinstance(expr.op, tvm.ir.Op) and expr.op.name == name
 
 
 def _to_mixed_precision(mod: tvm.IRModule) -> tvm.IRModule:
