@@ -16,9 +16,10 @@ honer's compressed form), eight tokens are operand B, accumulation is float32. T
   (`sparse_tc_tiled_kernel`, whose body is the device function `honer_sparse_tiles` below;
   the tokens are cast to half before it, the layer's bias is added in its epilogue). The
   block is the target option `sparse_tile` (TILES), sized to the layer by `choose_tile`.
-  Measured on an H200 at 4096 x 4096 and 256 tokens: fragments loaded straight from global
-  memory ran at half the dense kernel's speed; 64 x 64 blocks staging 32 channels at 0.8x;
-  128 x 64 blocks staging 128 channels at 1.2x (benchmarks/results/gpu_check_sparse.json).
+  Measured on an H200 at 4096 x 4096 and 256 tokens, against honer's dense fp16 layer:
+  fragments loaded straight from global memory ran at half its speed; 64 x 64 blocks staging
+  32 channels at 0.8x; 128 x 64 blocks staging 128 channels at 1.39x its default tile, 1.24x
+  its best fixed one (benchmarks/results/gpu_check_sparse.json).
 
 Fragment layouts (PTX ISA, "Matrix fragments for mma.sp.m16n8k32 with .f16"), for lane l,
 g = l / 4 and t = l % 4:

@@ -26,7 +26,8 @@ class CudaTarget(Target):
                    "compiled by nvcc, Relax VM runtime; options arch=sm_80+sm_90, "
                    "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs), "
                    "mma_tile=auto|128x128|64x128|32x64|32x32 (fp16 tensor-core tile), "
-                   "sparse_tile=auto|128x64x64|... (2:4 kernel's outputs x tokens x channels)")
+                   f"sparse_tile={'|'.join(SPARSE_TILE_NAMES)} (2:4 kernel's outputs x "
+                   "tokens x channels a stage)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 
