@@ -63,10 +63,16 @@ class ArchLimits:
     registers_per_block: int = 65536
     registers_per_thread: int = 255
     static_shared_bytes: int = 48 * 1024
+    dynamic_shared_bytes: int = 99 * 1024  # per block, opted in (TVM does above 48 KB)
 
 
-ARCH_LIMITS = {"sm_80": ArchLimits(), "sm_86": ArchLimits(), "sm_89": ArchLimits(),
-               "sm_90": ArchLimits()}
+ARCH_LIMITS = {"sm_80": ArchLimits(dynamic_shared_bytes=163 * 1024), "sm_86": ArchLimits(),
+               "sm_89": ArchLimits(), "sm_90": ArchLimits(dynamic_shared_bytes=227 * 1024)}
+
+
+def dynamic_shared_limit(archs: tuple[str, ...]) -> int:
+    """The dynamic shared memory a block may have on every one of `archs`."""
+    return min(ARCH_LIMITS.get(a, ArchLimits()).dynamic_shared_bytes for a in archs)
 
 
 @dataclass
@@ -76,6 +82,7 @@ class KernelLaunch:
     registers: dict[str, int] = field(default_factory=dict)  # per arch, from ptxas
     shared_bytes: dict[str, int] = field(default_factory=dict)
     spill_bytes: dict[str, int] = field(default_factory=dict)
+    dynamic_shared_bytes: int = 0  # hand-written kernels' (dlight's are sized by TVM)
 
 
 @dataclass
@@ -135,12 +142,14 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
                workdir: Path) -> CudaBuild:
     target = tvm.target.Target(tvm_target)
     mod = int8_tc.on_tensor_cores(bools_as_int8(scans_as_matmul(lowered.mod)))
-    mod, half_params = _mixed_precision(mod, cfg.precision, cfg.sparse_tile)
+    mod, half_params = _mixed_precision(mod, cfg.precision, cfg.sparse_tile,
+                                        dynamic_shared_limit(cfg.archs))
     config = {"relax.backend.use_cuda_graph": cfg.graphs}  # read by RewriteCUDAGraph
     try:
         with target, tvm.transform.PassContext(opt_level=3, config=config):
             lowered_mod = gpu_pipeline(target, cfg)(mod)
-            launches = {name: KernelLaunch(*_launch_dims(f))
+            launches = {name: KernelLaunch(*_launch_dims(f),
+                                           dynamic_shared_bytes=_dynamic_shared_bytes(f))
                         for name, f in _device_kernels(lowered_mod).items()}
             executable = relax.build(lowered_mod, target=target, relax_pipeline=None)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
@@ -237,8 +246,8 @@ class _BoolsAsInt8(relax.PyExprMutator):
         return self.renamed.get(var, var)
 
 
-def _mixed_precision(mod: tvm.IRModule, precision: str,
-                     sparse_tile: str = "auto") -> tuple[tvm.IRModule, list[int]]:
+def _mixed_precision(mod: tvm.IRModule, precision: str, sparse_tile: str = "auto",
+                     shared_limit: int = 48 * 1024) -> tuple[tvm.IRModule, list[int]]:
     """float32 leaves the module alone; half precision converts matmuls and convs (fp32
     accumulation) and turns weights that are only ever cast to half into half params."""
     if precision == "float32":
@@ -249,7 +258,7 @@ def _mixed_precision(mod: tvm.IRModule, precision: str,
         return _to_bf16(mod), []
     # 2:4-sparse layers go to the sparse tensor cores, which take half inputs
     return _half_params(sparse_tc.on_tensor_cores(_casts_before_transposes(
-        _to_mixed_precision(mod)), sparse_tile), precision)
+        _to_mixed_precision(mod)), sparse_tile, shared_limit), precision)
 
 
 def _to_bf16(mod: tvm.IRModule) -> tvm.IRModule:
@@ -432,6 +441,14 @@ def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]
     return tuple(threads), tuple(blocks)
 
 
+_DYNAMIC_SHARED = re.compile(r'T\.alloc_buffer\(\((\d+),\), "uint8", scope="shared\.dyn"\)')
+
+
+def _dynamic_shared_bytes(func: tirx.PrimFunc) -> int:
+    """The byte buffers of dynamic shared memory a hand-written kernel allocates."""
+    return sum(int(m.group(1)) for m in _DYNAMIC_SHARED.finditer(func.script()))
+
+
 def _cuda_source(module: Any) -> str:
     """The CUDA C++ of the device module TVM generated (it holds it as source, see above)."""
     stack = [module]
@@ -514,6 +531,8 @@ def check_launch_limits(launches: dict[str, KernelLaunch], archs: tuple[str, ...
                  f"{regs} registers x {threads} threads"),
                 (k.shared_bytes.get(arch, 0) <= lim.static_shared_bytes,
                  f"{k.shared_bytes.get(arch, 0)} bytes of static shared memory"),
+                (k.dynamic_shared_bytes <= lim.dynamic_shared_bytes,
+                 f"{k.dynamic_shared_bytes} bytes of dynamic shared memory"),
             ]
             problems += [f"{name} on {arch}: {what}" for ok, what in checks if not ok]
     if problems:
@@ -524,6 +543,8 @@ def check_launch_limits(launches: dict[str, KernelLaunch], archs: tuple[str, ...
 def launch_report(launches: dict[str, KernelLaunch]) -> dict[str, Any]:
     return {name: {"threads": list(k.threads), "blocks": list(k.blocks),
                    "registers": k.registers, "shared_bytes": k.shared_bytes,
+                   **({"dynamic_shared_bytes": k.dynamic_shared_bytes}
+                      if k.dynamic_shared_bytes else {}),
                    **({"spill_bytes": k.spill_bytes} if any(k.spill_bytes.values()) else {})}
             for name, k in sorted(launches.items())}
 

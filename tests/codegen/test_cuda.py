@@ -136,7 +136,7 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
                          passes=spec)
     kernels = many.report["build"]["kernels"]
     tiled = sorted((k, v["blocks"]) for k, v in kernels.items() if "sparse_matmul" in k)
-    assert tiled == [("sparse_matmul1_tc_bias", [1, 4, 1]), ("sparse_matmul_tc_bias", [2, 4, 1])]
+    assert tiled == [("sparse_matmul1_tc_bias", [4, 1, 1]), ("sparse_matmul_tc_bias", [4, 2, 1])]
     assert not any(k.startswith(("add", "fused_add")) for k in kernels)
     # tokens in a batch (the product reshaped back to [2, 100, 128] before the bias add)
     batched = honer.compile(model, (torch.randn(2, 100, 256),), target="cuda:precision=fp16",
@@ -152,7 +152,17 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
     kernels = wide.report["build"]["kernels"]
     tiled = sorted((v["blocks"], v["threads"]) for k, v in kernels.items()
                    if "sparse_matmul" in k)
-    assert tiled == [([1, 4, 1], [32, 4, 1]), ([1, 4, 1], [32, 8, 1])]
+    assert tiled == [([4, 1, 1], [32, 4, 1]), ([4, 1, 1], [32, 8, 1])]
+    # a pipelined block: its stages in dynamic shared memory (three of 37,120 bytes), within
+    # what sm_80 and sm_90 give a block, not within sm_86's 99 KB
+    piped = honer.compile(model, (torch.randn(200, 256),),
+                          target="cuda:precision=fp16,sparse_tile=128x64x128p3", passes=spec)
+    wide_layer = piped.report["build"]["kernels"]["sparse_matmul_tc_bias"]
+    assert wide_layer["threads"] == [32, 8, 1]
+    assert wide_layer["dynamic_shared_bytes"] == 3 * 37120
+    with pytest.raises(HonerError, match="sm_86: 111360 bytes of dynamic shared memory"):
+        honer.compile(model, (torch.randn(200, 256),), passes=spec,
+                      target="cuda:precision=fp16,sparse_tile=128x64x128p3,arch=sm_86")
     with pytest.raises(HonerError, match="sparse_tile='64x64'"):
         get_target("cuda:sparse_tile=64x64")
 
@@ -162,12 +172,16 @@ def test_sparse_tile_fills_the_gpu():
 
     assert choose_tile(16, 4096, 4096) is None  # few tokens: the split-channel kernel
     # the choices measured fastest on an H200 (benchmarks/results/gpu_check_sparse.json)
-    assert choose_tile(256, 4096, 4096).name == "128x64x128"  # 128 blocks
-    assert choose_tile(256, 4096, 8192).name == "128x64x128"
-    assert choose_tile(64, 4096, 4096).name == "64x64x128"  # 64 blocks, 128 outputs: 32
+    assert choose_tile(256, 4096, 4096).name == "128x64x128p3"  # 128 blocks
+    assert choose_tile(256, 4096, 8192).name == "128x64x128p3"
+    assert choose_tile(64, 4096, 4096).name == "64x64x64p4"  # 64 blocks, 128 outputs: 32
+    # int8 values are converted on their way through registers: the register-staged tiles
+    assert choose_tile(256, 4096, 4096, half_values=False).name == "128x64x128"
+    # the pipeline's 111 KB of dynamic shared memory is more than sm_86 gives a block
+    assert choose_tile(256, 4096, 4096, shared_limit=99 * 1024).name == "128x64x64p4"
     assert choose_tile(256, 96, 8192).name == "128x64x32"  # 96 channels: 3 steps
     assert choose_tile(256, 4096, 4096, "64x64x64").name == "64x64x64"
-    assert choose_tile(200, 256, 64, "128x64x64").name == "64x64x128"  # does not divide
+    assert choose_tile(200, 256, 64, "128x64x64").name == "64x64x64p4"  # does not divide
     assert choose_tile(200, 32, 64).name == "64x64x32"  # one stage: no group split
 
 

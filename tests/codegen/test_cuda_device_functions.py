@@ -25,6 +25,23 @@ DRIVER = r"""
 #include <string>
 #include <type_traits>
 
+template <int WN_, int KS_, int G_, int B_, int P_>  // a tile of sparse_tc.TILES
+struct Shape {{ static constexpr int WN = WN_, KS = KS_, G = G_, B = B_, P = P_; }};
+
+// a block of a pipelined tile, which takes half values only
+template <int WN, int KS, int P>
+void pipeline(const __half* x, const __half* values, const unsigned char* index,
+              const float* scale, const float* bias, float* y, unsigned char* smem, int M,
+              int K, int N, int bn, int bm, int w, int l) {{
+  honer_sparse_pipeline<WN, KS, P, true>(x, values, index, scale, bias, y, smem, M, K, N, bn,
+                                         bm, w, l);
+}}
+template <int WN, int KS, int P>
+void pipeline(const __half*, const signed char*, const unsigned char*, const float*,
+              const float*, float*, unsigned char*, int, int, int, int, int, int, int) {{
+  std::exit(5);
+}}
+
 template <typename T>
 std::vector<T> load(const std::string& path, size_t n) {{
   std::vector<T> v(n);
@@ -52,36 +69,36 @@ int main(int argc, char** argv) {{
     auto x = load<__half>(dir + "/a", (size_t)M * K);
     auto index = load<unsigned char>(dir + "/index", (size_t)K / 8 * N);
     auto scale = load<float>(dir + "/scale", N), bias = load<float>(dir + "/bias", N);
-    const bool with_bias = kind == "sparse_int8";  // (both kinds would only double the runs)
-    // side: the tile's warps along the outputs; padded: its steps per stage, groups and
-    // buffers (100 steps + 10 groups + buffers)
+    // (both kinds would only double the runs; the pipelined tiles take half values only)
+    const bool with_bias = kind == "sparse_int8";
+    // side: the index of the tile in sparse_tc.TILES (TILE_CASES); padded: its dynamic
+    // shared memory as sparse_tc counts it
     auto run = [&](auto values) {{
-      auto tiles = [&](auto warps_n, auto steps, auto groups, auto buffers) {{
-        constexpr int WN = decltype(warps_n)::value, KS = decltype(steps)::value;
-        constexpr int G = decltype(groups)::value, B = decltype(buffers)::value;
-        emu::launch(N / (32 * WN), (M + 63) / 64, 2 * WN * G,
-                    [&](int bn, int bm, int w, int l) {{
-          if (with_bias)
+      auto tiles = [&](auto shape) {{
+        using S = decltype(shape);
+        constexpr int WN = S::WN, KS = S::KS, G = S::G, B = S::B, P = S::P;
+        std::vector<unsigned char> smem;
+        if constexpr (P > 0) {{
+          if (padded != honer_sparse_pipeline_bytes<WN, KS, P>()) std::exit(4);
+          smem.assign(padded, 0xff);  // NaN halves wherever a copy is missing
+        }}
+        emu::launch((M + 63) / 64, N / (32 * WN), 2 * WN * G,
+                    [&](int bm, int bn, int w, int l) {{
+          if constexpr (P > 0) {{
+            pipeline<WN, KS, P>(x.data(), values.data(), index.data(), scale.data(),
+                                bias.data(), y.data(), smem.data(), M, K, N, bn, bm, w, l);
+          }} else if (with_bias)
             honer_sparse_tiles<WN, KS, G, B, true>(x.data(), values.data(), index.data(),
-                                                   scale.data(), bias.data(), y.data(), M, K, N,
-                                                   bn, bm, w, l);
+                                                       scale.data(), bias.data(), y.data(), M,
+                                                       K, N, bn, bm, w, l);
           else
-            honer_sparse_tiles<WN, KS, G, B, false>(x.data(), values.data(), index.data(),
-                                                    scale.data(), nullptr, y.data(), M, K, N,
-                                                    bn, bm, w, l);
+            honer_sparse_tiles<WN, KS, G, B, false>(x.data(), values.data(),
+                                                        index.data(), scale.data(), nullptr,
+                                                        y.data(), M, K, N, bn, bm, w, l);
         }});
       }};
-      using one = std::integral_constant<int, 1>;
-      using two = std::integral_constant<int, 2>;
-      using four = std::integral_constant<int, 4>;
-      switch (side * 1000 + padded) {{
-        case 2112: tiles(two{{}}, one{{}}, one{{}}, two{{}}); break;
-        case 2122: tiles(two{{}}, one{{}}, two{{}}, two{{}}); break;
-        case 2212: tiles(two{{}}, two{{}}, one{{}}, two{{}}); break;
-        case 2411: tiles(two{{}}, four{{}}, one{{}}, one{{}}); break;
-        case 4112: tiles(four{{}}, one{{}}, one{{}}, two{{}}); break;
-        case 4212: tiles(four{{}}, two{{}}, one{{}}, two{{}}); break;
-        case 4411: tiles(four{{}}, four{{}}, one{{}}, one{{}}); break;
+      switch (side) {{
+{tile_cases}
         default: std::exit(3);
       }}
     }};
@@ -93,6 +110,13 @@ int main(int argc, char** argv) {{
 """
 
 
+# the driver's instance of the tiled kernel for each of sparse_tc.TILES, by index
+TILE_CASES = "\n".join(
+    f"        case {i}: tiles(Shape<{t.warps_n}, {t.steps}, {t.groups}, {t.buffers}, "
+    f"{t.pipeline}>{{}}); break;"
+    for i, t in enumerate(sparse_tc.TILES))
+
+
 @pytest.fixture(scope="module")
 def emulator(tmp_path_factory) -> Path:
     compiler = shutil.which("g++")
@@ -100,7 +124,8 @@ def emulator(tmp_path_factory) -> Path:
         pytest.skip("g++ not installed")
     work = tmp_path_factory.mktemp("warp_emulator")
     source = work / "driver.cpp"
-    source.write_text(DRIVER.format(sources=sparse_tc.DEVICE_SOURCE + int8_tc.DEVICE_SOURCE))
+    source.write_text(DRIVER.format(sources=sparse_tc.DEVICE_SOURCE + int8_tc.DEVICE_SOURCE,
+                                    tile_cases=TILE_CASES))
     binary = work / "driver"
     built = subprocess.run([compiler, "-std=c++20", "-O1", "-pthread", f"-I{HERE}", "-o",
                             str(binary), str(source)], capture_output=True, text=True)
@@ -133,21 +158,27 @@ def test_int8_tiles_are_the_integer_product(emulator, tmp_path, side):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize("tile", sparse_tc.TILES, ids=lambda t: t.name)
-@pytest.mark.parametrize("int8_values", [False, True], ids=["half", "int8"])
+@pytest.mark.parametrize(("tile", "int8_values"), [
+    pytest.param(t, int8, id=f"{'int8' if int8 else 'half'}-{t.name}")
+    for t in sparse_tc.TILES for int8 in (False, True)
+    if not (int8 and t.pipeline)])  # the pipelined tiles take half values
 def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values, tile):
     """The tiled mma.sp kernel in each of its block shapes: 70 tokens (a partial tile), 160,
     192 or 384 input channels (five or three stages, through both shared-memory buffers or
     through the one buffer, or split 3 + 2 between two groups of warps), 256 outputs (two or
-    four tiles); values in half, or int8 with a scale per output and a bias."""
+    four tiles); values in half, or int8 with a scale per output and a bias. The pipelined
+    tiles (half values, with a bias) get 2 S + 1 stages: twice round their S buffers."""
     rng = np.random.default_rng(int8_values)
     m, k, n = 70, {1: 160, 2: 192, 4: 384}[tile.steps], 256  # 160: a split of 3 and 2 stages
+    if tile.pipeline:
+        k = 32 * tile.steps * (2 * tile.pipeline + 1)
     x = rng.standard_normal((m, k)).astype(np.float16)
     dense = sparse24.prune_24(rng.standard_normal((n, k)).astype(np.float32))
     values, index = compress_24(dense)  # [n, k/2], [n, k/8]
     scale, bias = np.ones(n, np.float32), np.zeros(n, np.float32)
-    if int8_values:
+    if int8_values or tile.pipeline:
         bias = rng.standard_normal(n).astype(np.float32)
+    if int8_values:
         values, scale = sparse24.int8_rows(values)
         stored = values.T
     else:
@@ -155,7 +186,7 @@ def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values, ti
     got = _run(emulator, "sparse_int8" if int8_values else "sparse_half", tmp_path,
                {"a": x, "b": stored, "index": index.T, "scale": scale.astype(np.float32),
                 "bias": bias}, m, k, n,
-               side=tile.warps_n, padded=100 * tile.steps + 10 * tile.groups + tile.buffers)
+               side=sparse_tc.TILES.index(tile), padded=tile.dynamic_shared_bytes)
     kept = _decompress(stored.T.astype(np.float64), index, k)
     want = x.astype(np.float64) @ kept.T * scale.reshape(-1) + bias
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())

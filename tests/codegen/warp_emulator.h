@@ -10,6 +10,7 @@
 #include <algorithm>
 #include <barrier>
 #include <cstring>
+#include <deque>
 #include <memory>
 #include <thread>
 #include <vector>
@@ -40,6 +41,10 @@ inline std::barrier<>* block_barrier;
 inline std::barrier<>* warp_barriers[MAX_WARPS];
 inline unsigned A[MAX_WARPS][32][4], B[MAX_WARPS][32][4], meta[MAX_WARPS][32];
 inline const void* rows[MAX_WARPS][32];
+// cp.async: a copy reads its source when issued and lands when a wait retires its group
+struct Copy { void* dst; unsigned char bytes[16]; };
+inline thread_local std::vector<Copy> open_group;
+inline thread_local std::deque<std::vector<Copy>> in_flight;
 
 inline void leave_registers(const unsigned* a, int na, const unsigned* b, int nb, unsigned m) {
   std::memcpy(A[warp][lane], a, 4 * na);
@@ -142,4 +147,35 @@ inline void honer_ldmatrix_x4(unsigned* r, const void* row) {
   for (int j = 0; j < 4; ++j)
     std::memcpy(&r[j], static_cast<const char*>(emu::rows[emu::warp][8 * j + g]) + 4 * t, 4);
   emu::warp_done();
+}
+
+// the same, .trans: lane (g, t) receives in r[j] the halves at column g of rows 2 t, 2 t + 1
+inline void honer_ldmatrix_x4_trans(unsigned* r, const void* row) {
+  emu::rows[emu::warp][emu::lane] = row;
+  emu::warp_barriers[emu::warp]->arrive_and_wait();
+  const int g = emu::lane / 4, t = emu::lane % 4;
+  for (int j = 0; j < 4; ++j)
+    for (int h = 0; h < 2; ++h)
+      std::memcpy(reinterpret_cast<char*>(&r[j]) + 2 * h,
+                  static_cast<const char*>(emu::rows[emu::warp][8 * j + 2 * t + h]) + 2 * g, 2);
+  emu::warp_done();
+}
+
+// cp.async.cg.shared.global, 16 bytes (zeros when src_bytes is 0), and its groups: the data
+// lands only when a wait retires the group, so a read before its wait sees the old contents
+inline void honer_cp_async16(void* dst, const void* src, int src_bytes) {
+  emu::Copy copy{dst, {}};
+  if (src_bytes) std::memcpy(copy.bytes, src, 16);
+  emu::open_group.push_back(copy);
+}
+inline void honer_cp_async_commit() {
+  emu::in_flight.push_back(std::move(emu::open_group));
+  emu::open_group.clear();
+}
+template <int N>
+inline void honer_cp_async_wait() {
+  while (emu::in_flight.size() > N) {
+    for (const auto& copy : emu::in_flight.front()) std::memcpy(copy.dst, copy.bytes, 16);
+    emu::in_flight.pop_front();
+  }
 }
