@@ -29,6 +29,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
+from ..runtime.cuda_limits import UNKNOWN_ARCH_BYTES, dynamic_shared_bytes
 from . import int8_tc, sparse_tc
 from .build import last_error_line
 from .cuda_kernels import is_op
@@ -63,15 +64,16 @@ class ArchLimits:
     registers_per_block: int = 65536
     registers_per_thread: int = 255
     static_shared_bytes: int = 48 * 1024
-    dynamic_shared_bytes: int = 99 * 1024  # per block, opted in (TVM does above 48 KB)
+    dynamic_shared_bytes: int = UNKNOWN_ARCH_BYTES  # per block, opted in (TVM does, > 48 KB)
 
 
-ARCH_LIMITS = {"sm_80": ArchLimits(dynamic_shared_bytes=163 * 1024), "sm_86": ArchLimits(),
-               "sm_89": ArchLimits(), "sm_90": ArchLimits(dynamic_shared_bytes=227 * 1024)}
+ARCH_LIMITS = {arch: ArchLimits(dynamic_shared_bytes=dynamic_shared_bytes(arch))
+               for arch in ("sm_80", "sm_86", "sm_89", "sm_90")}
 
 
 def dynamic_shared_limit(archs: tuple[str, ...]) -> int:
-    """The dynamic shared memory a block may have on every one of `archs`."""
+    """The dynamic shared memory a block may have on every one of `archs` (an sm_80 build
+    that needs more than sm_86's is refused by the loader there: see runtime.cuda_limits)."""
     return min(ARCH_LIMITS.get(a, ArchLimits()).dynamic_shared_bytes for a in archs)
 
 

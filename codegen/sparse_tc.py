@@ -149,12 +149,13 @@ __device__ __forceinline__ void honer_cp_async16(void* dst, const void* src, int
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                :: "r"(address), "l"(src), "r"(src_bytes));
 }
+// (clobbering memory: the compiler must not move shared-memory reads across them)
 __device__ __forceinline__ void honer_cp_async_commit() {
-  asm volatile("cp.async.commit_group;\n" ::);
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
 template <int N>
 __device__ __forceinline__ void honer_cp_async_wait() {
-  asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+  asm volatile("cp.async.wait_group %0;\n" :: "n"(N) : "memory");
 }
 #endif
 

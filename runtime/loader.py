@@ -18,6 +18,7 @@ import numpy as np
 from ..errors import ArtifactError, InputError
 from .artifact import WEIGHTS, read_manifest, read_weights
 from .cpu import check_cpu_features
+from .cuda_limits import dynamic_shared_bytes
 from .standalone import open_aot_exec, open_aot_shared
 
 
@@ -186,9 +187,20 @@ def _open_relax_vm_cuda(path: Path, manifest: dict[str, Any], weights: list[np.n
     if not any(_runs_on(arch, a) for a in cuda["archs"]):
         raise ArtifactError(f"{path}: built for {built}, but this GPU ({device.device_name}) "
                             f"is {arch}; rebuild with target 'cuda:arch={arch}'")
+    check_shared_memory(path, cuda, arch, device.device_name)
     fatbin = listed_file(path, manifest, cuda.get("kernels")).read_bytes()
     _provide_prebuilt_kernels(cuda.get("source_sha256"), fatbin)
     return _run_on_vm(tvm, path, manifest, weights, device)
+
+
+def check_shared_memory(path: Path, cuda: Mapping[str, Any], arch: str, gpu: str) -> None:
+    """sm_80 machine code runs on sm_86 and sm_89 GPUs too, which give a block less shared
+    memory than sm_80 does: a kernel built to use more would fail at its first launch."""
+    need, limit = cuda.get("dynamic_shared_bytes", 0), dynamic_shared_bytes(arch)
+    if isinstance(need, int) and need > limit:
+        raise ArtifactError(f"{path}: its kernels take {need} bytes of shared memory a block, "
+                            f"and this GPU ({gpu}, {arch}) gives at most {limit}; rebuild "
+                            f"with target 'cuda:arch={arch}'")
 
 
 def _load_cuda_runtime(tvm: Any) -> bool:

@@ -98,6 +98,9 @@ class CudaTarget(Target):
                                "graphs": self.config.graphs,
                                "mma_tile": self.config.mma_tile,
                                "sparse_tile": self.config.sparse_tile,
+                               "dynamic_shared_bytes": max(
+                                   (k.dynamic_shared_bytes for k in build.launches.values()),
+                                   default=0),
                                "source_sha256": build.source_sha256}},
             report={"schedule": {"family": "dlight", "precision": self.config.precision,
                                  "archs": list(self.config.archs),

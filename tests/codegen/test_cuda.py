@@ -6,6 +6,7 @@ benchmarks/gpu_check.py's job (results in benchmarks/results/gpu_check.json)."""
 import json
 import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from honer import frontend
 from honer.codegen.gpu import bools_as_int8, scans_as_matmul
 from honer.errors import ArtifactError, BuildError, HonerError
 from honer.ir import interpret
-from honer.runtime.loader import _runs_on
+from honer.runtime.loader import _runs_on, check_shared_memory
 from honer.targets import get_target
 from honer.tests.models.repvgg import RepVGG, randomize_batch_norms
 from honer.tests.models.zoo import ZOO
@@ -160,6 +161,8 @@ def test_sparse_layers_run_on_sparse_tensor_cores_in_fp16():
     wide_layer = piped.report["build"]["kernels"]["sparse_matmul_tc_bias"]
     assert wide_layer["threads"] == [32, 8, 1]
     assert wide_layer["dynamic_shared_bytes"] == 3 * 37120
+    # for the loader, which refuses GPUs that give a block less (check_shared_memory)
+    assert piped.manifest["target"]["cuda"]["dynamic_shared_bytes"] == 3 * 37120
     with pytest.raises(HonerError, match="sm_86: 111360 bytes of dynamic shared memory"):
         honer.compile(model, (torch.randn(200, 256),), passes=spec,
                       target="cuda:precision=fp16,sparse_tile=128x64x128p3,arch=sm_86")
@@ -274,6 +277,13 @@ def test_machine_code_compatibility():
     assert _runs_on("sm_90", "sm_90") and _runs_on("sm_86", "sm_80")
     assert not _runs_on("sm_90", "sm_80") and not _runs_on("sm_80", "sm_86")
     assert not _runs_on("sm_90", "compute_90")
+    # sm_80 code on an sm_86 GPU, whose blocks get 99 KB of shared memory, not 163
+    piped = {"archs": ["sm_80"], "dynamic_shared_bytes": 111360}
+    check_shared_memory(Path("a.honer"), piped, "sm_80", "A100")
+    with pytest.raises(ArtifactError, match=r"111360 bytes .* \(RTX A6000, sm_86\) gives at "
+                                            r"most 101376; rebuild with target 'cuda:arch=sm_86'"):
+        check_shared_memory(Path("a.honer"), piped, "sm_86", "RTX A6000")
+    check_shared_memory(Path("a.honer"), {"archs": ["sm_80"]}, "sm_86", "RTX A6000")  # older
 
 
 def test_launch_limits_are_enforced():

@@ -55,6 +55,7 @@ int main(int argc, char** argv) {{
   const std::string kind = argv[1], dir = argv[2];
   const int M = std::stoi(argv[3]), K = std::stoi(argv[4]), N = std::stoi(argv[5]);
   const int side = std::stoi(argv[6]), padded = std::stoi(argv[7]), block = side * 32;
+  emu::land_at_issue = argc > 8 && std::string(argv[8]) == "land_at_issue";
   std::vector<float> y((size_t)M * N, -1.f);
   if (kind == "int8") {{
     auto xq = load<unsigned char>(dir + "/a", (size_t)padded * K);
@@ -78,10 +79,10 @@ int main(int argc, char** argv) {{
         using S = decltype(shape);
         constexpr int WN = S::WN, KS = S::KS, G = S::G, B = S::B, P = S::P;
         std::vector<unsigned char> smem;
-        if constexpr (P > 0) {{
+        if constexpr (P > 0)
           if (padded != honer_sparse_pipeline_bytes<WN, KS, P>()) std::exit(4);
-          smem.assign(padded, 0xff);  // NaN halves wherever a copy is missing
-        }}
+        // NaN halves wherever a copy is missing, block by block
+        auto fresh = [&] {{ smem.assign(padded, 0xff); }};
         emu::launch((M + 63) / 64, N / (32 * WN), 2 * WN * G,
                     [&](int bm, int bn, int w, int l) {{
           if constexpr (P > 0) {{
@@ -95,7 +96,7 @@ int main(int argc, char** argv) {{
             honer_sparse_tiles<WN, KS, G, B, false>(x.data(), values.data(),
                                                         index.data(), scale.data(), nullptr,
                                                         y.data(), M, K, N, bn, bm, w, l);
-        }});
+        }}, fresh);
       }};
       switch (side) {{
 {tile_cases}
@@ -134,11 +135,12 @@ def emulator(tmp_path_factory) -> Path:
 
 
 def _run(binary: Path, kind: str, work: Path, arrays: dict[str, np.ndarray],
-         m: int, k: int, n: int, side: int, padded: int = 0) -> np.ndarray:
+         m: int, k: int, n: int, side: int, padded: int = 0,
+         landing: str = "land_at_wait") -> np.ndarray:
     for name, a in arrays.items():
         np.ascontiguousarray(a).tofile(work / name)
     out = subprocess.run([str(binary), kind, str(work), str(m), str(k), str(n), str(side),
-                          str(padded or m)], check=True, capture_output=True)
+                          str(padded or m), landing], check=True, capture_output=True)
     return np.frombuffer(out.stdout, np.float32).reshape(m, n)
 
 
@@ -158,20 +160,33 @@ def test_int8_tiles_are_the_integer_product(emulator, tmp_path, side):
     np.testing.assert_array_equal(got, want)
 
 
-@pytest.mark.parametrize(("tile", "int8_values"), [
-    pytest.param(t, int8, id=f"{'int8' if int8 else 'half'}-{t.name}")
-    for t in sparse_tc.TILES for int8 in (False, True)
-    if not (int8 and t.pipeline)])  # the pipelined tiles take half values
-def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values, tile):
+def _tile_runs():
+    """(tile, int8 values, stages, cp.async landing) for each run of the tiled kernel."""
+    for t in sparse_tc.TILES:
+        if not t.pipeline:
+            yield from ((t, int8, None, "land_at_wait") for int8 in (False, True))
+            continue  # the pipelined tiles take half values
+        yield t, False, 2 * t.pipeline + 1, "land_at_wait"  # twice round the buffers
+        yield t, False, 2 * t.pipeline + 1, "land_at_issue"
+        yield t, False, 1, "land_at_wait"  # fewer stages than the pipeline holds
+
+
+@pytest.mark.parametrize(("tile", "int8_values", "stages", "landing"), [
+    pytest.param(*run, id="-".join(map(str, [run[0].name, "int8" if run[1] else "half",
+                                             *run[2:]])))
+    for run in _tile_runs()])
+def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, tile, int8_values, stages,
+                                             landing):
     """The tiled mma.sp kernel in each of its block shapes: 70 tokens (a partial tile), 160,
     192 or 384 input channels (five or three stages, through both shared-memory buffers or
     through the one buffer, or split 3 + 2 between two groups of warps), 256 outputs (two or
     four tiles); values in half, or int8 with a scale per output and a bias. The pipelined
-    tiles (half values, with a bias) get 2 S + 1 stages: twice round their S buffers."""
+    tiles (half values, with a bias) run `stages` stages, their copies landing as late or as
+    early as a GPU may land them (warp_emulator.h)."""
     rng = np.random.default_rng(int8_values)
     m, k, n = 70, {1: 160, 2: 192, 4: 384}[tile.steps], 256  # 160: a split of 3 and 2 stages
     if tile.pipeline:
-        k = 32 * tile.steps * (2 * tile.pipeline + 1)
+        k = 32 * tile.steps * stages
     x = rng.standard_normal((m, k)).astype(np.float16)
     dense = sparse24.prune_24(rng.standard_normal((n, k)).astype(np.float32))
     values, index = compress_24(dense)  # [n, k/2], [n, k/8]
@@ -186,7 +201,8 @@ def test_sparse_tiles_are_the_pruned_product(emulator, tmp_path, int8_values, ti
     got = _run(emulator, "sparse_int8" if int8_values else "sparse_half", tmp_path,
                {"a": x, "b": stored, "index": index.T, "scale": scale.astype(np.float32),
                 "bias": bias}, m, k, n,
-               side=sparse_tc.TILES.index(tile), padded=tile.dynamic_shared_bytes)
+               side=sparse_tc.TILES.index(tile), padded=tile.dynamic_shared_bytes,
+               landing=landing)
     kept = _decompress(stored.T.astype(np.float64), index, k)
     want = x.astype(np.float64) @ kept.T * scale.reshape(-1) + bias
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-4 * np.abs(want).max())

@@ -9,6 +9,8 @@
 #define HONER_WARP_EMULATOR
 #include <algorithm>
 #include <barrier>
+#include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <deque>
 #include <memory>
@@ -41,7 +43,10 @@ inline std::barrier<>* block_barrier;
 inline std::barrier<>* warp_barriers[MAX_WARPS];
 inline unsigned A[MAX_WARPS][32][4], B[MAX_WARPS][32][4], meta[MAX_WARPS][32];
 inline const void* rows[MAX_WARPS][32];
-// cp.async: a copy reads its source when issued and lands when a wait retires its group
+// cp.async: a copy reads its source when issued and lands when a wait retires its group,
+// or at once with land_at_issue (the two ends of when a GPU may land it: the first catches
+// reads before the wait, the second a buffer overwritten while other warps still read it)
+inline bool land_at_issue = false;
 struct Copy { void* dst; unsigned char bytes[16]; };
 inline thread_local std::vector<Copy> open_group;
 inline thread_local std::deque<std::vector<Copy>> in_flight;
@@ -63,11 +68,17 @@ inline float half_of(unsigned word, int j) {
   return (float)h[j];
 }
 
-// body(block_x, block_y, warp, lane) for every lane of every warp of every block
-template <typename Body>
-void launch(int blocks_x, int blocks_y, int warps, Body body) {
+inline void check_aligned(const void* p) {  // cp.async and ldmatrix addresses: 16 bytes
+  if (reinterpret_cast<std::uintptr_t>(p) % 16) std::abort();
+}
+
+// body(block_x, block_y, warp, lane) for every lane of every warp of every block, after
+// before_block()
+template <typename Body, typename Before = void (*)()>
+void launch(int blocks_x, int blocks_y, int warps, Body body, Before before_block = [] {}) {
   for (int by = 0; by < blocks_y; ++by)
     for (int bx = 0; bx < blocks_x; ++bx) {
+      before_block();
       std::barrier<> block(32 * warps);
       std::vector<std::unique_ptr<std::barrier<>>> per_warp;
       block_barrier = &block;
@@ -141,6 +152,7 @@ inline void honer_mma_sp_regs(float* acc, const unsigned* a, const unsigned* b, 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the address of row l % 8 of matrix
 // l / 8; lane (g, t) receives in r[j] the halves at columns 2 t, 2 t + 1 of row g of matrix j
 inline void honer_ldmatrix_x4(unsigned* r, const void* row) {
+  emu::check_aligned(row);
   emu::rows[emu::warp][emu::lane] = row;
   emu::warp_barriers[emu::warp]->arrive_and_wait();
   const int g = emu::lane / 4, t = emu::lane % 4;
@@ -151,6 +163,7 @@ inline void honer_ldmatrix_x4(unsigned* r, const void* row) {
 
 // the same, .trans: lane (g, t) receives in r[j] the halves at column g of rows 2 t, 2 t + 1
 inline void honer_ldmatrix_x4_trans(unsigned* r, const void* row) {
+  emu::check_aligned(row);
   emu::rows[emu::warp][emu::lane] = row;
   emu::warp_barriers[emu::warp]->arrive_and_wait();
   const int g = emu::lane / 4, t = emu::lane % 4;
@@ -164,9 +177,14 @@ inline void honer_ldmatrix_x4_trans(unsigned* r, const void* row) {
 // cp.async.cg.shared.global, 16 bytes (zeros when src_bytes is 0), and its groups: the data
 // lands only when a wait retires the group, so a read before its wait sees the old contents
 inline void honer_cp_async16(void* dst, const void* src, int src_bytes) {
+  emu::check_aligned(dst);
+  emu::check_aligned(src);
   emu::Copy copy{dst, {}};
   if (src_bytes) std::memcpy(copy.bytes, src, 16);
-  emu::open_group.push_back(copy);
+  if (emu::land_at_issue)
+    std::memcpy(dst, copy.bytes, 16);
+  else
+    emu::open_group.push_back(copy);
 }
 inline void honer_cp_async_commit() {
   emu::in_flight.push_back(std::move(emu::open_group));
