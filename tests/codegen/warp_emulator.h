@@ -72,6 +72,13 @@ inline void check_aligned(const void* p) {  // cp.async and ldmatrix addresses: 
   if (reinterpret_cast<std::uintptr_t>(p) % 16) std::abort();
 }
 
+// an ldmatrix's row address from every lane of the warp (emu::rows)
+inline void share_row(const void* row) {
+  check_aligned(row);
+  rows[warp][lane] = row;
+  warp_barriers[warp]->arrive_and_wait();
+}
+
 // body(block_x, block_y, warp, lane) for every lane of every warp of every block, after
 // before_block()
 template <typename Body, typename Before = void (*)()>
@@ -152,9 +159,7 @@ inline void honer_mma_sp_regs(float* acc, const unsigned* a, const unsigned* b, 
 // ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the address of row l % 8 of matrix
 // l / 8; lane (g, t) receives in r[j] the halves at columns 2 t, 2 t + 1 of row g of matrix j
 inline void honer_ldmatrix_x4(unsigned* r, const void* row) {
-  emu::check_aligned(row);
-  emu::rows[emu::warp][emu::lane] = row;
-  emu::warp_barriers[emu::warp]->arrive_and_wait();
+  emu::share_row(row);
   const int g = emu::lane / 4, t = emu::lane % 4;
   for (int j = 0; j < 4; ++j)
     std::memcpy(&r[j], static_cast<const char*>(emu::rows[emu::warp][8 * j + g]) + 4 * t, 4);
@@ -163,9 +168,7 @@ inline void honer_ldmatrix_x4(unsigned* r, const void* row) {
 
 // the same, .trans: lane (g, t) receives in r[j] the halves at column g of rows 2 t, 2 t + 1
 inline void honer_ldmatrix_x4_trans(unsigned* r, const void* row) {
-  emu::check_aligned(row);
-  emu::rows[emu::warp][emu::lane] = row;
-  emu::warp_barriers[emu::warp]->arrive_and_wait();
+  emu::share_row(row);
   const int g = emu::lane / 4, t = emu::lane % 4;
   for (int j = 0; j < 4; ++j)
     for (int h = 0; h < 2; ++h)
