@@ -27,7 +27,7 @@ class CudaTarget(Target):
                    "precision=fp32|fp16|bf16, graphs=on|off (CUDA graphs), "
                    "mma_tile=auto|128x128|64x128|32x64|32x32 (fp16 tensor-core tile), "
                    f"sparse_tile={'|'.join(SPARSE_TILE_NAMES)} (2:4 kernel's outputs x "
-                   "tokens x channels a stage)")
+                   "tokens x channels a stage; pS: S stages in a cp.async pipeline)")
     tools = (Tool("nvcc", "install the CUDA toolkit (it provides nvcc)"),
              Tool("g++", "install the system C++ compiler: apt-get install g++"))
 
