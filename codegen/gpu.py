@@ -74,7 +74,7 @@ ARCH_LIMITS = {arch: ArchLimits(dynamic_shared_bytes=dynamic_shared_bytes(arch))
 def dynamic_shared_limit(archs: tuple[str, ...]) -> int:
     """The dynamic shared memory a block may have on every one of `archs` (an sm_80 build
     that needs more than sm_86's is refused by the loader there: see runtime.cuda_limits)."""
-    return min(ARCH_LIMITS.get(a, ArchLimits()).dynamic_shared_bytes for a in archs)
+    return min(dynamic_shared_bytes(a) for a in archs)
 
 
 @dataclass
@@ -150,8 +150,7 @@ def build_cuda(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: GPUConfi
     try:
         with target, tvm.transform.PassContext(opt_level=3, config=config):
             lowered_mod = gpu_pipeline(target, cfg)(mod)
-            launches = {name: KernelLaunch(*_launch_dims(f),
-                                           dynamic_shared_bytes=_dynamic_shared_bytes(f))
+            launches = {name: _kernel_launch(f)
                         for name, f in _device_kernels(lowered_mod).items()}
             executable = relax.build(lowered_mod, target=target, relax_pipeline=None)
     except Exception as e:  # a TVM failure here is a honer bug or an unsupported shape
@@ -249,7 +248,7 @@ class _BoolsAsInt8(relax.PyExprMutator):
 
 
 def _mixed_precision(mod: tvm.IRModule, precision: str, sparse_tile: str = "auto",
-                     shared_limit: int = 48 * 1024) -> tuple[tvm.IRModule, list[int]]:
+                     shared_limit: int | None = None) -> tuple[tvm.IRModule, list[int]]:
     """float32 leaves the module alone; half precision converts matmuls and convs (fp32
     accumulation) and turns weights that are only ever cast to half into half params."""
     if precision == "float32":
@@ -425,12 +424,14 @@ _INT = r"(?:T\.int(?:32|64)\()?(\d+)\)?"
 _THREAD_BINDING = re.compile(
     rf'T\.thread_binding\((?:{_INT}, )?{_INT}, thread="(\w+)\.([xyz])"')
 _LAUNCH_THREAD = re.compile(rf'T\.launch_thread\("(\w+)\.([xyz])", {_INT}\)')
+_DYNAMIC_SHARED = re.compile(r'T\.alloc_buffer\(\((\d+),\), "uint8", scope="shared\.dyn"\)')
 
 
-def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]:
+def _kernel_launch(func: tirx.PrimFunc) -> KernelLaunch:
     """Thread and block extents a scheduled kernel binds (the largest seen per axis; symbolic
-    extents are left out). TVM's Python API has no TIR visitor any more, so they are read off
-    the printed TIR."""
+    extents are left out), and the dynamic shared memory a hand-written kernel allocates as
+    bytes (dlight's is sized by TVM). TVM's Python API has no TIR visitor any more, so they
+    are read off the printed TIR."""
     threads, blocks = [1, 1, 1], [1, 1, 1]
     script = func.script()
     bindings = [(int(m.group(2)) - int(m.group(1) or 0), m.group(3), m.group(4))
@@ -440,15 +441,8 @@ def _launch_dims(func: tirx.PrimFunc) -> tuple[tuple[int, ...], tuple[int, ...]]
     for extent, kind, axis in bindings:
         dims = threads if kind == "threadIdx" else blocks
         dims["xyz".index(axis)] = max(dims["xyz".index(axis)], extent)
-    return tuple(threads), tuple(blocks)
-
-
-_DYNAMIC_SHARED = re.compile(r'T\.alloc_buffer\(\((\d+),\), "uint8", scope="shared\.dyn"\)')
-
-
-def _dynamic_shared_bytes(func: tirx.PrimFunc) -> int:
-    """The byte buffers of dynamic shared memory a hand-written kernel allocates."""
-    return sum(int(m.group(1)) for m in _DYNAMIC_SHARED.finditer(func.script()))
+    dynamic = sum(int(m.group(1)) for m in _DYNAMIC_SHARED.finditer(script))
+    return KernelLaunch(tuple(threads), tuple(blocks), dynamic_shared_bytes=dynamic)
 
 
 def _cuda_source(module: Any) -> str:

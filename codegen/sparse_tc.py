@@ -441,15 +441,14 @@ def fits(rows: int, in_features: int, out_features: int) -> bool:
 
 
 def choose_tile(rows: int, in_features: int, out_features: int, wanted: str = "auto",
-                half_values: bool = True,
-                shared_limit: int = 227 * 1024) -> SparseTile | None:
+                half_values: bool = True, shared_limit: int | None = None) -> SparseTile | None:
     """The tiled kernel's block for the layer, None for the split-input-channel kernel (few
     tokens, or shapes no tile divides). `wanted` names a tile (taken where it divides the
     layer), or "auto": the first of TILES that divides the layer and gives MIN_BLOCKS
     blocks, else the first of those giving the most blocks. The pipelined tiles take half
     values only (int8 ones are converted on the way through registers), and automatically
     only where their buffers fit `shared_limit` (the dynamic shared memory a block may have
-    on the GPUs built for)."""
+    on the GPUs built for; None: no limit)."""
     if rows < TILED_MIN_ROWS:
         return None
     usable = [t for t in TILES if out_features % t.outputs == 0
@@ -457,7 +456,8 @@ def choose_tile(rows: int, in_features: int, out_features: int, wanted: str = "a
               and in_features // (32 * t.steps) >= t.groups  # no idle group
               and (half_values or not t.pipeline)]
     named = [t for t in usable if t.name == wanted]
-    usable = [t for t in usable if t.dynamic_shared_bytes <= shared_limit]
+    usable = [t for t in usable
+              if shared_limit is None or t.dynamic_shared_bytes <= shared_limit]
     if named or not usable:
         return named[0] if named else None
 
@@ -469,7 +469,7 @@ def choose_tile(rows: int, in_features: int, out_features: int, wanted: str = "a
 
 
 def on_tensor_cores(mod: tvm.IRModule, tile: str = "auto",
-                    shared_limit: int = 227 * 1024) -> tvm.IRModule:
+                    shared_limit: int | None = None) -> tvm.IRModule:
     """Every call of a `sparse_matmul` kernel whose shapes fit -> a tensor-core kernel; float
     values are cast to half where they are read, so the artifact stores them in half (see
     gpu._half_params). `tile` is the tiled kernel's block (TILE_NAMES); `shared_limit`, the
@@ -492,12 +492,12 @@ def _with_bias(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
 
 def called_in(cuda_source: str) -> bool:
     """Whether the kernels call DEVICE_SOURCE's functions."""
-    return any(f"{name}" in cuda_source
-               for name in (f"{MMA_SP}(", f"{SPARSE_TILES}<", f"{SPARSE_PIPELINE}<"))
+    return any(call in cuda_source
+               for call in (f"{MMA_SP}(", f"{SPARSE_TILES}<", f"{SPARSE_PIPELINE}<"))
 
 
 def _on_sparse_tensor_cores(builder: relax.BlockBuilder, func: tvm.tirx.PrimFunc,
-                            args: list[relax.Expr], wanted: str, shared_limit: int):
+                            args: list[relax.Expr], wanted: str, shared_limit: int | None):
     x, values, _, _, _ = func.params
     rows, k = (int(d) for d in x.shape)
     n, dtype = int(values.shape[1]), str(values.dtype)
@@ -590,10 +590,11 @@ def sparse_tc_tiled_kernel(rows: int, in_features: int, out_features: int,
     from tvm.script import tirx as T
 
     K, N, M = in_features, out_features, rows  # noqa: N806 - the matrix names
-    bias = str(with_bias).lower()
-    body = (f"{SPARSE_PIPELINE}<{tile.warps_n}, {tile.steps}, {tile.pipeline}, {bias}>"
+    adds_bias = str(with_bias).lower()  # the template argument
+    body = (f"{SPARSE_PIPELINE}<{tile.warps_n}, {tile.steps}, {tile.pipeline}, {adds_bias}>"
             if tile.pipeline else
-            f"{SPARSE_TILES}<{tile.warps_n}, {tile.steps}, {tile.groups}, {tile.buffers}, {bias}>")
+            f"{SPARSE_TILES}<{tile.warps_n}, {tile.steps}, {tile.groups}, {tile.buffers}, "
+            f"{adds_bias}>")
     attrs = {"tir.noalias": True, "tir.is_scheduled": True, "op_pattern": 8,
              BIAS_FREE: not with_bias, TILE_ATTR: tile.name}
 
