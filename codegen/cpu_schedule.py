@@ -25,6 +25,7 @@ from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 from .relax_lower import DECODED_WEIGHT
 from .tiles import local_accumulator, vectorized_init
+from .winograd import INPUT_BLOCK, KEEP_BLOCKS, OUTPUT_BLOCK, schedule_transforms
 
 DATA_PAR, COMM_REDUCE = 0, 2
 OPAQUE = 8  # relax op_pattern of kernels written by hand in TIR
@@ -47,6 +48,7 @@ class CPUScheduleConfig:
 class ScheduleStats:
     contractions: int = 0
     decoding: int = 0  # of which quantized products of a few rows (codegen/gemv.py)
+    winograd: int = 0  # of which 3x3 convs computed the Winograd way (codegen/winograd.py)
     reductions: int = 0
     elementwise: int = 0
     tuned: int = 0  # kernels that took a tuned schedule from the database
@@ -89,9 +91,13 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         _inline_elementwise_chains(sch)
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             _pad_contraction(sch, block, cfg)
-        if _next_contraction(sch, set()) is None and _schedule_row_group(sch, cfg, stats):
+        # blocks placed by a special rule or by the contraction rule (with their epilogues)
+        done = schedule_transforms(sch)
+        stats.winograd += INPUT_BLOCK in done
+        stats.elementwise += OUTPUT_BLOCK in done
+        if not done and _next_contraction(sch, set()) is None \
+                and _schedule_row_group(sch, cfg, stats):
             return sch.mod["main"]
-        done: set[str] = set()  # blocks the contraction rule placed (with their epilogues)
         if (gemv := find_gemv(sch)) is not None:
             done |= schedule_gemv(sch, gemv)
             stats.contractions += 1
@@ -117,11 +123,14 @@ def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:
     by two steps of a chain (GELU reads its input twice) has one consumer only once the chain
     is one block, and a reshape in front of a GELU ran as a copy pass of its own (a
     MiniLM-sized W8A8 GELU kernel: 0.128 -> 0.108 ms). A block feeding a reduction is left
-    alone (a conv's pad, softmax's exponentials are read many times each)."""
+    alone (a conv's pad, softmax's exponentials are read many times each), and so are the
+    Winograd transforms and their padded input (codegen/winograd.py schedules those)."""
     for block in reversed(sch.get_child_blocks(sch.get_sblock("root"))):
         kinds = _iter_kinds(sch, block)
         consumers = sch.get_consumers(block)
-        if kinds is None or COMM_REDUCE in kinds or len(consumers) != 1:
+        if kinds is None or COMM_REDUCE in kinds or len(consumers) != 1 \
+                or sch.get(block).name_hint in KEEP_BLOCKS \
+                or sch.get(consumers[0]).name_hint in KEEP_BLOCKS:
             continue
         consumer_kinds = _iter_kinds(sch, consumers[0])
         if consumer_kinds is None or COMM_REDUCE in consumer_kinds:

@@ -20,6 +20,7 @@ from tvm import relax
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
 from ..ir.ops import FREE_MERGE, attention_scale, slice_indices, tome_score_tables
+from . import winograd
 from .int8_dot import KERNEL as INT8_KERNEL
 from .int8_dot import W7_KERNEL
 
@@ -359,6 +360,21 @@ def _lower_conv_panels(bb, node, args, panel: int):
             axis=[rc, ri, rj]), name="panel_conv2d")
 
     y = bb.emit_te(conv, args[0], args[1], primfunc_name_hint="panel_conv2d")
+    if len(args) == 3:
+        y = _add_channel_bias(bb, node, y, args[2])
+    return _epilogue(bb, node, y)
+
+
+def _lower_conv_winograd(bb, node, args, panel: int):
+    """3x3 stride-1 conv the Winograd way (codegen/winograd.py); its kernel param is stored
+    transformed ("winograd<m>" layout). Two kernels: the input transform with the products,
+    then the output transform, into which bias, activation and residual add fuse."""
+    pads = [int(p) for p in node.attrs["padding"]]
+    out_shape = node.output.shape
+    m = bb.emit_te(winograd.transformed_product, args[0], args[1], pads, out_shape, panel,
+                   primfunc_name_hint=winograd.PRODUCT_BLOCK)
+    y = bb.emit_te(winograd.output_transform, m, out_shape, panel,
+                   primfunc_name_hint=winograd.OUTPUT_BLOCK)
     if len(args) == 3:
         y = _add_channel_bias(bb, node, y, args[2])
     return _epilogue(bb, node, y)
@@ -1252,6 +1268,8 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
       its slice of both operands along the reduction, coalesced only in that layout);
     - "convpanels<P>" (with `panel` P): an ungrouped 2-D conv kernel as [O / P, I, kh, kw, P],
       P output channels contiguous (see _lower_conv_panels);
+    - "winograd<m>" (with `panel`): a 3x3 stride-1 conv kernel transformed for the Winograd
+      convolution F(m x m, 3x3), [(m + 2)^2, O, I] (see codegen/winograd.py);
     - "HWIO": an ungrouped 2-D conv kernel with output channels last, so convs vectorize over
       output channels (GPUs, and channel counts P does not divide);
     - "as-is" otherwise."""
@@ -1264,6 +1282,10 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
     if ((_weight_only(v, "linear") or _weight_only(v, "int8_linear")) and transpose_linears) \
             or _quant_operand(v):
         return "transposed"
+    if panel and _weight_only(v, "conv"):
+        tiles = {winograd.choose(v.shape, u.attrs, u.output.shape) for u in v.users}
+        if len(tiles) == 1 and (m := tiles.pop()):
+            return f"{WINOGRAD}{m}"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
             u.attrs["groups"] == 1 for u in v.users):
         return f"{CONV_PANELS}{panel}" if panel and v.shape[0] % panel == 0 else "HWIO"
@@ -1278,6 +1300,7 @@ def _panels(a: np.ndarray, panel: int) -> np.ndarray:
 
 PANELS = "panels"  # the layout "panels<P>": see _kernel_layout
 CONV_PANELS = "convpanels"  # the layout "convpanels<P>": see _kernel_layout
+WINOGRAD = "winograd"  # the layout "winograd<m>": see _kernel_layout
 
 
 def int8_lanes(layout: str | None) -> int:
@@ -1302,6 +1325,11 @@ def conv_panel_width(layout: str | None) -> int:
     return _layout_width(layout, CONV_PANELS)
 
 
+def winograd_tile(layout: str | None) -> int:
+    """m of a "winograd<m>" layout, 0 for any other layout (or none)."""
+    return _layout_width(layout, WINOGRAD)
+
+
 def _layout_width(layout: str | None, prefix: str) -> int:
     return int(layout[len(prefix):]) if layout and layout.startswith(prefix) else 0
 
@@ -1312,6 +1340,8 @@ def stored_layout(layout: str) -> Callable[[np.ndarray], np.ndarray]:
         return functools.partial(_panels, panel=panel_width(layout) or conv_panel_width(layout))
     if int8_lanes(layout):
         return functools.partial(_int8_dot, lanes=int8_lanes(layout))
+    if winograd_tile(layout):
+        return functools.partial(winograd.transform_kernel, m=winograd_tile(layout))
     return STORED_LAYOUT[layout]
 
 
@@ -1379,6 +1409,8 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
                                      panel=panel_width(stored[id(node.inputs[0])]))
     elif node.op == "conv" and layout == "HWIO":
         lowering = _lower_conv_hwio
+    elif node.op == "conv" and winograd_tile(layout):
+        lowering = functools.partial(_lower_conv_winograd, panel=panel)
     elif node.op == "conv" and conv_panel_width(layout):
         lowering = functools.partial(_lower_conv_panels, panel=conv_panel_width(layout))
     elif node.op == "int8_linear":

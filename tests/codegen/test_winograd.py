@@ -1,0 +1,79 @@
+"""Winograd convolution (codegen/winograd.py): the transforms' algebra in numpy, which convs
+take it, and compiled convs against the IR interpreter's direct conv, with the shapes that
+exercise the tile grid (odd sizes, uneven and no padding, padded tile counts) and the fused
+epilogue (bias, activation, residual add)."""
+
+import numpy as np
+import pytest
+
+import honer
+from honer.codegen import winograd
+from honer.ir import Graph, interpret
+
+RNG = np.random.default_rng(0)
+CONV = {"strides": (1, 1), "dilation": (1, 1), "groups": 1}
+
+
+def const(*shape):
+    return RNG.standard_normal(shape).astype(np.float32) * 0.2
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_transforms_compute_the_tile_of_a_3x3_correlation(m):
+    algo = winograd.ALGORITHMS[m]
+    window = RNG.standard_normal((m + 2, m + 2))
+    kernel = RNG.standard_normal((3, 3))
+    u = algo.kernel @ kernel @ algo.kernel.T
+    v = algo.input_t @ window @ algo.input_t.T
+    tile = algo.output_t @ (u * v) @ algo.output_t.T
+    direct = np.array([[np.sum(window[i:i + 3, j:j + 3] * kernel) for j in range(m)]
+                       for i in range(m)])
+    np.testing.assert_allclose(tile, direct, rtol=1e-12, atol=1e-12)
+    stored = winograd.transform_kernel(kernel[None, None].astype(np.float32), m)
+    np.testing.assert_allclose(stored[:, 0, 0].reshape(m + 2, m + 2), u, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("kernel,attrs,out,m", [
+    ((64, 64, 3, 3), CONV, (1, 64, 56, 56), 4),
+    ((256, 256, 3, 3), CONV, (1, 256, 14, 14), 2),  # 16 tiles of 4 x 4: too few for F(4x4)
+    ((512, 512, 3, 3), CONV, (1, 512, 7, 7), 0),
+    ((512, 512, 3, 3), CONV, (8, 512, 7, 7), 4),
+    ((64, 64, 3, 3), {**CONV, "strides": (2, 2)}, (1, 64, 28, 28), 0),
+    ((64, 64, 3, 3), {**CONV, "dilation": (2, 2)}, (1, 64, 56, 56), 0),
+    ((64, 16, 3, 3), {**CONV, "groups": 4}, (1, 64, 56, 56), 0),
+    ((64, 64, 1, 1), CONV, (1, 64, 56, 56), 0),
+])
+def test_which_convs_take_which_algorithm(kernel, attrs, out, m):
+    assert winograd.choose(kernel, attrs, out) == m
+
+
+@pytest.mark.parametrize("m,size", [(4, 2), (2, 2), (4, 1), (2, 1)])
+def test_tile_grid_covers_the_output_in_whole_register_tiles(m, size):
+    out = (size, 8, 14, 13)
+    rows, slots = winograd.tile_grid(out, m, 16)
+    assert rows * m >= 14 and slots * m >= 13 and (size * rows * slots) % 16 == 0
+
+
+@pytest.mark.parametrize("batch,channels,size,padding", [
+    (1, 24, (13, 10), (1, 0, 2, 1)),  # F(2x2): odd output, uneven padding
+    (2, 32, (9, 9), (0, 0, 0, 0)),  # F(2x2): no padding
+    (1, 40, (30, 28), (1, 1, 1, 1)),  # F(4x4)
+    (2, 16, (19, 17), (2, 1, 0, 1)),  # F(4x4): odd sizes, batch, uneven padding
+])
+def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, padding):
+    g = Graph()
+    x = g.add_input("x", (batch, channels, *size), "float32")
+    r_shape = (batch, 48, size[0] + padding[0] + padding[2] - 2,
+               size[1] + padding[1] + padding[3] - 2)
+    r = g.add_input("r", r_shape, "float32")
+    y = g.op("conv", x, g.add_const(const(48, channels, 3, 3)), g.add_const(const(48)),
+             padding=padding, activation="relu", **CONV)
+    g.set_outputs([g.op("add", y, r)])
+    arrays = [const(batch, channels, *size), const(*r_shape)]
+    compiled = honer.compile(g, None, check=False)
+    want, = interpret(g, arrays)
+    got, = compiled.run(*arrays)
+    # F(4x4)'s transforms scale values by up to 8: a few 1e-6 of the output scale
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
+    stats = compiled.report["build"]["schedule"]
+    assert stats["winograd"] == 1 and stats["fallbacks"] == []
