@@ -17,9 +17,13 @@ when the weights are stored (layout "winograd<m>", [a^2, O, C]); a call runs two
 The result differs from the direct conv by float rounding only: about 1e-7 of the output
 scale for F(2x2), 1e-6 for F(4x4), whose transforms scale values by up to 8.
 
-The activations stay NCHW, so the tiles' pixels are m apart along a row: the transforms run
-one tile row per loop iteration with the tile's values unrolled in its body, and LLVM's loop
-vectorizer turns the strided loads and stores into wide ones with shuffles.
+The activations stay NCHW, so a tile's pixels are m apart along a row. The transforms run one
+tile row per loop iteration with the tile's values unrolled in the body, and LLVM vectorizes
+that loop from tile to tile: the input transform reads a padded copy of the input whose rows
+are dealt into m phases, the output transform writes the row's tiles to a small buffer and
+then deals them into the output's m rows (see input_transform and output_transform).
+Used on CPU targets (those with weight panels) by codegen/relax_lower.py; the CPU schedule
+(codegen/cpu_schedule.py) calls schedule_transforms for the two transform kernels.
 """
 
 from __future__ import annotations
