@@ -7,6 +7,11 @@ Results (with commit, machine and versions) go to benchmarks/results/cpu_latency
 
     .venv/bin/python -m honer.benchmarks.cpu_latency [--models vit bert resnet] [--batches 1 8]
 
+honer's GFLOP/s (the model's multiply-adds as if computed directly, so Winograd convs count
+the work they save) are given against the cores' float32 peak measured by a multiply-add loop
+(benchmarks/harness.py: 191 GFLOP/s for the 2 AVX2 cores here, not the 510 an AVX-512 estimate
+gave).
+
 honer compiles with its `exact` passes (constant folding, BatchNorm folding, linear and QKV
 merging, activation fusion: all exact to float rounding), the counterpart of the graph
 optimizations ONNX Runtime runs at ORT_ENABLE_ALL; `--passes` changes that.
@@ -20,7 +25,6 @@ import warnings
 
 from honer.benchmarks import harness
 
-PEAK_GFLOPS = {"x86_64": 510.0}  # the issue's figure for these 2 cores; see note in the output
 MODELS = {"vit": "vit_deit_tiny", "bert": "bert_minilm", "resnet": "resnet18"}
 
 
@@ -95,14 +99,21 @@ def main() -> None:
             rows.append(bench_model(key, batch, args.threads, args.runs, tune,
                                     tuple(args.passes)))
             print(rows[-1], flush=True)
+    peak = harness.fp32_peak_gflops(args.threads)
+    for row in rows:
+        row["percent_of_peak"] = 100 * row["honer_gflops"] / peak if peak else None
     name = args.out or ("cpu_latency_tuned" if tune else "cpu_latency")
     path = harness.save(name, {"threads": args.threads, "rows": rows,
+                               "fp32_peak_gflops": peak,
                                "tune_budget_s": args.tune_budget if tune else 0})
     table = [[r["model"], r["batch"], r["median_ms"]["honer"], r["median_ms"]["onnxruntime"],
               r["median_ms"]["torch eager"], r["median_ms"]["torch.compile"],
-              r["ratio_vs_onnxruntime"], r["honer_gflops"]] for r in rows]
+              r["ratio_vs_onnxruntime"], r["honer_gflops"], r["percent_of_peak"] or "-"]
+             for r in rows]
     print(harness.table(table, ["model", "batch", "honer ms", "ORT ms", "eager ms",
-                                "torch.compile ms", "honer/ORT", "honer GFLOP/s"]))
+                                "torch.compile ms", "honer/ORT", "honer GFLOP/s", "% of peak"]))
+    print(f"fp32 peak of {args.threads} cores, measured: "
+          + (f"{peak:.0f} GFLOP/s" if peak else "no C compiler to measure it"))
     print(f"saved {path}")
 
 

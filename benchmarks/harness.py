@@ -109,6 +109,63 @@ def cpu_name() -> str:
     return "unknown"
 
 
+# Independent multiply-adds on registers, the widest vectors the compiler targets natively
+# (-march=native): the most float32 work per second a core can do, which is what a kernel's
+# GFLOP/s is a fraction of. Twelve accumulators cover the FMA latency on current x86 and ARM.
+PEAK_SOURCE = r"""
+#include <stdio.h>
+#include <time.h>
+#if defined(__AVX512F__)
+#define VBYTES 64
+#elif defined(__AVX__)
+#define VBYTES 32
+#else
+#define VBYTES 16
+#endif
+typedef float vec __attribute__((vector_size(VBYTES)));
+static double now(void) {
+  struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + t.tv_nsec * 1e-9;
+}
+int main(void) {
+  vec a[12], b, c;
+  for (int i = 0; i < VBYTES / 4; i++) { b[i] = 1.0001f; c[i] = -0.0001f; }
+  for (int k = 0; k < 12; k++) a[k] = b * (float)k;
+  long steps = 100000000;
+  double t0 = now();
+  for (long n = 0; n < steps; n++) {
+#pragma GCC unroll 12
+    for (int k = 0; k < 12; k++) a[k] = a[k] * b + c;
+  }
+  double seconds = now() - t0;
+  float sum = 0;
+  for (int k = 0; k < 12; k++) sum += a[k][0];
+  printf("%f %f\n", steps * 12.0 * 2 * (VBYTES / 4) / seconds / 1e9, sum);
+  return 0;
+}
+"""
+
+
+def fp32_peak_gflops(threads: int) -> float | None:
+    """The float32 peak of `threads` cores, measured: the multiply-add loop above compiled
+    with the system C compiler and run on every core at once (None without a compiler)."""
+    import shutil
+    import tempfile
+
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        return None
+    with tempfile.TemporaryDirectory(prefix="honer-peak-") as tmp:
+        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
+        src.write_text(PEAK_SOURCE)
+        build = subprocess.run([cc, "-O3", "-march=native", "-ffp-contract=fast", str(src),
+                                "-o", str(exe)], capture_output=True, text=True)
+        if build.returncode != 0:
+            return None
+        procs = [subprocess.Popen([str(exe)], stdout=subprocess.PIPE, text=True)
+                 for _ in range(threads)]
+        return sum(float(p.communicate()[0].split()[0]) for p in procs)
+
+
 def environment() -> dict[str, Any]:
     def version(pkg: str) -> str | None:
         try:
