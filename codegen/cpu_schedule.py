@@ -25,7 +25,8 @@ from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 from .relax_lower import DECODED_WEIGHT
 from .tiles import local_accumulator, vectorized_init
-from .winograd import INPUT_BLOCK, KEEP_BLOCKS, OUTPUT_BLOCK, schedule_transforms
+from .winograd import INPUT_BLOCK, OUTPUT_BLOCK, schedule_transforms
+from .winograd import role as winograd_role
 
 DATA_PAR, COMM_REDUCE = 0, 2
 OPAQUE = 8  # relax op_pattern of kernels written by hand in TIR
@@ -48,7 +49,8 @@ class CPUScheduleConfig:
 class ScheduleStats:
     contractions: int = 0
     decoding: int = 0  # of which quantized products of a few rows (codegen/gemv.py)
-    winograd: int = 0  # of which 3x3 convs computed the Winograd way (codegen/winograd.py)
+    winograd: int = 0  # of which Winograd conv kernels (codegen/winograd.py; identical convs
+    # share one kernel)
     reductions: int = 0
     elementwise: int = 0
     tuned: int = 0  # kernels that took a tuned schedule from the database
@@ -93,8 +95,8 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
             _pad_contraction(sch, block, cfg)
         # blocks placed by a special rule or by the contraction rule (with their epilogues)
         done = schedule_transforms(sch)
-        stats.winograd += INPUT_BLOCK in done
-        stats.elementwise += OUTPUT_BLOCK in done
+        stats.winograd += sum(winograd_role(name) == INPUT_BLOCK for name in done)
+        stats.elementwise += sum(winograd_role(name) == OUTPUT_BLOCK for name in done)
         if not done and _next_contraction(sch, set()) is None \
                 and _schedule_row_group(sch, cfg, stats):
             return sch.mod["main"]
@@ -129,8 +131,8 @@ def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:
         kinds = _iter_kinds(sch, block)
         consumers = sch.get_consumers(block)
         if kinds is None or COMM_REDUCE in kinds or len(consumers) != 1 \
-                or sch.get(block).name_hint in KEEP_BLOCKS \
-                or sch.get(consumers[0]).name_hint in KEEP_BLOCKS:
+                or winograd_role(sch.get(block).name_hint) \
+                or winograd_role(sch.get(consumers[0]).name_hint):
             continue
         consumer_kinds = _iter_kinds(sch, consumers[0])
         if consumer_kinds is None or COMM_REDUCE in consumer_kinds:

@@ -32,7 +32,7 @@ Lowering = Callable[[relax.BlockBuilder, Node, list[relax.Expr]], relax.Expr]
 class LoweredModule:
     mod: tvm.IRModule
     params: list[Value]  # weights in the order `main` takes them after the inputs
-    param_layouts: list[str]  # "as-is", "transposed" ([in, out] linear) or "HWIO" (conv)
+    param_layouts: list[str]  # how each weight is stored for the kernels: see _kernel_layout
 
     def stored_params(self, dtypes: Mapping[int, str] | None = None
                       ) -> Iterator[tuple[str, np.ndarray]]:
@@ -1283,7 +1283,7 @@ def _kernel_layout(v: Value, panel: int, transpose_linears: bool = True) -> str:
             or _quant_operand(v):
         return "transposed"
     if panel and _weight_only(v, "conv"):
-        tiles = {winograd.choose(v.shape, u.attrs, u.output.shape) for u in v.users}
+        tiles = {winograd.choose(v.shape, u.attrs, u.output.shape, v.dtype) for u in v.users}
         if len(tiles) == 1 and (m := tiles.pop()):
             return f"{WINOGRAD}{m}"
     if _weight_only(v, "conv") and len(v.shape) == 4 and all(
@@ -1350,6 +1350,8 @@ STORED_LAYOUT = {"transposed": lambda a: a.T, "HWIO": lambda a: a.transpose(2, 3
 
 
 def _stored_shape(v: Value, layout: str) -> tuple[int, ...]:
+    if m := winograd_tile(layout):  # computed, not transformed: a float64 copy of the kernel
+        return ((m + 2) ** 2, *v.shape[:2])
     # a zero-stride view stands in for the data: the same transpose, no memory
     return stored_layout(layout)(np.broadcast_to(np.zeros((), v.dtype), v.shape)).shape
 

@@ -44,7 +44,13 @@ def test_transforms_compute_the_tile_of_a_3x3_correlation(m):
     ((64, 64, 1, 1), CONV, (1, 64, 56, 56), 0),
 ])
 def test_which_convs_take_which_algorithm(kernel, attrs, out, m):
-    assert winograd.choose(kernel, attrs, out) == m
+    assert winograd.choose(kernel, attrs, out, "float32") == m
+
+
+@pytest.mark.parametrize("dtype,out", [("float16", (1, 64, 56, 56)), ("int32", (1, 64, 56, 56)),
+                                       ("float32", (64, 64, 1, 1)), ("float32", (32, 64, 2, 8))])
+def test_integer_half_and_narrow_convs_stay_direct(dtype, out):
+    assert winograd.choose((64, 64, 3, 3), CONV, out, dtype) == 0
 
 
 @pytest.mark.parametrize("m,size", [(4, 2), (2, 2), (4, 1), (2, 1)])
@@ -73,7 +79,25 @@ def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, pa
     compiled = honer.compile(g, None, check=False)
     want, = interpret(g, arrays)
     got, = compiled.run(*arrays)
-    # F(4x4)'s transforms scale values by up to 8: a few 1e-6 of the output scale
+    # F(4x4)'s transforms scale values by up to 8: up to 1e-5 of the output scale
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
     stats = compiled.report["build"]["schedule"]
     assert stats["winograd"] == 1 and stats["fallbacks"] == []
+
+
+@pytest.mark.parametrize("join", ["add", "concat"])
+def test_two_convs_joined_in_one_kernel_keep_their_transform_schedules(join):
+    """FuseOps puts both output transforms (and the join) in one kernel: the second's blocks
+    are renamed with a number, and a concat cannot move into either transform's loop."""
+    g = Graph()
+    x = g.add_input("x", (1, 16, 24, 24), "float32")
+    convs = [g.op("conv", x, g.add_const(const(16, 16, 3, 3)), padding=(1, 1, 1, 1), **CONV)
+             for _ in range(2)]
+    y = g.op("add", *convs) if join == "add" else g.op("concat", *convs, axis=1)
+    g.set_outputs([y])
+    arrays = [const(1, 16, 24, 24)]
+    compiled = honer.compile(g, None, check=False)
+    want, = interpret(g, arrays)
+    got, = compiled.run(*arrays)
+    np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
+    assert compiled.report["build"]["schedule"]["fallbacks"] == []
