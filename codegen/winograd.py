@@ -62,10 +62,13 @@ class Algorithm:
 # Lavin & Gray's matrices (interpolation points 0, -1, 1 and infinity; F(4x4) adds 2, -2).
 # Tile minimums: with fewer tiles the products are too small to keep two cores busy, and U
 # (a^2 / 9 the size of the kernel it replaces) is read for too few tiles: at batch 1 a model's
-# weights come from memory, not cache. ResNet-18 at batch 1, whole model, in turns: 31.2 ms
-# with these minimums, 33.5 with F(4x4) down to 16 tiles (its 14 x 14 stage), 34.2 with
-# F(2x2) from 64 tiles only (that stage direct), 35.3 with F(2x2) alone, 41.4 with direct
-# convs only; the 7 x 7 stage as 16 tiles of F(2x2) took 2.36 ms against the direct 2.17.
+# weights come from memory, not cache. ResNet-18 at batch 1, whole model, builds timed in
+# turns (benchmarks/winograd_choice.py), ms in two runs: these minimums 31.2 / 29.8; F(4x4)
+# down to 16 tiles (its 14 x 14 stage) 33.5 / 29.3; F(2x2) from 64 tiles only 34.2 / 30.3;
+# F(2x2) alone 35.3 / 30.9; direct convs only 41.4 / 35.1. The first three are within the
+# machine's noise of each other; of those, these minimums store the least weight (F(4x4) on
+# the 14 x 14 stage would quadruple its 7 MB). The 7 x 7 stage as 16 tiles of F(2x2) took
+# 2.36 ms against the direct conv's 2.17.
 F2 = Algorithm(
     m=2,
     input_t=np.array([[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]], float),
