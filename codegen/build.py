@@ -138,14 +138,27 @@ def build_kernels_object(mod: tvm.IRModule, tvm_target: dict[str, Any], path: Pa
             from e
 
 
-def export_library(executable: relax.VMExecutable, path: Path, workdir: Path) -> None:
-    """Links the executable into one shared library at `path` (via the system C++ compiler)."""
+def export_library(executable: relax.VMExecutable, path: Path, workdir: Path,
+                   objects: tuple[Path, ...] = ()) -> None:
+    """Links the executable, with any further object files, into one shared library at `path`
+    (via the system C++ compiler)."""
     log = io.StringIO()
     try:
         with contextlib.redirect_stdout(log):
-            executable.export_library(os.fspath(path), workspace_dir=os.fspath(workdir))
+            executable.export_library(os.fspath(path), workspace_dir=os.fspath(workdir),
+                                      addons=[os.fspath(o) for o in objects] or None)
     except Exception as e:
         raise BuildError(f"linking {path.name} failed: {last_error_line(e)}") from e
+
+
+def launches_through_hook(executable: relax.VMExecutable) -> bool:
+    """Whether the CPU kernels launch their parallel loops through the library's hook
+    (`__TVMBackendParallelLaunch`, which the loader can repoint at another thread pool): they
+    have parallel loops, and none calls TVM's barrier, which is TVM's by symbol and works only
+    on tasks that TVM's pool launched."""
+    sources = [m.inspect_source("ll") for m in executable.mod.imports if m.kind == "llvm"]
+    return any("__TVMBackendParallelLaunch" in s for s in sources) and \
+        not any("TVMBackendParallelBarrier" in s for s in sources)
 
 
 def last_error_line(e: Exception) -> str:

@@ -1,7 +1,8 @@
-/* honer's standalone runtime (see honer_rt.h): the symbols TVM-built kernels import, a
- * persistent thread pool for their parallel loops, and the executor of a model's call list. */
+/* honer's standalone runtime (see honer_rt.h): the symbols TVM-built kernels import (their
+ * parallel loops run on honer_pool.c), and the executor of a model's call list. */
 #define _GNU_SOURCE
 #include "honer_rt.h"
+#include "honer_pool.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -15,29 +16,13 @@
 #define DECLARE_MUTEX(name) static char name
 #else
 #include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
 #define LOCK(m) pthread_mutex_lock(m)
 #define UNLOCK(m) pthread_mutex_unlock(m)
 #define DECLARE_MUTEX(name) static pthread_mutex_t name = PTHREAD_MUTEX_INITIALIZER
 #endif
 
-#define MAX_THREADS 64
 #define MAX_ARGS 256
-/* Waiting: a short busy poll, then polls that yield the core (when cores are shared, a thread
- * that only spins keeps the one it waits for off the CPU), then sleep. Launches come back to
- * back within a model run, and waking a sleeping thread costs tens of microseconds. */
-#define SPIN_ROUNDS (1 << 10)
-#define YIELD_ROUNDS (1 << 12)
 #define TYPE_DLTENSOR_PTR 7 /* TVM FFI's type index of a DLTensor* argument */
-
-#if defined(__x86_64__) || defined(__i386__)
-#define CPU_RELAX() __builtin_ia32_pause()
-#elif defined(__aarch64__)
-#define CPU_RELAX() __asm__ __volatile__("yield")
-#else
-#define CPU_RELAX() ((void)0)
-#endif
 
 /* ---- errors: one message, written by whichever thread failed ---------------------------- */
 
@@ -247,172 +232,20 @@ HONER_API int TVMFFIFunctionCall(void* func, honer_any_t* args, int32_t num_args
   return ((const builtin_t*)func)->fn(args, num_args);
 }
 
-/* ---- thread pool ------------------------------------------------------------------------ */
+/* ---- parallel loops: honer_pool.c ------------------------------------------------------ */
 
-typedef struct { void* sync_handle; int32_t num_task; } group_env_t; /* TVMParallelGroupEnv */
-typedef int (*parallel_fn)(int task_id, group_env_t* penv, void* cdata);
 DECLARE_MUTEX(run_mu); /* one run at a time per model */
 
-#ifdef HONER_SINGLE_THREAD
-HONER_API int honer_set_num_threads(int n) { (void)n; return 1; }
-HONER_API int honer_num_threads(void) { return 1; }
-HONER_API int TVMBackendParallelLaunch(parallel_fn fn, void* cdata, int num_task) {
-  (void)num_task;
-  group_env_t env = {NULL, 1};
-  return fn(0, &env, cdata);
-}
-HONER_API int TVMBackendParallelBarrier(int task_id, group_env_t* penv) {
-  (void)task_id, (void)penv;
-  return 0;
-}
-#else
+HONER_API int honer_set_num_threads(int n) { return honer_pool_set_threads(n); }
+HONER_API int honer_num_threads(void) { return honer_pool_threads(); }
 
-/* Workers are created once and kept: spawning threads per launch costs more than most of the
- * kernels' parallel loops. A launch publishes one word, `work` = generation << 32 | tasks << 16
- * | next task; every thread (the caller too) claims tasks from it by compare-and-swap, so when
- * a worker is late (its core busy elsewhere) the others run its share instead of waiting, and
- * a worker that wakes after its launch ended sees another generation and claims nothing. */
-static struct {
-  pthread_mutex_t mu;
-  pthread_cond_t wake;
-  atomic_uint_fast64_t work;
-  atomic_int pending;  /* tasks of the current launch not finished */
-  atomic_int sleeping; /* workers waiting on `wake` (the launcher signals only if any) */
-  atomic_int failed;
-  int started;         /* workers created so far (ids 1..started) */
-  int threads;         /* threads a launch uses, the caller included */
-  parallel_fn fn;
-  void* cdata;
-  atomic_int barrier_count;
-  atomic_uint barrier_generation;
-} pool = {.mu = PTHREAD_MUTEX_INITIALIZER, .wake = PTHREAD_COND_INITIALIZER};
-
-static _Thread_local int in_task; /* a nested launch runs serially in its task */
-
-static int available_cores(void) {
-  cpu_set_t set;
-  if (sched_getaffinity(0, sizeof set, &set) == 0 && CPU_COUNT(&set) > 0) return CPU_COUNT(&set);
-  return 1;
+HONER_API int TVMBackendParallelLaunch(honer_parallel_fn fn, void* cdata, int num_task) {
+  return honer_pool_launch(fn, cdata, num_task);
 }
 
-static uint32_t generation_of(uint64_t w) { return (uint32_t)(w >> 32); }
-static int tasks_of(uint64_t w) { return (int)((w >> 16) & 0xffff); }
-
-/* Runs tasks of launch `w` until none is left to claim (or another launch has begun). */
-static void claim_and_run(uint64_t w) {
-  uint32_t generation = generation_of(w);
-  while (generation_of(w) == generation && (int)(w & 0xffff) < tasks_of(w)) {
-    if (!atomic_compare_exchange_weak(&pool.work, &w, w + 1)) continue; /* w reloaded */
-    /* claimed: the launch cannot end before this task does, so fn and cdata are its own */
-    group_env_t env = {NULL, tasks_of(w)};
-    in_task = 1;
-    if (pool.fn((int)(w & 0xffff), &env, pool.cdata) != 0) atomic_store(&pool.failed, 1);
-    in_task = 0;
-    atomic_fetch_sub_explicit(&pool.pending, 1, memory_order_acq_rel);
-    w = atomic_load(&pool.work);
-  }
+HONER_API int TVMBackendParallelBarrier(int task_id, honer_group_env_t* penv) {
+  return honer_pool_barrier(task_id, penv);
 }
-
-static uint64_t wait_for_launch(uint32_t seen) {
-  uint64_t now;
-  for (int spins = 0; spins < SPIN_ROUNDS + YIELD_ROUNDS; ++spins) {
-    now = atomic_load_explicit(&pool.work, memory_order_acquire);
-    if (generation_of(now) != seen) return now;
-    if (spins < SPIN_ROUNDS) CPU_RELAX(); else sched_yield();
-  }
-  pthread_mutex_lock(&pool.mu);
-  atomic_fetch_add(&pool.sleeping, 1); /* before the check: see TVMBackendParallelLaunch */
-  while (generation_of(now = atomic_load(&pool.work)) == seen) {
-    pthread_cond_wait(&pool.wake, &pool.mu);
-  }
-  atomic_fetch_sub(&pool.sleeping, 1);
-  pthread_mutex_unlock(&pool.mu);
-  return now;
-}
-
-static uint32_t start_generation[MAX_THREADS]; /* when each worker was created */
-
-static void* worker_main(void* arg) {
-  int id = (int)(intptr_t)arg;
-  uint32_t seen = start_generation[id]; /* a launch may be published before it first runs */
-  for (;;) {
-    uint64_t w = wait_for_launch(seen);
-    seen = generation_of(w);
-    if (id < tasks_of(w)) claim_and_run(w); /* the thread count may be below the workers' */
-  }
-  return NULL;
-}
-
-static int ensure_workers(int threads) {
-  if (threads > MAX_THREADS) threads = MAX_THREADS;
-  if (threads < 1) threads = 1;
-  while (pool.started < threads - 1) {
-    start_generation[pool.started + 1] = generation_of(atomic_load(&pool.work));
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, worker_main, (void*)(intptr_t)(pool.started + 1));
-    pthread_attr_destroy(&attr);
-    if (rc != 0) break; /* fewer threads than asked: still correct, only slower */
-    pool.started++;
-  }
-  pool.threads = threads < pool.started + 1 ? threads : pool.started + 1;
-  return pool.threads;
-}
-
-HONER_API int honer_set_num_threads(int n) {
-  LOCK(&run_mu); /* workers are created between runs, never during a launch */
-  int threads = ensure_workers(n > 0 ? n : available_cores());
-  UNLOCK(&run_mu);
-  return threads;
-}
-
-HONER_API int honer_num_threads(void) { return pool.threads ? pool.threads : available_cores(); }
-
-HONER_API int TVMBackendParallelLaunch(parallel_fn fn, void* cdata, int num_task) {
-  if (pool.threads == 0) ensure_workers(available_cores()); /* inside a run: serialized */
-  int n = (num_task <= 0 || num_task > pool.threads) ? pool.threads : num_task;
-  if (n <= 1 || in_task) {
-    group_env_t env = {NULL, 1};
-    return fn(0, &env, cdata);
-  }
-  pool.fn = fn, pool.cdata = cdata;
-  atomic_store(&pool.failed, 0);
-  atomic_store(&pool.pending, n);
-  uint64_t w = (uint64_t)(generation_of(atomic_load(&pool.work)) + 1) << 32 | (uint64_t)n << 16;
-  atomic_store(&pool.work, w); /* publishes the launch (sequentially consistent) */
-  /* a worker counts itself sleeping before it last checks `work`, so either it sees the new
-   * launch or this load sees it and the broadcast (under its mutex) reaches it */
-  if (atomic_load(&pool.sleeping) > 0) {
-    pthread_mutex_lock(&pool.mu);
-    pthread_cond_broadcast(&pool.wake);
-    pthread_mutex_unlock(&pool.mu);
-  }
-  claim_and_run(w);
-  for (int spins = 0; atomic_load_explicit(&pool.pending, memory_order_acquire) > 0; ++spins) {
-    if (spins < SPIN_ROUNDS) CPU_RELAX(); else sched_yield();
-  }
-  return atomic_load(&pool.failed) ? -1 : 0;
-}
-
-/* All tasks of the current launch meet here (a sense-reversing counter); each thread runs one
- * task at a time, so every task of a launch is eventually running when some wait here. */
-HONER_API int TVMBackendParallelBarrier(int task_id, group_env_t* penv) {
-  (void)task_id;
-  if (penv->num_task <= 1) return 0;
-  unsigned gen = atomic_load(&pool.barrier_generation);
-  if (atomic_fetch_add(&pool.barrier_count, 1) == penv->num_task - 1) {
-    atomic_store(&pool.barrier_count, 0);
-    atomic_fetch_add(&pool.barrier_generation, 1);
-  } else {
-    for (int spins = 0; atomic_load(&pool.barrier_generation) == gen; ++spins) {
-      if (spins < SPIN_ROUNDS) CPU_RELAX(); else sched_yield();
-    }
-  }
-  return 0;
-}
-#endif /* HONER_SINGLE_THREAD */
 
 /* ---- executor --------------------------------------------------------------------------- */
 

@@ -7,7 +7,9 @@ forms (`aot-shared`, `aot-exec`) need no TVM at all (runtime/standalone.py).
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -170,7 +172,38 @@ def _import_tvm_runtime() -> Any:
 
 def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
     tvm = _import_tvm_runtime()
-    return _run_on_vm(tvm, path, manifest, weights, tvm.runtime.device("cpu", 0))
+    runner = _run_on_vm(tvm, path, manifest, weights, tvm.runtime.device("cpu", 0))
+    if manifest["target"].get("thread_pool") == "honer":
+        runner.pool = _launch_on_honer_pool(listed_file(path, manifest,
+                                                        manifest["target"]["library"]))
+    return runner
+
+
+def _launch_on_honer_pool(library: Path) -> ctypes.CDLL:
+    """Points the library's parallel-launch hook, which TVM's loader just set to TVM's thread
+    pool, at the honer pool linked into it (runtime/honer_pool.c). TVM's pool yields its
+    cores while it waits, so any other busy process, even at nice 19, slowed a model 2-4x;
+    honer's pauses instead. Threads: TVM_NUM_THREADS, else OMP_NUM_THREADS, as TVM's pool
+    read them, else one per available core."""
+    lib = ctypes.CDLL(os.fspath(library))  # the handle TVM already holds: the same library
+    try:
+        hook = ctypes.c_void_p.in_dll(lib, "__TVMBackendParallelLaunch")
+        launch = ctypes.cast(lib.honer_pool_launch, ctypes.c_void_p).value
+    except (AttributeError, ValueError) as e:
+        raise ArtifactError(f"{library}: the manifest says honer's thread pool is linked in, "
+                            f"but the library lacks it ({e})") from e
+    hook.value = launch
+    lib.honer_pool_set_threads.argtypes = [ctypes.c_int]
+    lib.honer_pool_set_threads(_threads_from_environment())
+    return lib
+
+
+def _threads_from_environment() -> int:
+    for name in ("TVM_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(name, "").strip()
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 0
 
 
 def _open_relax_vm_cuda(path: Path, manifest: dict[str, Any], weights: list[np.ndarray]):
@@ -274,6 +307,7 @@ class VMRunner:
         self.device = device
         self.main = main
         self.params = params
+        self.pool: ctypes.CDLL | None = None  # honer's thread pool, where the kernels use it
 
     def to_device(self, arrays: list[np.ndarray]) -> list[Any]:
         return [self.runtime.tensor(x, self.device) for x in arrays]

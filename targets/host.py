@@ -11,7 +11,7 @@ from typing import Any
 
 from tvm.target import codegen as llvm_info
 
-from ..codegen.build import build_relax, export_library, tune_cpu
+from ..codegen.build import build_relax, export_library, launches_through_hook, tune_cpu
 from ..codegen.cpu_schedule import CPUScheduleConfig, ScheduleStats
 from ..codegen.int8_dot import best_intrinsic
 from ..codegen.relax_lower import LoweredModule
@@ -19,7 +19,7 @@ from ..codegen.tuning import TuneConfig, TunedKernels, TuningDatabase
 from ..errors import HonerError
 from ..runtime.cpu import X86_FEATURES, cpu_flags
 from .base import FLOAT_FREEDOMS, BuildOutput, CPUTarget, Tool
-from .standalone import CToolchain, build_standalone, schedule_report
+from .standalone import RUNTIME_DIR, CToolchain, build_standalone, compile_c, schedule_report
 
 LIBRARY = "model.so"
 FORMS = ("vm", "standalone")
@@ -110,8 +110,14 @@ class HostTarget(CPUTarget):
             built.manifest["cpu_features"] = self.cpu_features()
             return built
         executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats, tuned)
-        export_library(executable, out_dir / LIBRARY, workdir)
+        # honer's thread pool linked in, for the loader to run the parallel loops on in place
+        # of TVM's (runtime/honer_pool.c says why)
+        pool = () if not launches_through_hook(executable) else (
+            compile_c("gcc", ["-O2", "-std=c11", "-fPIC", "-fvisibility=hidden"],
+                      RUNTIME_DIR / "honer_pool.c", workdir, workdir),)
+        export_library(executable, out_dir / LIBRARY, workdir, pool)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
                            manifest={"library": LIBRARY, "device": "cpu",
-                                     "cpu_features": self.cpu_features()},
+                                     "cpu_features": self.cpu_features(),
+                                     "thread_pool": "honer" if pool else "tvm"},
                            report={"schedule": schedule_report(self.schedule(), stats)})

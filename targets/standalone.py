@@ -22,7 +22,7 @@ from ..errors import BuildError
 from .base import BuildOutput
 
 RUNTIME_DIR = Path(__file__).resolve().parent.parent / "runtime"
-RUNTIME_SOURCES = ("honer_rt.c",)
+RUNTIME_SOURCES = ("honer_rt.c", "honer_pool.c")
 LIBRARY = "model.so"
 DRIVER = "honer_main"
 WASM = "model.wasm"
@@ -60,16 +60,14 @@ def build_standalone(lowered: LoweredModule, tvm_target: dict[str, Any],
     shutil.copy(RUNTIME_DIR / "honer_rt.h", out_dir / "honer_rt.h")
     compile_flags = [*cc.flags, "-std=c11", "-fvisibility=hidden", "-Wall", f"-I{out_dir}"]
     compile_flags += [] if cc.wasm else ["-fPIC"]
-    objects = {"runtime": src / "honer_rt.o", "model": src / "model.o"}
-    _run(cc.cc, [*compile_flags, "-c", str(RUNTIME_DIR / "honer_rt.c"), "-o",
-                 str(objects["runtime"])], workdir)
-    _run(cc.cc, [*compile_flags, "-c", str(src / "model.c"), "-o", str(objects["model"])],
-         workdir)
-    linked = [str(objects["model"]), str(objects["runtime"]), str(src / "kernels.o")]
+    runtime = [compile_c(cc.cc, compile_flags, RUNTIME_DIR / name, src, workdir)
+               for name in RUNTIME_SOURCES]
+    model = compile_c(cc.cc, compile_flags, src / "model.c", src, workdir)
+    linked = [str(model), *map(str, runtime), str(src / "kernels.o")]
     link = _link_wasm if cc.wasm else _link_elf
     library, files, executable = link(cc, compile_flags, linked, src, out_dir, workdir)
-    sizes = {"runtime_code": text_bytes(objects["runtime"]),
-             "model_tables": text_bytes(objects["model"], data=True),
+    sizes = {"runtime_code": sum(map(text_bytes, runtime)),
+             "model_tables": text_bytes(model, data=True),
              "kernel_code": text_bytes(src / "kernels.o"),
              "weights": sum(n for _, n in plan.weights),
              "constants": len(plan.consts),
@@ -128,6 +126,13 @@ def _run(cc: str, args: list[str], workdir: Path) -> None:
     if proc.returncode != 0:
         raise BuildError(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}:\n"
                          + "\n".join(proc.stderr.strip().splitlines()[-15:]))
+
+
+def compile_c(cc: str, flags: list[str], source: Path, out_dir: Path, workdir: Path) -> Path:
+    """Compiles one C file into an object file in `out_dir`; returns its path."""
+    obj = out_dir / (source.stem + ".o")
+    _run(cc, [*flags, "-c", str(source), "-o", str(obj)], workdir)
+    return obj
 
 
 def text_bytes(obj: Path, data: bool = False) -> int:
