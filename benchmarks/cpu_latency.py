@@ -9,8 +9,8 @@ Results (with commit, machine and versions) go to benchmarks/results/cpu_latency
 
 honer's GFLOP/s (the model's multiply-adds as if computed directly, so Winograd convs count
 the work they save) are given against the cores' float32 peak measured by a multiply-add loop
-(benchmarks/harness.py: 191 GFLOP/s for the 2 AVX2 cores here, not the 510 an AVX-512 estimate
-gave).
+(benchmarks/harness.py: 191 GFLOP/s on the 2-core AVX2 host, 252 on the 2-core AVX-512 one,
+where the issue had estimated 510).
 
 honer compiles with its `exact` passes (constant folding, BatchNorm folding, linear and QKV
 merging, activation fusion: all exact to float rounding), the counterpart of the graph

@@ -182,9 +182,10 @@ def _open_relax_vm(path: Path, manifest: dict[str, Any], weights: list[np.ndarra
 def _launch_on_honer_pool(library: Path) -> ctypes.CDLL:
     """Points the library's parallel-launch hook, which TVM's loader just set to TVM's thread
     pool, at the honer pool linked into it (runtime/honer_pool.c). TVM's pool yields its
-    cores while it waits, so any other busy process, even at nice 19, slowed a model 2-4x;
-    honer's pauses instead. Threads: TVM_NUM_THREADS, else OMP_NUM_THREADS, as TVM's pool
-    read them, else one per available core."""
+    cores while it waits, so one other busy process slowed ResNet-18 2.2x at nice 19 and 12x
+    at nice 0; on honer's pool, which pauses instead, 1.4x and 2.2x (ONNX Runtime: 1.0x and
+    2.4x; benchmarks/background_load.py). Threads: TVM_NUM_THREADS, else OMP_NUM_THREADS, as
+    TVM's pool read them, else one per available core."""
     lib = ctypes.CDLL(os.fspath(library))  # the handle TVM already holds: the same library
     try:
         hook = ctypes.c_void_p.in_dll(lib, "__TVMBackendParallelLaunch")

@@ -23,6 +23,7 @@ from .standalone import RUNTIME_DIR, CToolchain, build_standalone, compile_c, sc
 
 LIBRARY = "model.so"
 FORMS = ("vm", "standalone")
+HOST_CC = CToolchain("gcc", platform.machine(), ("-O2",))  # the C compiler for this machine
 
 
 class HostTarget(CPUTarget):
@@ -105,15 +106,14 @@ class HostTarget(CPUTarget):
                              tvm.target.Target(self.tvm_target())) if tuning else None
         if self.form == "standalone":
             built = build_standalone(lowered, self.tvm_target(), self.schedule(), stats, tuned,
-                                     CToolchain("gcc", platform.machine(), ("-O2",)),
-                                     out_dir, workdir)
+                                     HOST_CC, out_dir, workdir)
             built.manifest["cpu_features"] = self.cpu_features()
             return built
         executable = build_relax(lowered, self.tvm_target(), self.schedule(), stats, tuned)
         # honer's thread pool linked in, for the loader to run the parallel loops on in place
         # of TVM's (runtime/honer_pool.c says why)
         pool = () if not launches_through_hook(executable) else (
-            compile_c("gcc", ["-O2", "-std=c11", "-fPIC", "-fvisibility=hidden"],
+            compile_c(HOST_CC.cc, [*HOST_CC.flags, "-std=c11", "-fPIC", "-fvisibility=hidden"],
                       RUNTIME_DIR / "honer_pool.c", workdir, workdir),)
         export_library(executable, out_dir / LIBRARY, workdir, pool)
         return BuildOutput(files=[LIBRARY], form="relax-vm",
