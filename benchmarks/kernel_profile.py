@@ -19,6 +19,7 @@ def profile(key: str, passes: list[str], batch: int = 1) -> list[dict]:
     import tvm
 
     import honer
+    from honer.codegen.attention import is_attention
     from honer.codegen.build import _call_counts, _fused_module, _kernels
     from honer.codegen.cpu_schedule import schedule_module
     from honer.codegen.tuning import measure_kernel
@@ -35,7 +36,9 @@ def profile(key: str, passes: list[str], batch: int = 1) -> list[dict]:
     counts = _call_counts(mod)
     tvm_target = tvm.target.Target(target.tvm_target())
     rows = []
-    for name, func in _kernels(mod).items():
+    attention = {gv.name_hint: f for gv, f in mod.functions.items()
+                 if isinstance(f, tvm.tirx.PrimFunc) and is_attention(f)}
+    for name, func in {**_kernels(mod), **attention}.items():
         scheduled = schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
         ms = measure_kernel(scheduled, tvm_target)
         rows.append({"kernel": name, "calls": counts.get(name, 0), "ms": ms,

@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
+from .attention import is_attention, schedule_attention
 from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 from .relax_lower import DECODED_WEIGHT
@@ -53,6 +54,7 @@ class ScheduleStats:
     # share one kernel)
     reductions: int = 0
     elementwise: int = 0
+    attention: int = 0  # one-kernel attentions (codegen/attention.py)
     tuned: int = 0  # kernels that took a tuned schedule from the database
     serial: list[str] = field(default_factory=list)  # blocks with a loop-carried dependence
     fallbacks: list[str] = field(default_factory=list)  # functions left with default loops
@@ -86,6 +88,8 @@ def is_opaque(func: tirx.PrimFunc) -> bool:
 
 def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
                    stats: ScheduleStats) -> tirx.PrimFunc:
+    if is_attention(func):
+        return _schedule_attention_func(name, func, cfg, stats)
     if is_opaque(func):
         return func
     sch = s_tir.Schedule(func)
@@ -116,6 +120,18 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
     except Exception as e:  # noqa: BLE001 - a rule that does not fit: try the safe rules only
         stats.fallbacks.append(f"{name}: {type(e).__name__}")
         return _schedule_func_conservative(name, func, cfg, stats)
+
+
+def _schedule_attention_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
+                             stats: ScheduleStats) -> tirx.PrimFunc:
+    sch = s_tir.Schedule(func)
+    try:
+        schedule_attention(sch, cfg.lanes)
+    except Exception as e:  # noqa: BLE001 - correct with TVM's default loops, only slow
+        stats.fallbacks.append(f"{name}: {type(e).__name__}")
+        return func
+    stats.attention += 1
+    return sch.mod["main"]
 
 
 def _inline_elementwise_chains(sch: s_tir.Schedule) -> None:

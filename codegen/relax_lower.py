@@ -8,6 +8,7 @@ so compiled code stays small and weights live in the artifact's weight file. Sma
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from tvm import relax
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
 from ..ir.ops import FREE_MERGE, attention_scale, slice_indices, tome_score_tables
+from . import attention as fused
 from . import winograd
 from .int8_dot import KERNEL as INT8_KERNEL
 from .int8_dot import W7_KERNEL
@@ -467,6 +469,110 @@ def _lower_attention(bb, node, args, key_block: int = 0):
     out = R.matmul(probs, v)
     dv = node.inputs[2].type.shape[3]
     return R.reshape(bb.emit(out), [batch, heads, sq, dv]) if grouped else out
+
+
+@dataclass(frozen=True)
+class AttentionFold:
+    """A float attention lowered as one kernel (codegen/attention.py) that reads q, k and v
+    where the graph had them before viewing them head-major (`sources`, read as `operands`
+    say) and writes its output token-major where the graph transposes it so (`out`, None to
+    write it head-major as the attention's own)."""
+    sources: tuple[Value, ...]
+    operands: tuple[fused.Operand, ...]
+    out: Node | None
+
+
+HEAD_SWAP = (0, 2, 1, 3)  # [batch, tokens, heads, dim] <-> [batch, heads, tokens, dim]
+
+
+def fold_attention(graph: Graph) -> tuple[dict[int, AttentionFold], set[int]]:
+    """The attentions to lower as one kernel, and the ids of the nodes that kernel takes the
+    place of: transposes to and from head-major and, behind them, the per-head view of a
+    slice of channels, where this attention is their only user."""
+    folds: dict[int, AttentionFold] = {}
+    skipped: set[int] = set()
+    outputs = {id(v) for v in graph.outputs}
+    for node in graph.nodes:
+        if node.op != "attention" or len(node.inputs) != 3 or node.output.dtype != "float32" \
+                or node.inputs[0].shape[1] % node.inputs[1].shape[1]:
+            continue
+        sources, operands = [], []
+        for value in node.inputs:
+            source, operand, replaced = _attention_operand(value, node, outputs)
+            sources.append(source)
+            operands.append(operand)
+            skipped |= {id(n) for n in replaced}
+        users = node.output.users
+        out = users[0] if len(users) == 1 and id(node.output) not in outputs \
+            and users[0].op == "transpose" and tuple(users[0].attrs["perm"]) == HEAD_SWAP \
+            else None
+        if out is not None:
+            skipped.add(id(out))
+        folds[id(node)] = AttentionFold(tuple(sources), tuple(operands), out)
+    return folds, skipped
+
+
+def _attention_operand(value: Value, attention: Node, outputs: set[int],
+                       ) -> tuple[Value, fused.Operand, list[Node]]:
+    """Where the one-kernel attention reads `value` (a [batch, heads, tokens, dim] input of
+    `attention`): the value itself, head-major; the token-major value a transpose made it
+    from; or the [batch, tokens, channels] tensor a slice and a reshape took that from. With
+    the nodes no longer needed."""
+    swap = _made_for(value, attention, "transpose", outputs)
+    if swap is None or tuple(swap.attrs["perm"]) != HEAD_SWAP:
+        return value, fused.Operand(fused.HEAD_MAJOR), []
+    token_major = swap.inputs[0]
+    view = _made_for(token_major, swap, "reshape", outputs)
+    part = view and _made_for(view.inputs[0], view, "slice", outputs)
+    if part is None or len(part.inputs[0].shape) != 3 \
+            or view.inputs[0].shape != (*token_major.shape[:2], int(np.prod(
+                token_major.shape[2:]))) or tuple(a % 3 for a in part.attrs["axes"]) != (2,):
+        return token_major, fused.Operand(fused.TOKEN_MAJOR), [swap]
+    span = slice_indices(part.inputs[0].shape[2], part.attrs["starts"][0],
+                         part.attrs["ends"][0], part.attrs["steps"][0])
+    if span.step != 1:
+        return token_major, fused.Operand(fused.TOKEN_MAJOR), [swap]
+    return part.inputs[0], fused.Operand(fused.PACKED, span.start), [swap, view, part]
+
+
+def _made_for(value: Value, user: Node, op: str, outputs: set[int]) -> Node | None:
+    """The `op` node that made `value` if `user` is the only use of it (and it is no graph
+    output), else None."""
+    producer = value.producer
+    if producer is None or producer.op != op or id(value) in outputs \
+            or any(u is not user for u in value.users):
+        return None
+    return producer
+
+
+def _lower_fused_attention(bb, node: Node, fold: AttentionFold, env: dict[int, relax.Expr],
+                           key_block: int) -> None:
+    """Emits the one-kernel attention for `node` (see AttentionFold)."""
+    (batch, heads, queries, dim), (_, kv_heads, keys, _) = (v.shape for v in node.inputs[:2])
+    q, k, v = (env[id(s)] for s in fold.sources)
+    padded = -(-keys // key_block) * key_block
+    # k^T as [batch, kv_heads, dim, keys padded to whole tiles]: one copy
+    k_operand = fold.operands[1]
+    if k_operand.layout == fused.PACKED:
+        k = R.reshape(R.strided_slice(k, [2], [k_operand.offset],
+                                      [k_operand.offset + kv_heads * dim]),
+                      [batch, keys, kv_heads, dim])
+    head_major = k_operand.layout == fused.HEAD_MAJOR
+    kt = R.permute_dims(k, [0, 1, 3, 2] if head_major else [0, 2, 3, 1])
+    if padded != keys:
+        kt = R.nn.pad(kt, [0, 0, 0, 0, 0, 0, 0, padded - keys])
+    shape = fused.AttentionShape(
+        batch=batch, heads=heads, kv_heads=kv_heads, queries=queries, keys=keys, dim=dim,
+        value_dim=node.inputs[2].shape[3], scale=attention_scale(node.attrs, dim),
+        causal=bool(node.attrs["causal"]), q=fold.operands[0], v=fold.operands[2],
+        token_major_out=fold.out is not None)
+    with _naming(node):
+        out = bb.emit_te(functools.partial(fused.fused_attention, shape=shape), q,
+                         bb.emit(kt), v, primfunc_name_hint="attention",
+                         primfunc_attrs=fused.KERNEL_ATTRS)
+    target = fold.out if fold.out is not None else node
+    _check_shape(target, out)
+    env[id(target.output)] = out
 
 
 # ---- token reduction plans: the same steps as the numpy references in ir/ops.py ---------------
@@ -1382,10 +1488,15 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
         if id(c) not in env:
             env[id(c)] = _const(c.data, c.dtype)
     attrs = {"num_input": len(fn_inputs)}
+    # CPUs: attention as one kernel, with the transposes around it folded in
+    folds, skipped = fold_attention(graph) if panel else ({}, set())
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():
             for node in graph.nodes:
-                _emit_node(bb, node, env, stored, panel)
+                if id(node) in folds:
+                    _lower_fused_attention(bb, node, folds[id(node)], env, panel)
+                elif id(node) not in skipped:
+                    _emit_node(bb, node, env, stored, panel)
             outs = [env[id(v)] for v in graph.outputs]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
@@ -1425,15 +1536,22 @@ def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],
     elif node.op in COMPRESSED_LINEAR:
         lowering = functools.partial(COMPRESSED_LINEAR[node.op],
                                      layouts=[stored.get(id(v)) for v in node.inputs])
-    try:
+    with _naming(node):
         expr = bb.emit(lowering(bb, node, args))
-    except CodegenError:
-        raise
-    except Exception as e:  # TVM reports type errors as plain exceptions; name the node
-        raise CodegenError(f"lowering {node.name} ({node.op}, scope {node.scope!r}) failed: "
-                           f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from e
     _check_shape(node, expr)
     env[id(node.output)] = expr
+
+
+@contextlib.contextmanager
+def _naming(node: Node) -> Iterator[None]:
+    """TVM reports type errors as plain exceptions: name the node being lowered."""
+    try:
+        yield
+    except CodegenError:
+        raise
+    except Exception as e:  # noqa: BLE001 - re-raised as a CodegenError naming the node
+        raise CodegenError(f"lowering {node.name} ({node.op}, scope {node.scope!r}) failed: "
+                           f"{str(e).splitlines()[-1] if str(e) else type(e).__name__}") from e
 
 
 def _check_shape(node: Node, expr: relax.Expr) -> None:

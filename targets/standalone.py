@@ -112,7 +112,7 @@ def _link_wasm(cc: CToolchain, compile_flags: list[str], linked: list[str], src:
 def schedule_report(schedule: CPUScheduleConfig, stats: ScheduleStats) -> dict[str, Any]:
     return {"lanes": schedule.lanes, "int8_dot": schedule.int8_dot or None,
             "contractions": stats.contractions, "decoding": stats.decoding,
-            "winograd": stats.winograd,
+            "winograd": stats.winograd, "attention": stats.attention,
             "reductions": stats.reductions, "elementwise": stats.elementwise,
             "tuned": stats.tuned, "serial": stats.serial, "fallbacks": stats.fallbacks}
 

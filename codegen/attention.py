@@ -1,0 +1,206 @@
+"""Attention as one CPU kernel: scores, softmax and the product with the values per tile of
+query rows, while the tile is in L1.
+
+As three kernels (scores, softmax, product) the score matrix went through memory twice: at
+DeiT-Tiny's 197 tokens and batch 8 it is 4 MB, over the L2 of these cores, and the product
+with the values ran at 134 GFLOP/s against the projections' 190. One kernel also reads the
+queries and values where the model keeps them, token-major ([batch, tokens, heads, dim], the
+projection's output viewed per head), and writes its output so: the transposes around the
+attention (three copy kernels and one for the output, 5% of the ViT at batch 8) go.
+
+Each parallel task takes `ROWS` query rows of one head:
+- scores = q k^T for the rows, a register tile of ROWS x `key_block` keys at a time over the
+  head dimension (k^T comes padded to whole tiles, see codegen/relax_lower.py);
+- the scale and the mask (padded keys, causal) on the scores, the row maxima and exponentials,
+  the row sums, as `lanes` partials per row;
+- the product with the values over the real keys, ROWS x head-dim outputs in registers, divided
+  by the row sums as they are stored.
+The query rows are padded to whole tiles (the padded rows reread the last query and are never
+stored): a row predicate inside the loops kept LLVM from holding the product's accumulators in
+registers (0.28 against 0.21 ms for a DeiT-Tiny layer at batch 1).
+
+Used for float attention without a mask input on CPU targets (codegen/relax_lower.py); the CPU
+schedule (codegen/cpu_schedule.py) calls schedule_attention for the kernel.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import s_tir, te, tirx, topi
+
+ROWS = 8  # query rows per task: the product's tile is ROWS x head-dim accumulators
+PRODUCT_COLUMNS = 32  # the most head-dim columns of the product's tile (16 AVX-512 registers)
+SCORES = "attn_scores"
+MAX = "attn_max"
+SHIFT = "attn_shift"
+SUM = "attn_sum"
+PRODUCT = "attn_product"
+OUTPUT = "attn_out"
+# opaque to FuseOps (op_pattern 8): nothing is fused into the kernel, whose schedule knows
+# its blocks; named for the CPU schedule, which gives it schedule_attention
+KERNEL_ATTRS = {"op_pattern": 8, "honer.kernel": "attention"}
+TOKEN_MAJOR = "bshd"  # [batch, tokens, heads, dim]
+HEAD_MAJOR = "bhsd"  # [batch, heads, tokens, dim]
+PACKED = "packed"  # token-major heads inside [batch, tokens, channels], see Operand
+
+
+@dataclass(frozen=True)
+class Operand:
+    """Where the kernel reads q or v: head-major, token-major, or token-major heads packed in
+    a [batch, tokens, channels] tensor from channel `offset` on (the q, k and v of a merged
+    projection's output, sliced and viewed per head)."""
+    layout: str
+    offset: int = 0
+
+    def at(self, tensor: te.Tensor, dim: int, b, token, h, d):
+        if self.layout == PACKED:
+            return tensor[b, token, self.offset + h * dim + d]
+        if self.layout == TOKEN_MAJOR:
+            return tensor[b, token, h, d]
+        return tensor[b, h, token, d]
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What the kernel computes, besides its inputs."""
+    batch: int
+    heads: int
+    kv_heads: int
+    queries: int
+    keys: int  # real keys (k^T has more columns: padding to whole tiles)
+    dim: int  # of q and k
+    value_dim: int
+    scale: float
+    causal: bool
+    q: Operand
+    v: Operand
+    token_major_out: bool
+
+
+def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, shape: AttentionShape,
+                    ) -> te.Tensor:
+    """softmax(q k^T * scale, masked) v for q and v where `shape` says, k^T as
+    [batch, kv_heads, dim, padded keys]; heads share a k/v head in groups of
+    heads / kv_heads (grouped-query attention)."""
+    batch, heads, queries, dim, dv = (shape.batch, shape.heads, shape.queries, shape.dim,
+                                      shape.value_dim)
+    padded_keys = int(kt.shape[3])
+    rep = heads // shape.kv_heads
+    rows = min(ROWS, queries)
+    padded_rows = -(-queries // rows) * rows
+    dt = q.dtype
+    d = te.reduce_axis((0, dim), "d")
+    scores = te.compute(
+        (batch, heads, padded_rows, padded_keys),
+        lambda b, h, i, j: te.sum(shape.q.at(q, dim, b, tirx.min(i, queries - 1), h, d)
+                                  * kt[b, h // rep, d, j], axis=d), name=SCORES)
+    offset = shape.keys - queries  # a causal query sees the keys up to its own position
+
+    def masked(b, h, i, j):
+        allowed = j < shape.keys
+        if shape.causal:
+            allowed = tirx.all(allowed, j <= i + offset)
+        return tirx.Select(allowed, scores[b, h, i, j] * tirx.const(shape.scale, dt),
+                           tirx.const(-np.inf, dt))
+
+    j = te.reduce_axis((0, padded_keys), "j")
+    row_max = te.compute((batch, heads, padded_rows),
+                         lambda b, h, i: te.max(masked(b, h, i, j), axis=j), name=MAX)
+    exps = topi.fast_exp(te.compute((batch, heads, padded_rows, padded_keys),
+                                    lambda b, h, i, j: masked(b, h, i, j) - row_max[b, h, i],
+                                    name=SHIFT))
+    j2 = te.reduce_axis((0, padded_keys), "j2")
+    row_sum = te.compute((batch, heads, padded_rows),
+                         lambda b, h, i: te.sum(exps[b, h, i, j2], axis=j2), name=SUM)
+    jr = te.reduce_axis((0, shape.keys), "jr")
+    product = te.compute(
+        (batch, heads, padded_rows, dv),
+        lambda b, h, i, e: te.sum(exps[b, h, i, jr] * shape.v.at(v, dv, b, jr, h // rep, e),
+                                  axis=jr), name=PRODUCT)
+    if shape.token_major_out:
+        return te.compute((batch, queries, heads, dv),
+                          lambda b, i, h, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
+    return te.compute((batch, heads, queries, dv),
+                      lambda b, h, i, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
+
+
+def is_attention(func: tirx.PrimFunc) -> bool:
+    return (func.attrs or {}).get("honer.kernel") == "attention"
+
+
+def schedule_attention(sch: s_tir.Schedule, lanes: int) -> None:
+    """The schedule described above, for the kernel fused_attention builds (keys padded to a
+    multiple of `lanes`, of twice that where the lowering pads so)."""
+    sch.compute_inline(sch.get_sblock(SHIFT))
+    exps = sch.get_producers(sch.get_sblock(SUM))[0]
+    partials = [_lane_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)]
+    out = sch.get_sblock(OUTPUT)
+    b, x, y, e = sch.get_loops(out)
+    # which of the middle loops walks the heads: the one indexing the row sums' ([b, h, i])
+    stmt = sch.get(out)
+    sums = next(r for r in stmt.reads if r.source.name.startswith(SUM))
+    h, i = (x, y) if sums.region[1].min.same_as(stmt.iter_vars[1].var) else (y, x)
+    product = sch.get_sblock(PRODUCT)
+    tile = min(ROWS, _extent(sch, i))
+    io, ii = sch.split(i, [None, tile])
+    sch.reorder(b, h, io, ii, e)
+    task = sch.fuse(b, h, io)
+    sch.parallel(task)
+    sch.vectorize(e)
+    # everything else per task, last producer first
+    sch.compute_at(product, task, preserve_unit_loops=True)
+    for block in [sch.get_sblock(SUM), partials[1], exps, sch.get_sblock(MAX), partials[0],
+                  sch.get_sblock(SCORES)]:
+        sch.compute_at(block, task, preserve_unit_loops=True)
+    _schedule_product(sch, product)
+    _schedule_scores(sch, sch.get_sblock(SCORES), lanes)
+    sch.set_scope(exps, 0, "local")
+    sch.vectorize(sch.get_loops(exps)[-1])
+    for partial in partials:
+        lane, row, step = sch.get_loops(partial)[-3:]
+        sch.reorder(row, step, lane)
+        sch.vectorize(lane)
+        final = sch.get_consumers(partial)[0]
+        lane, row = sch.get_loops(final)[-2:]
+        sch.reorder(row, lane)
+
+
+def _lane_partials(sch: s_tir.Schedule, block, lanes: int):
+    """A row reduction as `lanes` partials per row (one vector per step), then one value."""
+    _, lane = sch.split(sch.get_loops(block)[-1], [None, lanes])
+    return sch.rfactor(lane, factor_axis=3)
+
+
+def _schedule_scores(sch: s_tir.Schedule, block, lanes: int) -> None:
+    """ROWS x (two vectors of) keys register tiles over the head dimension, like the matmul
+    rule's."""
+    rows, keys, dim = sch.get_loops(block)[-3:]
+    width = 2 * lanes if _extent(sch, keys) % (2 * lanes) == 0 else lanes
+    key_tile, key = sch.split(keys, [None, width])
+    sch.reorder(key_tile, dim, rows, key)
+    sch.unroll(rows)
+    sch.vectorize(key)
+    acc = sch.cache_write(block, 0, "local")
+    sch.reverse_compute_at(acc, key_tile)
+    sch.vectorize(sch.get_loops(acc)[-1])
+    sch.decompose_reduction(block, dim)
+
+
+def _schedule_product(sch: s_tir.Schedule, block) -> None:
+    """ROWS x (up to PRODUCT_COLUMNS) accumulators in registers over the keys."""
+    sch.set_scope(block, 0, "local")
+    rows, cols, keys = sch.get_loops(block)[-3:]
+    if _extent(sch, cols) > PRODUCT_COLUMNS and _extent(sch, cols) % PRODUCT_COLUMNS == 0:
+        col_tile, cols = sch.split(cols, [None, PRODUCT_COLUMNS])
+        sch.reorder(col_tile, keys, rows, cols)
+    else:
+        sch.reorder(keys, rows, cols)
+    sch.unroll(rows)
+    sch.vectorize(cols)
+    sch.decompose_reduction(block, keys)
+
+
+def _extent(sch: s_tir.Schedule, loop) -> int:
+    return int(sch.get(loop).extent)

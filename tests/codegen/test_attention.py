@@ -1,0 +1,91 @@
+"""Attention as one CPU kernel (codegen/attention.py): the layouts it reads its operands in
+(head-major, token-major, heads packed in a projection's channels), the transposes it folds,
+grouped heads, causal masks and lengths no tile divides, against the IR interpreter."""
+
+import numpy as np
+import pytest
+
+import honer
+from honer.codegen.relax_lower import fold_attention
+from honer.ir import Graph, interpret
+
+RNG = np.random.default_rng(0)
+F = "float32"
+
+
+def rand(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def check(g: Graph, arrays):
+    compiled = honer.compile(g, None, check=False)
+    np.testing.assert_allclose(compiled.run(*arrays)[0], interpret(g, arrays)[0],
+                               rtol=2e-5, atol=2e-5)
+    return compiled.report["build"]["schedule"]
+
+
+def heads_of(g: Graph, x, start: int, heads: int, dim: int):
+    """[batch, tokens, heads, dim] viewed head-major, from channels start.. of x."""
+    batch, tokens, channels = x.type.shape
+    part = g.op("slice", x, axes=(2,), starts=(start,), ends=(start + heads * dim,),
+                steps=(1,))
+    view = g.op("reshape", part, shape=(batch, tokens, heads, dim))
+    return g.op("transpose", view, perm=(0, 2, 1, 3))
+
+
+@pytest.mark.parametrize("tokens,heads,kv_heads,causal", [(197, 3, 3, False), (9, 4, 2, True),
+                                                          (1, 2, 1, False)])
+def test_projection_packed_heads(tokens, heads, kv_heads, causal):
+    """q, k and v sliced out of one merged projection and viewed per head, as the exact
+    passes leave a ViT's or a LLaMA's attention: the kernel reads them in place and writes its
+    output token-major, and every slice, view and transpose is folded into it."""
+    dim, batch = 8, 2
+    channels = (heads + 2 * kv_heads) * dim
+    g = Graph()
+    x = g.add_input("x", (batch, tokens, 16), F)
+    qkv = g.op("linear", x, g.add_const(rand(channels, 16) * 0.3), g.add_const(rand(channels)))
+    q = heads_of(g, qkv, 0, heads, dim)
+    k = heads_of(g, qkv, heads * dim, kv_heads, dim)
+    v = heads_of(g, qkv, (heads + kv_heads) * dim, kv_heads, dim)
+    att = g.op("attention", q, k, v, causal=causal)
+    y = g.op("reshape", g.op("transpose", att, perm=(0, 2, 1, 3)),
+             shape=(batch, tokens, heads * dim))
+    g.set_outputs([y])
+    folds, skipped = fold_attention(g)
+    assert len(folds) == 1 and len(skipped) == 3 * 3 + 1
+    stats = check(g, [rand(batch, tokens, 16)])
+    assert stats["attention"] == 1 and stats["fallbacks"] == []
+
+
+def test_token_major_inputs_and_a_transpose_used_elsewhere():
+    """Operands transposed from token-major inputs are read token-major; a transpose with a
+    second user stays, and the attention reads its result head-major."""
+    g = Graph()
+    q, k, v = (g.add_input(n, (1, 37, 2, 16), F) for n in "qkv")
+    qt, kt, vt = (g.op("transpose", t, perm=(0, 2, 1, 3)) for t in (q, k, v))
+    att = g.op("attention", qt, kt, vt, scale=0.3)
+    g.set_outputs([g.op("add", att, g.op("exp", kt))])
+    folds, skipped = fold_attention(g)
+    (fold,) = folds.values()
+    assert [o.layout for o in fold.operands] == ["bshd", "bhsd", "bshd"]
+    assert fold.out is None and len(skipped) == 2
+    stats = check(g, [rand(1, 37, 2, 16) for _ in range(3)])
+    assert stats["attention"] == 1
+
+
+def test_attention_output_as_graph_output_keeps_its_layout():
+    g = Graph()
+    q, k, v = (g.add_input(n, (2, 2, 40, 64), F) for n in "qkv")
+    g.set_outputs([g.op("attention", q, k, v, causal=True)])
+    stats = check(g, [rand(2, 2, 40, 64) for _ in range(3)])
+    assert stats["attention"] == 1
+
+
+def test_a_mask_input_keeps_the_three_kernels():
+    g = Graph()
+    q, k, v = (g.add_input(n, (1, 2, 5, 8), F) for n in "qkv")
+    mask = g.add_input("m", (1, 1, 5, 5), F)
+    g.set_outputs([g.op("attention", q, k, v, mask)])
+    assert fold_attention(g) == ({}, set())
+    stats = check(g, [rand(1, 2, 5, 8) for _ in range(3)] + [rand(1, 1, 5, 5)])
+    assert stats["attention"] == 0
