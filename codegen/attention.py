@@ -1,23 +1,28 @@
 """Attention as one CPU kernel: scores, softmax and the product with the values per tile of
-query rows, while the tile is in L1.
+query rows, while the tile is in L1 and L2.
 
 As three kernels (scores, softmax, product) the score matrix went through memory twice: at
 DeiT-Tiny's 197 tokens and batch 8 it is 4 MB, over the L2 of these cores, and the product
 with the values ran at 134 GFLOP/s against the projections' 190. One kernel also reads the
-queries and values where the model keeps them, token-major ([batch, tokens, heads, dim], the
-projection's output viewed per head), and writes its output so: the transposes around the
-attention (three copy kernels and one for the output, 5% of the ViT at batch 8) go.
+queries and values where the model keeps them, token-major ([batch, tokens, heads, dim]) or
+still inside the merged q/k/v projection's output, and writes its output token-major where the
+model transposes it so: the slicing and transposing copies around the attention (three input
+kernels and one for the output, 5% of the ViT at batch 8) go, but k's transpose to k^T.
+Measured on the 2-core AVX-512 host, ViT-DeiT-Tiny whole, against the three-kernel form in
+turns: batch 1 3-4% faster (five runs), batch 8 4-11% (two runs).
 
 Each parallel task takes `ROWS` query rows of one head:
 - scores = q k^T for the rows, a register tile of ROWS x `key_block` keys at a time over the
   head dimension (k^T comes padded to whole tiles, see codegen/relax_lower.py);
 - the scale and the mask (padded keys, causal) on the scores, the row maxima and exponentials,
   the row sums, as `lanes` partials per row;
-- the product with the values over the real keys, ROWS x head-dim outputs in registers, divided
-  by the row sums as they are stored.
+- the product with the values over the real keys, ROWS x PRODUCT_COLUMNS outputs at a time in
+  registers, divided by the row sums as they are stored.
 The query rows are padded to whole tiles (the padded rows reread the last query and are never
 stored): a row predicate inside the loops kept LLVM from holding the product's accumulators in
-registers (0.28 against 0.21 ms for a DeiT-Tiny layer at batch 1).
+registers (0.28 against 0.21 ms for a DeiT-Tiny layer at batch 1). Tiles of 4 x 64, 8 x 32,
+4 x 32 and 6 x 32 timed alike (within noise, in turns); 8 x 32 holds 16 accumulators in both
+products.
 
 Used for float attention without a mask input on CPU targets (codegen/relax_lower.py); the CPU
 schedule (codegen/cpu_schedule.py) calls schedule_attention for the kernel.
@@ -30,8 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx, topi
 
-ROWS = 8  # query rows per task: the product's tile is ROWS x head-dim accumulators
-PRODUCT_COLUMNS = 32  # the most head-dim columns of the product's tile (16 AVX-512 registers)
+ROWS = 8  # query rows per task, the height of both products' register tiles
+PRODUCT_COLUMNS = 32  # head-dim columns of the product's tile where they divide the head dim
 SCORES = "attn_scores"
 MAX = "attn_max"
 SHIFT = "attn_shift"
