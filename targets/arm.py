@@ -31,7 +31,8 @@ class ArmTarget(CPUTarget):
                 **FLOAT_FREEDOMS}
 
     def schedule(self) -> CPUScheduleConfig:
-        return CPUScheduleConfig(lanes=4)  # NEON: 128-bit vectors, 4 float32 lanes
+        # NEON: 128-bit vectors, 4 float32 lanes, 32 registers
+        return CPUScheduleConfig(lanes=4, vector_registers=32)
 
 
     def build(self, lowered: LoweredModule, out_dir: Path, workdir: Path,

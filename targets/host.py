@@ -88,9 +88,11 @@ class HostTarget(CPUTarget):
             return bool(llvm_info.llvm_cpu_has_features([feature], target))
 
         int8_dot = best_intrinsic(has)
-        for feature, lanes in (("avx512f", 16), ("avx2", 8), ("avx", 8), ("neon", 4)):
+        for feature, lanes, registers in (("avx512f", 16, 32), ("avx2", 8, 16), ("avx", 8, 16),
+                                          ("neon", 4, 32)):
             if has(feature):
-                return CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot)
+                return CPUScheduleConfig(lanes=lanes, int8_dot=int8_dot,
+                                         vector_registers=registers)
         return CPUScheduleConfig(lanes=4, int8_dot=int8_dot)
 
     def tune(self, lowered: LoweredModule, cfg: TuneConfig,
