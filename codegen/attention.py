@@ -24,7 +24,7 @@ registers (0.28 against 0.21 ms for a DeiT-Tiny layer at batch 1). Tiles of 4 x 
 4 x 32 and 6 x 32 timed alike (within noise, in turns); 8 x 32 holds 16 accumulators in both
 products.
 
-Used for float attention without a mask input on CPU targets (codegen/relax_lower.py); the CPU
+Used for float attention on CPU targets (codegen/relax_lower.py); the CPU
 schedule (codegen/cpu_schedule.py) calls schedule_attention for the kernel.
 """
 
@@ -82,13 +82,15 @@ class AttentionShape:
     q: Operand
     v: Operand
     token_major_out: bool
+    mask: str = ""  # a mask input: "bool" (False: masked) or "add" (added to the scores)
 
 
-def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, shape: AttentionShape,
-                    ) -> te.Tensor:
+def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, *mask: te.Tensor,
+                    shape: AttentionShape) -> te.Tensor:
     """softmax(q k^T * scale, masked) v for q and v where `shape` says, k^T as
     [batch, kv_heads, dim, padded keys]; heads share a k/v head in groups of
-    heads / kv_heads (grouped-query attention)."""
+    heads / kv_heads (grouped-query attention). A mask input is 4-d and broadcasts to
+    [batch, heads, queries, keys]."""
     batch, heads, queries, dim, dv = (shape.batch, shape.heads, shape.queries, shape.dim,
                                       shape.value_dim)
     padded_keys = int(kt.shape[3])
@@ -107,8 +109,15 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, shape: AttentionS
         allowed = j < shape.keys
         if shape.causal:
             allowed = tirx.all(allowed, j <= i + offset)
-        return tirx.Select(allowed, scores[b, h, i, j] * tirx.const(shape.scale, dt),
-                           tirx.const(-np.inf, dt))
+        score = scores[b, h, i, j] * tirx.const(shape.scale, dt)
+        if mask:
+            given = _mask_at(mask[0], b, h, tirx.min(i, queries - 1),
+                             tirx.min(j, shape.keys - 1))  # clamped: padded keys are masked
+            if shape.mask == "bool":
+                allowed = tirx.all(allowed, given)
+            else:
+                score = score + given
+        return tirx.Select(allowed, score, tirx.const(-np.inf, dt))
 
     j = te.reduce_axis((0, padded_keys), "j")
     row_max = te.compute((batch, heads, padded_rows),
@@ -129,6 +138,11 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, shape: AttentionS
                           lambda b, i, h, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
     return te.compute((batch, heads, queries, dv),
                       lambda b, h, i, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
+
+
+def _mask_at(mask: te.Tensor, *index):
+    """mask[index] broadcast: its axes of extent 1 read index 0."""
+    return mask[tuple(0 if int(n) == 1 else k for n, k in zip(mask.shape, index))]
 
 
 def is_attention(func: tirx.PrimFunc) -> bool:

@@ -493,11 +493,13 @@ def fold_attention(graph: Graph) -> tuple[dict[int, AttentionFold], set[int]]:
     skipped: set[int] = set()
     outputs = {id(v) for v in graph.outputs}
     for node in graph.nodes:
-        if node.op != "attention" or len(node.inputs) != 3 or node.output.dtype != "float32" \
-                or node.inputs[0].shape[1] % node.inputs[1].shape[1]:
+        if node.op != "attention" or node.output.dtype != "float32" \
+                or node.inputs[0].shape[1] % node.inputs[1].shape[1] \
+                or len(node.inputs) == 4 and (len(node.inputs[3].shape) > 4 or
+                                              node.inputs[3].dtype not in ("bool", "float32")):
             continue
         sources, operands = [], []
-        for value in node.inputs:
+        for value in node.inputs[:3]:
             source, operand, replaced = _attention_operand(value, node, outputs)
             sources.append(source)
             operands.append(operand)
@@ -550,6 +552,10 @@ def _lower_fused_attention(bb, node: Node, fold: AttentionFold, env: dict[int, r
     """Emits the one-kernel attention for `node` (see AttentionFold)."""
     (batch, heads, queries, dim), (_, kv_heads, keys, _) = (v.shape for v in node.inputs[:2])
     q, k, v = (env[id(s)] for s in fold.sources)
+    masks = []
+    if len(node.inputs) == 4:
+        mask_shape = node.inputs[3].shape
+        masks.append(R.reshape(env[id(node.inputs[3])], (1,) * (4 - len(mask_shape)) + mask_shape))
     padded = -(-keys // key_block) * key_block
     # k^T as [batch, kv_heads, dim, keys padded to whole tiles]: one copy
     k_operand = fold.operands[1]
@@ -565,10 +571,12 @@ def _lower_fused_attention(bb, node: Node, fold: AttentionFold, env: dict[int, r
         batch=batch, heads=heads, kv_heads=kv_heads, queries=queries, keys=keys, dim=dim,
         value_dim=node.inputs[2].shape[3], scale=attention_scale(node.attrs, dim),
         causal=bool(node.attrs["causal"]), q=fold.operands[0], v=fold.operands[2],
-        token_major_out=fold.out is not None)
+        token_major_out=fold.out is not None,
+        mask="" if not masks else "bool" if node.inputs[3].dtype == "bool" else "add")
     with _naming(node):
         out = bb.emit_te(functools.partial(fused.fused_attention, shape=shape), q,
-                         bb.emit(kt), v, primfunc_name_hint="attention",
+                         bb.emit(kt), v, *(bb.emit(m) for m in masks),
+                         primfunc_name_hint="attention",
                          primfunc_attrs=fused.KERNEL_ATTRS)
     target = fold.out if fold.out is not None else node
     _check_shape(target, out)

@@ -1,6 +1,7 @@
 """Attention as one CPU kernel (codegen/attention.py): the layouts it reads its operands in
 (head-major, token-major, heads packed in a projection's channels), the transposes it folds,
-grouped heads, causal masks and lengths no tile divides, against the IR interpreter."""
+grouped heads, causal and given masks and lengths no tile divides, against the IR
+interpreter."""
 
 import numpy as np
 import pytest
@@ -81,11 +82,20 @@ def test_attention_output_as_graph_output_keeps_its_layout():
     assert stats["attention"] == 1
 
 
-def test_a_mask_input_keeps_the_three_kernels():
+@pytest.mark.parametrize("mask_shape,dtype", [((1, 1, 5, 7), "bool"), ((2, 3, 5, 7), "bool"),
+                                               ((7,), F), ((2, 1, 1, 7), F)])
+def test_mask_inputs_broadcast(mask_shape, dtype):
+    """A bool mask (False: masked) or one added to the scores, of any shape that broadcasts to
+    [batch, heads, queries, keys], with the keys padded to whole tiles past it."""
     g = Graph()
-    q, k, v = (g.add_input(n, (1, 2, 5, 8), F) for n in "qkv")
-    mask = g.add_input("m", (1, 1, 5, 5), F)
+    q = g.add_input("q", (2, 3, 5, 8), F)
+    k, v = (g.add_input(n, (2, 3, 7, 8), F) for n in "kv")
+    mask = g.add_input("m", mask_shape, dtype)
     g.set_outputs([g.op("attention", q, k, v, mask)])
-    assert fold_attention(g) == ({}, set())
-    stats = check(g, [rand(1, 2, 5, 8) for _ in range(3)] + [rand(1, 1, 5, 5)])
-    assert stats["attention"] == 0
+    if dtype == "bool":
+        given = RNG.random(mask_shape) < 0.7
+        given[..., 0] = True  # no row masked whole (its softmax would be 0 / 0)
+    else:
+        given = rand(*mask_shape)
+    stats = check(g, [rand(2, 3, 5, 8), rand(2, 3, 7, 8), rand(2, 3, 7, 8), given])
+    assert stats["attention"] == 1
