@@ -96,6 +96,19 @@ def test_reshape_read_twice_is_inlined_not_copied():
     check(g, [const(1, 16, 32)])
 
 
+@pytest.mark.parametrize("batch,activation", [(1, "none"), (3, "relu")])
+def test_patchify_conv_as_a_matmul_over_patches(batch, activation):
+    """A conv whose windows tile the input (a ViT's patch embedding) runs as the panel matmul
+    over the flattened patches, bias and activation on its tile."""
+    g = Graph()
+    x = g.add_input("x", (batch, 3, 32, 48), "float32")
+    y = g.op("conv", x, g.add_const(const(64, 3, 8, 8)), g.add_const(const(64)),
+             strides=(8, 8), padding=(0, 0, 0, 0), dilation=(1, 1), activation=activation)
+    g.set_outputs([y])
+    stats = check(g, [const(batch, 3, 32, 48)])
+    assert stats["contractions"] == 1 and stats["fallbacks"] == []
+
+
 @pytest.mark.parametrize("op,attrs", [("softmax", {"axis": -1}), ("layer_norm", {})])
 def test_row_reductions_with_odd_row_lengths(op, attrs):
     g = Graph()
