@@ -14,8 +14,8 @@ turns: batch 1 3-4% faster (five runs), batch 8 4-11% (two runs).
 Each parallel task takes `ROWS` query rows of one head:
 - scores = q k^T for the rows, a register tile of ROWS x `key_block` keys at a time over the
   head dimension (k^T comes padded to whole tiles, see codegen/relax_lower.py);
-- the scale and the mask (padded keys, causal) on the scores, the row maxima and exponentials,
-  the row sums, as `lanes` partials per row;
+- the scale and the masks (padded keys, causal, a mask input) on the scores, the row maxima,
+  exponentials and sums, the reductions as `lanes` partials per row;
 - the product with the values over the real keys, ROWS x PRODUCT_COLUMNS outputs at a time in
   registers, divided by the row sums as they are stored.
 The query rows are padded to whole tiles (the padded rows reread the last query and are never

@@ -368,26 +368,37 @@ def _lower_conv_panels(bb, node, args, panel: int):
 
 
 def _lower_conv_patchify(bb, node, args, panel: int):
-    """A patchify conv (is_patchify: a ViT's patch embedding) with its kernel in panels, as a
-    matmul over the flattened patches: [N, C, H, W] -> rows of [C * kh * kw] (one transposing
-    copy), the panel matmul with the bias, back to [N, O, H / kh, W / kw]. The panels
+    """A patchify conv (is_patchify: a ViT's patch embedding) with its kernel in panels, as the
+    panel matmul with the bias over the flattened patches (see _patch_rows). The panels
     [O / P, C, kh, kw, P] are the linear's [O / P, C * kh * kw, P] viewed so. As a conv, the
     ViT's 14-wide output took 7-row tiles of one vector (123 GFLOP/s at batch 8)."""
-    n, c, h, w = node.inputs[0].shape
-    out, _, kh, kw = node.inputs[1].shape
-    hp, wp, features = h // kh, w // kw, c * kh * kw
-    patches = R.permute_dims(R.reshape(args[0], [n, c, hp, kh, wp, kw]), [0, 2, 4, 1, 3, 5])
-    rows = bb.emit(R.reshape(bb.emit(patches), [n * hp * wp, features]))
+    rows, count, features = _patch_rows(bb, node, args[0])
+    out = node.inputs[1].shape[0]
     weight = bb.emit(R.reshape(args[1], [out // panel, features, panel]))
 
     def matmul(x, wt, *bias):
         return _panel_product(x, lambda k, o: wt[o // panel, k, o % panel], features,
-                              (n * hp * wp, out), bias, "panel_matmul")
+                              (count, out), bias, "panel_matmul")
 
     y = bb.emit_te(matmul, rows, weight, *args[2:3], primfunc_name_hint="panel_matmul")
-    y = R.permute_dims(R.reshape(bb.emit(_epilogue(bb, node, y)), [n, hp, wp, out]),
-                       [0, 3, 1, 2])
-    return y
+    return _patch_image(bb, node, _epilogue(bb, node, y))
+
+
+def _patch_rows(bb, node: Node, x: relax.Expr) -> tuple[relax.Expr, int, int]:
+    """A patchify conv's input [N, C, H, W] as rows of flattened patches
+    [N * H/kh * W/kw, C * kh * kw] (one transposing copy), with those two extents."""
+    n, c, h, w = node.inputs[0].shape
+    kh, kw = node.inputs[1].shape[2:]
+    count, features = n * (h // kh) * (w // kw), c * kh * kw
+    patches = R.permute_dims(R.reshape(x, [n, c, h // kh, kh, w // kw, kw]),
+                             [0, 2, 4, 1, 3, 5])
+    return bb.emit(R.reshape(bb.emit(patches), [count, features])), count, features
+
+
+def _patch_image(bb, node: Node, y: relax.Expr) -> relax.Expr:
+    """A patchify conv's output rows [N * H/kh * W/kw, O] back as [N, O, H/kh, W/kw]."""
+    n, out, hp, wp = node.output.shape
+    return R.permute_dims(R.reshape(bb.emit(y), [n, hp, wp, out]), [0, 3, 1, 2])
 
 
 def _lower_conv_winograd(bb, node, args, panel: int):
@@ -1256,18 +1267,12 @@ def is_patchify(node: Node) -> bool:
 
 
 def _lower_int8_patchify(bb, node, args, layout: str | None):
-    """A patchify int8_conv as int8_linear over the patches: [N, C, H, W] -> rows of
-    [C * kh * kw] (one transpose), the int8 matmul kernels, back to [N, O, H/kh, W/kw]."""
-    n, c, h, w = node.inputs[0].shape
-    out, _, kh, kw = node.inputs[1].shape
-    hp, wp = h // kh, w // kw
-    patches = R.permute_dims(R.reshape(args[0], [n, c, hp, kh, wp, kw]), [0, 2, 4, 1, 3, 5])
-    rows = n * hp * wp
-    x_rows = bb.emit(R.reshape(bb.emit(patches), [rows, c * kh * kw]))
-    weight = args[1] if int8_lanes(layout) else bb.emit(R.reshape(args[1], [out, c * kh * kw]))
+    """A patchify int8_conv as int8_linear over the flattened patches (see _patch_rows)."""
+    x_rows, rows, features = _patch_rows(bb, node, args[0])
+    out = node.inputs[1].shape[0]
+    weight = args[1] if int8_lanes(layout) else bb.emit(R.reshape(args[1], [out, features]))
     y = _int8_rows_matmul(bb, node, x_rows, rows, weight, layout)
-    y = R.permute_dims(R.reshape(bb.emit(y), [n, hp, wp, out]), [0, 3, 1, 2])
-    return _epilogue(bb, node, y)
+    return _epilogue(bb, node, _patch_image(bb, node, y))
 
 
 def _int8_conv2d(xq, q, scale, bias, attrs: dict[str, Any], zero: int, out_shape):
