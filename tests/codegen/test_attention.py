@@ -99,3 +99,26 @@ def test_mask_inputs_broadcast(mask_shape, dtype):
         given = rand(*mask_shape)
     stats = check(g, [rand(2, 3, 5, 8), rand(2, 3, 7, 8), rand(2, 3, 7, 8), given])
     assert stats["attention"] == 1
+
+
+@pytest.mark.parametrize("batch,tokens", [(1, 197), (2, 128), (1, 8)])
+def test_row_max_and_sum_run_as_vectors(batch, tokens):
+    """The row maxima and sums take one vector of key partials per step, whatever the batch and
+    whether the key steps happen to number as many as the rows (128 keys: 8 of each)."""
+    from tvm import s_tir, te, tirx
+
+    from honer.codegen import attention as A
+
+    heads, dim, lanes = 2, 16, 16
+    padded = -(-tokens // (2 * lanes)) * 2 * lanes
+    q = te.placeholder((batch, heads, tokens, dim), name="q")
+    kt = te.placeholder((batch, heads, dim, padded), name="kt")
+    v = te.placeholder((batch, heads, tokens, dim), name="v")
+    shape = A.AttentionShape(batch, heads, heads, tokens, tokens, dim, dim, 0.25, False,
+                             A.Operand(A.HEAD_MAJOR), A.Operand(A.HEAD_MAJOR), False)
+    sch = s_tir.Schedule(te.create_prim_func([q, kt, v, A.fused_attention(q, kt, v,
+                                                                          shape=shape)]))
+    A.schedule_attention(sch, lanes)
+    for name in (f"{A.MAX}_rf", f"{A.SUM}_rf"):
+        inner = sch.get(sch.get_loops(sch.get_sblock(name))[-1])
+        assert inner.kind == tirx.ForKind.VECTORIZED and int(inner.extent) == lanes
