@@ -43,6 +43,9 @@ SHIFT = "attn_shift"
 SUM = "attn_sum"
 PRODUCT = "attn_product"
 OUTPUT = "attn_out"
+# iterators of a row reduction's partials block (rfactor puts the lane first: lane, batch,
+# head, row, step) and of the block that sums them (lane, batch, head, row)
+LANE, ROW, STEP = 0, 3, 4
 # opaque to FuseOps (op_pattern 8): nothing is fused into the kernel, whose schedule knows
 # its blocks; named for the CPU schedule, which gives it schedule_attention
 KERNEL_ATTRS = {"op_pattern": 8, "honer.kernel": "attention"}
@@ -178,23 +181,25 @@ def schedule_attention(sch: s_tir.Schedule, lanes: int) -> None:
     sch.set_scope(exps, 0, "local")
     sch.vectorize(sch.get_loops(exps)[-1])
     for partial in partials:
-        # found by what they bind, not by position: compute_at keeps the unit batch and head
-        # loops between them (picking the last three had vectorized a unit loop and left the
-        # max and sum as scalar loops over gathered lanes, 20% of the kernel's time)
-        lane, row, step = (_loop_binding(sch, partial, k) for k in (0, 3, 4))
+        # the loops are found by the iterator they run, not by position: compute_at keeps the
+        # unit batch and head loops among them (taking the last three had vectorized a unit
+        # loop and left the max and sum as scalar loops over gathered lanes, 0.27 against
+        # 0.21 ms for a DeiT-Tiny layer alone)
+        lane, row, step = (_loop_running(sch, partial, k) for k in (LANE, ROW, STEP))
         sch.reorder(row, step, lane)
         sch.vectorize(lane)
         final = sch.get_consumers(partial)[0]
-        sch.reorder(_loop_binding(sch, final, 3), _loop_binding(sch, final, 0))
+        sch.reorder(_loop_running(sch, final, ROW), _loop_running(sch, final, LANE))
 
 
-def _loop_binding(sch: s_tir.Schedule, block, index: int):
-    """The loop that the block's iterator `index` runs over (of those inside the task loop,
-    whose variable the bindings also use)."""
+def _loop_running(sch: s_tir.Schedule, block, iterator: int):
+    """The innermost loop that the block's `iterator` is bound to (a row is bound to the task
+    loop outside too)."""
     loops = sch.get_loops(block)
     realize = sch.get(loops[-1]).body
-    used = {v.name for v in tirx.analysis.undefined_vars(realize.iter_values[index])}
-    return next(lp for lp in reversed(loops) if sch.get(lp).loop_var.name in used)
+    used = tirx.analysis.undefined_vars(realize.iter_values[iterator])
+    return next(lp for lp in reversed(loops)
+                if any(var.same_as(sch.get(lp).loop_var) for var in used))
 
 
 def _lane_partials(sch: s_tir.Schedule, block, lanes: int):
