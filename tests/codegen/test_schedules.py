@@ -7,6 +7,7 @@ import pytest
 
 import honer
 from honer.ir import Graph, interpret
+from honer.targets import get_target
 
 RNG = np.random.default_rng(0)
 
@@ -107,6 +108,8 @@ def test_patchify_conv_as_a_matmul_over_patches(batch, activation):
     g.set_outputs([y])
     stats = check(g, [const(batch, 3, 32, 48)])
     assert stats["contractions"] == 1 and stats["fallbacks"] == []
+    kernels = {gv.name_hint for gv in get_target("host").lower(g).mod.functions}
+    assert "panel_matmul" in kernels and "panel_conv2d" not in kernels
 
 
 @pytest.mark.parametrize("op,attrs", [("softmax", {"axis": -1}), ("layer_norm", {})])
