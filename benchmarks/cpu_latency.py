@@ -1,8 +1,8 @@
 """Host CPU latency: honer beside ONNX Runtime, PyTorch eager and torch.compile, in one run.
 
 Models: ViT with DeiT-Tiny dimensions (224x224), BERT with MiniLM-L6 dimensions (seq 128),
-ResNet-18; batch 1 and 8. Threads pinned (2 by default), warm-up, median of >= 30 runs taken
-in turns with the peers (6 rounds).
+ResNet-18; batch 1 and 8. Threads pinned (2 by default), warm-up, median of 60 runs taken
+in turns with the peers (30 rounds, harness.ROUNDS).
 Results (with commit, machine and versions) go to benchmarks/results/cpu_latency.json.
 
     .venv/bin/python -m honer.benchmarks.cpu_latency [--models vit bert resnet] [--batches 1 8]
@@ -78,7 +78,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--batches", nargs="+", type=int, default=[1, 8])
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--runs", type=int, default=60)
     parser.add_argument("--passes", nargs="*", default=["exact"],
                         help="honer's passes (default: the exact preset)")
     parser.add_argument("--out", help="result file name (default cpu_latency[_tuned])")

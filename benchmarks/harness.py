@@ -67,7 +67,9 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs
                         warmup: int = 5) -> dict[str, Timing]:
     """measure() for several variants taken in turns, `runs` calls each per round: a slow
     spell of a shared machine (minutes long on these VMs) then falls on every variant alike
-    instead of on whichever ran during it."""
+    instead of on whichever ran during it. Each turn starts with one untimed call: after the
+    pause the threads are asleep and the caches cold (ViT-Tiny at batch 1: that call took 5%
+    longer than the next four, through honer and ONNX Runtime alike)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
@@ -75,6 +77,7 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs
     for _ in range(rounds):
         for name, fn in fns.items():
             time.sleep(SETTLE_SECONDS)
+            fn()
             for _ in range(runs):
                 t0 = time.perf_counter()
                 fn()
@@ -82,8 +85,17 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs
     return {name: _timing(name, s) for name, s in samples.items()}
 
 
+# Turns per measurement. These VMs switch between speeds at the scale of a turn: in 60 rounds
+# of ViT-Tiny at batch 1, a sixth of honer's turns and a third of ONNX Runtime's ran 1.5-1.8x
+# slower, every call of the turn alike (both threads busy, on both cores: the host's other
+# tenants). Resampling those turns, the honer/ORT ratio of medians spread over 0.63-1.11
+# (5th-95th percentile) with 6 turns of 5 calls, 0.71-1.02 with 15 turns of 2 and 0.77-0.98
+# with 30 turns of 2, around the same middle (0.89).
+ROUNDS = 30
+
+
 def measure_in_turns(fns: dict[str, Callable[[], Any]], runs: int = 30,
-                     rounds: int = 6) -> dict[str, Timing]:
+                     rounds: int = ROUNDS) -> dict[str, Timing]:
     """measure_interleaved() with `runs` calls per variant in all, split over `rounds` turns:
     how the benchmarks time peers and sweep points side by side."""
     rounds = max(1, min(rounds, runs))
