@@ -66,10 +66,10 @@ SETTLE_SECONDS = 0.25
 def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs: int = 10,
                         warmup: int = 5) -> dict[str, Timing]:
     """measure() for several variants taken in turns, `runs` calls each per round: a slow
-    spell of a shared machine (minutes long on these VMs) then falls on every variant alike
-    instead of on whichever ran during it. Each turn starts with one untimed call: after the
-    pause the threads are asleep and the caches cold (ViT-Tiny at batch 1: that call took 5%
-    longer than the next four, through honer and ONNX Runtime alike)."""
+    spell of a shared machine (seconds to minutes long on these VMs) then falls on every
+    variant alike instead of on whichever ran during it. Each turn starts with one untimed
+    call: after the pause the threads are asleep and the caches cold (ViT-Tiny at batch 1:
+    that call took 5% longer than the next four, through honer and ONNX Runtime alike)."""
     for fn in fns.values():
         for _ in range(warmup):
             fn()
