@@ -170,20 +170,27 @@ def fp32_peak_gflops(threads: int, tries: int = 5) -> float | None:
     a shared VM a neighbour's burst takes a core for a while and only ever lowers the
     figure: single runs gave 252, 216 and 128 GFLOP/s within minutes). None without a
     compiler."""
-    import shutil
     import tempfile
 
+    with tempfile.TemporaryDirectory(prefix="honer-peak-") as tmp:
+        src = Path(tmp) / "peak.c"
+        src.write_text(PEAK_SOURCE)
+        exe = compile_probe(src, ["-O3", "-march=native", "-ffp-contract=fast"])
+        return max(_all_cores_gflops(exe, threads) for _ in range(tries)) if exe else None
+
+
+def compile_probe(source: Path, flags: list[str]) -> Path | None:
+    """A small C program that measures the machine, compiled with the system C compiler next
+    to its source; None without a compiler or if it does not build."""
+    import shutil
+
     cc = shutil.which("gcc") or shutil.which("cc")
+    exe = source.with_suffix("")
     if cc is None:
         return None
-    with tempfile.TemporaryDirectory(prefix="honer-peak-") as tmp:
-        src, exe = Path(tmp) / "peak.c", Path(tmp) / "peak"
-        src.write_text(PEAK_SOURCE)
-        build = subprocess.run([cc, "-O3", "-march=native", "-ffp-contract=fast", str(src),
-                                "-o", str(exe)], capture_output=True, text=True)
-        if build.returncode != 0:
-            return None
-        return max(_all_cores_gflops(exe, threads) for _ in range(tries))
+    build = subprocess.run([cc, *flags, str(source), "-o", str(exe)], capture_output=True,
+                           text=True)
+    return exe if build.returncode == 0 else None
 
 
 def _all_cores_gflops(exe: Path, threads: int) -> float:
