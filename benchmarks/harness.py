@@ -87,10 +87,11 @@ def measure_interleaved(fns: dict[str, Callable[[], Any]], rounds: int = 6, runs
 
 # Turns per measurement. These VMs switch between speeds at the scale of a turn: in 60 rounds
 # of ViT-Tiny at batch 1, a sixth of honer's turns and a third of ONNX Runtime's ran 1.5-1.8x
-# slower, every call of the turn alike (both threads busy, on both cores: the host's other
-# tenants). Resampling those turns, the honer/ORT ratio of medians spread over 0.63-1.11
-# (5th-95th percentile) with 6 turns of 5 calls, 0.71-1.02 with 15 turns of 2 and 0.77-0.98
-# with 30 turns of 2, around the same middle (0.89).
+# slower, every call of the turn alike (both threads busy, on both cores): the spells when the
+# host places the two vCPUs far apart (benchmarks/core_distance.py). Resampling those turns,
+# the honer/ORT ratio of medians spread over 0.63-1.11 (5th-95th percentile) with 6 turns of
+# 5 calls, 0.71-1.02 with 15 turns of 2 and 0.77-0.98 with 30 turns of 2, around the same
+# middle (0.89).
 ROUNDS = 30
 
 
