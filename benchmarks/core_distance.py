@@ -33,8 +33,9 @@ CALLS_PER_TURN = 3
 
 
 def round_trip_ns(probe: Path) -> float:
-    out = subprocess.run([str(probe), str(PROBE_MS)], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run([str(probe), str(PROBE_MS)], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"core_distance's probe failed: {out.stderr.strip() or out.returncode}")
     return float(out.stdout)
 
 
