@@ -2,8 +2,8 @@
 placed this VM's two vCPUs (core_distance.c: one cache line's round trip between them), the
 turns then grouped by it.
 
-    .venv/bin/python -m honer.benchmarks.core_distance [--model resnet] [--batch 1]
-        [--turns 200]
+    .venv/bin/python -m honer.benchmarks.core_distance [--models resnet vit bert]
+        [--batch 1] [--turns 200]
 
 Why: on these VMs, ResNet-18 at batch 1 through honer switches for seconds at a time between
 about 16.5 and 21-23 ms, while ONNX Runtime beside it moves from about 17 to 18 ms. Those
@@ -68,37 +68,43 @@ def by_placement(rows: list[dict]) -> list[dict]:
             for name, group in groups.items() if group]
 
 
+def peers_for(key: str, batch: int) -> dict[str, Callable[[], Any]]:
+    import honer
+    from honer.tests.models.zoo import ZOO
+
+    model, examples = ZOO[MODELS[key]](batch=batch)
+    arrays = [e.numpy() for e in examples]
+    compiled = honer.compile(model, examples, passes=["exact"])
+    return {"honer": lambda: compiled(*arrays), "onnxruntime": onnx_session(model, examples, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet", choices=sorted(MODELS))
+    parser.add_argument("--models", nargs="+", default=["resnet", "vit", "bert"],
+                        choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--turns", type=int, default=200)
     args = parser.parse_args()
     harness.pin_threads(2)
 
-    import honer
-    from honer.tests.models.zoo import ZOO
-
-    model, examples = ZOO[MODELS[args.model]](batch=args.batch)
-    arrays = [e.numpy() for e in examples]
-    compiled = honer.compile(model, examples, passes=["exact"])
-    peers = {"honer": lambda: compiled(*arrays), "onnxruntime": onnx_session(model, examples, 2)}
+    results = []
     with tempfile.TemporaryDirectory(prefix="honer-probe-") as tmp:
         source = Path(tmp) / PROBE_SOURCE.name
         source.write_text(PROBE_SOURCE.read_text())
         probe = harness.compile_probe(source, ["-O2", "-pthread"])
         if probe is None:
             raise SystemExit("core_distance needs a C compiler (gcc or cc) for its probe")
-        rows = record(peers, probe, args.turns)
-    summary = by_placement(rows)
-    path = harness.save("core_distance", {"model": args.model, "batch": args.batch,
-                                          "threads": 2, "summary": summary, "turns": rows})
-    print(harness.table([[s["placement"], s["turns"], s["round_trip_ns"],
+        for key in args.models:
+            turns = record(peers_for(key, args.batch), probe, args.turns)
+            results.append({"model": key, "batch": args.batch,
+                            "summary": by_placement(turns), "turns": turns})
+    path = harness.save("core_distance", {"threads": 2, "models": results})
+    print(harness.table([[r["model"], s["placement"], s["turns"], s["round_trip_ns"],
                           *s["median_ms"].values(),
                           s["median_ms"]["honer"] / s["median_ms"]["onnxruntime"]]
-                         for s in summary],
-                        ["vCPUs", "turns", "round trip ns", "honer ms", "onnxruntime ms",
-                         "honer / ORT"]))
+                         for r in results for s in r["summary"]],
+                        ["model", "vCPUs", "turns", "round trip ns", "honer ms",
+                         "onnxruntime ms", "honer / ORT"]))
     print(f"saved {path}")
 
 
