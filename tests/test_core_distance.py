@@ -1,0 +1,36 @@
+"""benchmarks/core_distance: its probe measures a round trip between two CPUs, and the turns
+are grouped by it."""
+
+import math
+import os
+
+import pytest
+
+from honer.benchmarks import core_distance, harness
+
+
+def test_probe_reports_a_round_trip(tmp_path):
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("the probe needs two CPUs")
+    source = tmp_path / core_distance.PROBE_SOURCE.name
+    source.write_text(core_distance.PROBE_SOURCE.read_text())
+    probe = harness.compile_probe(source, ["-O2", "-pthread"])
+    if probe is None:
+        pytest.skip("no C compiler")
+    ns = core_distance.round_trip_ns(probe)
+    assert math.isfinite(ns) and 1 < ns < 1e6
+
+
+def test_turns_are_grouped_by_the_round_trip():
+    turns = [{"round_trip_ns": ns, "ms": {"honer": h, "onnxruntime": o}}
+             for ns, h, o in [(80, 16, 17), (120, 17, 18), (150, 15, 17), (650, 23, 18),
+                              (700, 21, 19)]]
+    near, far = core_distance.by_placement(turns)
+    assert (near["placement"], near["turns"], near["round_trip_ns"]) == ("near", 3, 120)
+    assert near["median_ms"] == {"honer": 16, "onnxruntime": 17}
+    assert (far["placement"], far["turns"], far["median_ms"]["honer"]) == ("far", 2, 22)
+
+
+def test_no_far_turns_leaves_one_group():
+    turns = [{"round_trip_ns": 90, "ms": {"honer": 1.0, "onnxruntime": 2.0}}]
+    assert [g["placement"] for g in core_distance.by_placement(turns)] == ["near"]
