@@ -1,7 +1,7 @@
 /* Round trip of one cache line between the first two CPUs this process may run on: a thread
  * on each, passing a counter back and forth for the given milliseconds; prints the mean round
  * trip in nanoseconds. On these VMs it reads 50-170 ns while the host keeps the two vCPUs
- * close, and 500-750 ns while it places them far apart (benchmarks/core_distance.py). */
+ * close, and 330-750 ns while it places them far apart (benchmarks/core_distance.py). */
 #define _GNU_SOURCE
 #include <pthread.h>
 #include <sched.h>

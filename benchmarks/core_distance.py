@@ -7,7 +7,7 @@ turns then grouped by it.
 
 Why: on these VMs, ResNet-18 at batch 1 through honer switches for seconds at a time between
 about 16.5 and 21-23 ms, while ONNX Runtime beside it moves from about 17 to 18 ms. Those
-spells are the turns where the round trip between the two vCPUs reads 500-750 ns instead of
+spells are the turns where the round trip between the two vCPUs reads 330-750 ns instead of
 50-170 ns: the host has put them far apart. At one thread honer shows no such spells. Results
 go to benchmarks/results/core_distance.json.
 """
@@ -27,7 +27,7 @@ from honer.benchmarks import harness
 from honer.benchmarks.cpu_latency import MODELS, onnx_session
 
 PROBE_SOURCE = Path(__file__).with_name("core_distance.c")
-FAR_NS = 300  # between the round trips seen with the vCPUs near (<= 170) and far (>= 500)
+FAR_NS = 300  # between the round trips seen with the vCPUs near (50-170) and far (330-750)
 PROBE_MS = 50
 CALLS_PER_TURN = 3
 
