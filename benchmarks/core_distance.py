@@ -32,6 +32,15 @@ PROBE_MS = 50
 CALLS_PER_TURN = 3
 
 
+def build_probe(directory: Path) -> Path:
+    """core_distance.c compiled into `directory`."""
+    probe = harness.compile_probe(PROBE_SOURCE.read_text(), directory / "core_distance",
+                                  ["-O2", "-pthread"])
+    if probe is None:
+        raise SystemExit("core_distance needs a C compiler (gcc or cc) for its probe")
+    return probe
+
+
 def round_trip_ns(probe: Path) -> float:
     out = subprocess.run([str(probe), str(PROBE_MS)], capture_output=True, text=True)
     if out.returncode != 0:
@@ -89,11 +98,7 @@ def main() -> None:
 
     results = []
     with tempfile.TemporaryDirectory(prefix="honer-probe-") as tmp:
-        source = Path(tmp) / PROBE_SOURCE.name
-        source.write_text(PROBE_SOURCE.read_text())
-        probe = harness.compile_probe(source, ["-O2", "-pthread"])
-        if probe is None:
-            raise SystemExit("core_distance needs a C compiler (gcc or cc) for its probe")
+        probe = build_probe(Path(tmp))
         for key in args.models:
             turns = record(peers_for(key, args.batch), probe, args.turns)
             results.append({"model": key, "batch": args.batch,

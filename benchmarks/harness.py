@@ -174,22 +174,23 @@ def fp32_peak_gflops(threads: int, tries: int = 5) -> float | None:
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="honer-peak-") as tmp:
-        src = Path(tmp) / "peak.c"
-        src.write_text(PEAK_SOURCE)
-        exe = compile_probe(src, ["-O3", "-march=native", "-ffp-contract=fast"])
+        exe = compile_probe(PEAK_SOURCE, Path(tmp) / "peak",
+                            ["-O3", "-march=native", "-ffp-contract=fast"])
         return max(_all_cores_gflops(exe, threads) for _ in range(tries)) if exe else None
 
 
-def compile_probe(source: Path, flags: list[str]) -> Path | None:
-    """A small C program that measures the machine, compiled with the system C compiler next
-    to its source; None without a compiler or if it does not build."""
+def compile_probe(source: str, exe: Path, flags: list[str]) -> Path | None:
+    """A small C program that measures the machine, compiled from `source` with the system C
+    compiler into `exe` (its source written beside it); None without a compiler or if it does
+    not build."""
     import shutil
 
     cc = shutil.which("gcc") or shutil.which("cc")
-    exe = source.with_suffix("")
     if cc is None:
         return None
-    build = subprocess.run([cc, *flags, str(source), "-o", str(exe)], capture_output=True,
+    src = exe.with_suffix(".c")
+    src.write_text(source)
+    build = subprocess.run([cc, *flags, str(src), "-o", str(exe)], capture_output=True,
                            text=True)
     return exe if build.returncode == 0 else None
 
