@@ -26,7 +26,7 @@ from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 from .relax_lower import DECODED_WEIGHT
 from .tiles import local_accumulator, vectorized_init
-from .winograd import INPUT_BLOCK, OUTPUT_BLOCK, schedule_transforms
+from .winograd import INPUT_BLOCK, OUTPUT_BLOCK, is_winograd_conv, schedule_fused
 from .winograd import role as winograd_role
 
 DATA_PAR, COMM_REDUCE = 0, 2
@@ -101,8 +101,10 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         for block in sch.get_child_blocks(sch.get_sblock("root")):
             _pad_contraction(sch, block, cfg)
         # blocks placed by a special rule or by the contraction rule (with their epilogues)
-        done = schedule_transforms(sch)
-        stats.winograd += sum(winograd_role(name) == INPUT_BLOCK for name in done)
+        done = schedule_fused(sch, cfg.lanes, cfg.rows) if is_winograd_conv(sch) else set()
+        winograd_convs = sum(winograd_role(name) == INPUT_BLOCK for name in done)
+        stats.winograd += winograd_convs
+        stats.contractions += winograd_convs
         stats.elementwise += sum(winograd_role(name) == OUTPUT_BLOCK for name in done)
         if not done and _next_contraction(sch, set()) is None \
                 and _schedule_row_group(sch, cfg, stats):

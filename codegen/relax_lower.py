@@ -402,15 +402,12 @@ def _patch_image(bb, node: Node, y: relax.Expr) -> relax.Expr:
 
 
 def _lower_conv_winograd(bb, node, args, panel: int):
-    """3x3 stride-1 conv the Winograd way (codegen/winograd.py); its kernel param is stored
-    transformed ("winograd<m>" layout). Two kernels: the input transform with the products,
-    then the output transform, into which bias, activation and residual add fuse."""
+    """3x3 stride-1 conv the Winograd way (codegen/winograd.py), one kernel into which bias,
+    activation and residual add fuse; its kernel param is stored transformed ("winograd<m>"
+    layout). Blocks of tiles are whole vectors (half a weight panel)."""
     pads = [int(p) for p in node.attrs["padding"]]
-    out_shape = node.output.shape
-    m = bb.emit_te(winograd.transformed_product, args[0], args[1], pads, out_shape, panel,
-                   primfunc_name_hint=winograd.PRODUCT_BLOCK)
-    y = bb.emit_te(winograd.output_transform, m, out_shape, panel,
-                   primfunc_name_hint=winograd.OUTPUT_BLOCK)
+    y = bb.emit_te(winograd.fused_conv, args[0], args[1], pads, node.output.shape, panel // 2,
+                   primfunc_name_hint="winograd_conv")
     if len(args) == 3:
         y = _add_channel_bias(bb, node, y, args[2])
     return _epilogue(bb, node, y)

@@ -53,26 +53,46 @@ def test_integer_half_and_narrow_convs_stay_direct(dtype, out):
     assert winograd.choose((64, 64, 3, 3), CONV, out, dtype) == 0
 
 
-@pytest.mark.parametrize("m,size", [(4, 2), (2, 2), (4, 1), (2, 1)])
-def test_tile_grid_covers_the_output_in_whole_register_tiles(m, size):
-    out = (size, 8, 14, 13)
-    rows, slots = winograd.tile_grid(out, m, 16)
-    assert rows * m >= 14 and slots * m >= 13 and (size * rows * slots) % 16 == 0
-
-
-@pytest.mark.parametrize("batch,channels,size,padding", [
-    (1, 24, (13, 10), (1, 0, 2, 1)),  # F(2x2): odd output, uneven padding
-    (2, 32, (9, 9), (0, 0, 0, 0)),  # F(2x2): no padding
-    (1, 40, (30, 28), (1, 1, 1, 1)),  # F(4x4)
-    (2, 16, (19, 17), (2, 1, 0, 1)),  # F(4x4): odd sizes, batch, uneven padding
+@pytest.mark.parametrize("out,m", [
+    ((1, 64, 56, 56), 4), ((8, 64, 56, 56), 4), ((1, 8, 14, 13), 4), ((2, 8, 14, 13), 2),
+    ((1, 128, 28, 28), 4), ((1, 256, 14, 14), 2), ((8, 512, 7, 7), 4), ((3, 40, 9, 9), 2),
 ])
-def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, padding):
+def test_tile_blocks_cover_the_output_in_whole_vectors_and_even_tasks(out, m):
+    n, o, oh, ow = out
+    grid = winograd.fused_grid(out, o, m, 16)
+    assert grid.rows * m >= oh and grid.slots * m >= ow
+    assert grid.block_tiles % 16 == 0
+    assert grid.rows % grid.panel_rows == 0 and n % grid.images == 0
+    assert grid.images == 1 or grid.panel_rows == grid.rows  # a block is rows or images
+    blocks = n // grid.images * grid.rows // grid.panel_rows
+    assert (blocks * grid.groups) % winograd.TASK_MULTIPLE == 0 or o % 16
+    if winograd.weight_heavy(out, m):  # each task reads only its group's share of U
+        assert grid.groups == winograd.TASK_MULTIPLE
+
+
+def test_large_weights_take_all_tiles_in_one_block():
+    """ResNet's 512-channel convs at batch 8: each half of U is 19 MB and would be read from
+    memory once per block."""
+    grid = winograd.fused_grid((8, 512, 7, 7), 512, 4, 16)
+    assert grid.images == 8 and grid.panel_rows == grid.rows and grid.groups == 2
+    small = winograd.fused_grid((1, 128, 28, 28), 128, 4, 16)  # 1.2 MB per half: cached
+    assert small.block_tiles == 16 and small.groups == 2
+
+
+@pytest.mark.parametrize("batch,channels,size,padding,out", [
+    (1, 24, (13, 10), (1, 0, 2, 1), 48),  # F(2x2): odd output, uneven padding
+    (2, 32, (9, 9), (0, 0, 0, 0), 48),  # F(2x2): no padding, whole images per block
+    (1, 40, (30, 28), (1, 1, 1, 1), 48),  # F(4x4)
+    (2, 16, (19, 17), (2, 1, 0, 1), 48),  # F(4x4): odd sizes, batch, uneven padding
+    (4, 384, (6, 6), (1, 1, 1, 1), 384),  # weight-heavy, 4.7 MB per half of U: one block
+])
+def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, padding, out):
     g = Graph()
     x = g.add_input("x", (batch, channels, *size), "float32")
-    r_shape = (batch, 48, size[0] + padding[0] + padding[2] - 2,
+    r_shape = (batch, out, size[0] + padding[0] + padding[2] - 2,
                size[1] + padding[1] + padding[3] - 2)
     r = g.add_input("r", r_shape, "float32")
-    y = g.op("conv", x, g.add_const(const(48, channels, 3, 3)), g.add_const(const(48)),
+    y = g.op("conv", x, g.add_const(const(out, channels, 3, 3)), g.add_const(const(out)),
              padding=padding, activation="relu", **CONV)
     g.set_outputs([g.op("add", y, r)])
     arrays = [const(batch, channels, *size), const(*r_shape)]
@@ -86,9 +106,9 @@ def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, pa
 
 
 @pytest.mark.parametrize("join", ["add", "concat"])
-def test_two_convs_joined_in_one_kernel_keep_their_transform_schedules(join):
-    """FuseOps puts both output transforms (and the join) in one kernel: the second's blocks
-    are renamed with a number, and a concat cannot move into either transform's loop."""
+def test_two_convs_joined_keep_their_schedules(join):
+    """The sum of two convs fuses into the second's kernel as its epilogue; a concat cannot
+    move into a conv's output loop and stays a kernel of its own."""
     g = Graph()
     x = g.add_input("x", (1, 16, 24, 24), "float32")
     convs = [g.op("conv", x, g.add_const(const(16, 16, 3, 3)), padding=(1, 1, 1, 1), **CONV)
