@@ -85,6 +85,7 @@ def test_large_weights_take_all_tiles_in_one_block():
     (1, 40, (30, 28), (1, 1, 1, 1), 48),  # F(4x4)
     (2, 16, (19, 17), (2, 1, 0, 1), 48),  # F(4x4): odd sizes, batch, uneven padding
     (4, 384, (6, 6), (1, 1, 1, 1), 384),  # weight-heavy, 4.7 MB per half of U: one block
+    (1, 1, (28, 28), (1, 1, 1, 1), 32),  # one input channel (an MNIST CNN's first conv)
 ])
 def test_compiled_winograd_convs_match_the_direct_conv(batch, channels, size, padding, out):
     g = Graph()
