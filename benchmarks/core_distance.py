@@ -5,11 +5,14 @@ turns then grouped by it.
     .venv/bin/python -m honer.benchmarks.core_distance [--models resnet vit bert]
         [--batch 1] [--turns 200]
 
-Why: on these VMs, ResNet-18 at batch 1 through honer switches for seconds at a time between
-about 16.5 and 21-23 ms, while ONNX Runtime beside it moves from about 17 to 18 ms. Those
+Why: on these VMs, ResNet-18 at batch 1 through honer switched for seconds at a time between
+about 16.5 and 21-23 ms, while ONNX Runtime beside it moved from about 17 to 18 ms. Those
 spells are the turns where the round trip between the two vCPUs reads 330-750 ns instead of
-50-170 ns: the host has put them far apart. At one thread honer shows no such spells. Results
-go to benchmarks/results/core_distance.json.
+50-170 ns: the host has put them far apart, and every cache line passing between the two
+threads costs tens of ns. At one thread honer showed no such spells. Since its Winograd convs
+are one kernel per conv, each thread keeping its own tiles (codegen/winograd.py), and the
+direct convs and pools around them split by rows as well, ResNet-18 takes 15.0 ms near and
+17.1 far (ONNX Runtime 17.0 and 17.8). Results go to benchmarks/results/core_distance.json.
 """
 
 from __future__ import annotations
