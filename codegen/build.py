@@ -13,7 +13,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
-from .cpu_schedule import CPUScheduleConfig, ScheduleStats, is_opaque, schedule_module
+from .cpu_schedule import CPUScheduleConfig, ScheduleStats, is_opaque, is_tunable, schedule_module
 from .relax_lower import LoweredModule
 from .tuning import TuneConfig, TunedKernels, TuneReport, tune_kernels
 
@@ -92,7 +92,8 @@ def tune_cpu(lowered: LoweredModule, tvm_target: dict[str, Any], cfg: CPUSchedul
         return schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
 
     mod = _fused_module(lowered, tvm_target, cfg)
-    return tune_kernels(_kernels(mod), tvm.target.Target(tvm_target), rules, tune, progress,
+    kernels = {name: f for name, f in _kernels(mod).items() if is_tunable(f)}
+    return tune_kernels(kernels, tvm.target.Target(tvm_target), rules, tune, progress,
                         _call_counts(mod))
 
 

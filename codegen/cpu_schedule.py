@@ -74,7 +74,7 @@ def schedule_module(mod: tvm.IRModule, cfg: CPUScheduleConfig,
     for gv, func in mod.functions.items():
         if not isinstance(func, tirx.PrimFunc):
             continue
-        found = tuned(func) if tuned is not None and not is_opaque(func) else None
+        found = tuned(func) if tuned is not None and is_tunable(func) else None
         if found is not None:
             stats.tuned += 1
         updates[gv] = found if found is not None else _schedule_func(gv.name_hint, func, cfg,
@@ -87,6 +87,14 @@ def schedule_module(mod: tvm.IRModule, cfg: CPUScheduleConfig,
 def is_opaque(func: tirx.PrimFunc) -> bool:
     """TVM's hand-written kernels (cumsum, sort) that come with their own loops."""
     return "op_pattern" in (func.attrs or {}) and int(func.attrs["op_pattern"]) == OPAQUE
+
+
+def is_tunable(func: tirx.PrimFunc) -> bool:
+    """Whether MetaSchedule may tune the kernel: not TVM's hand-written ones, nor honer's
+    Winograd convs, whose one-kernel form (each task keeping its tiles' intermediates) the
+    generic rules cannot express; one tuning round of ResNet-18's 64-channel conv ran past
+    ten minutes."""
+    return not is_opaque(func) and not is_winograd_conv(s_tir.Schedule(func))
 
 
 def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,

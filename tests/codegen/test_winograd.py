@@ -122,3 +122,22 @@ def test_two_convs_joined_keep_their_schedules(join):
     got, = compiled.run(*arrays)
     np.testing.assert_allclose(got, want, atol=2e-5 * np.abs(want).max(), rtol=0)
     assert compiled.report["build"]["schedule"]["fallbacks"] == []
+
+
+def test_winograd_convs_are_not_handed_to_the_tuner():
+    """MetaSchedule's generic rules cannot keep a task's intermediates to itself (one round on
+    a 64-channel conv ran past ten minutes); the conv's other kernels stay tunable."""
+    from honer.codegen.build import fused_kernels
+    from honer.codegen.cpu_schedule import is_tunable
+    from honer.targets import get_target
+
+    g = Graph()
+    x = g.add_input("x", (1, 16, 24, 24), "float32")
+    y = g.op("conv", x, g.add_const(const(16, 16, 3, 3)), padding=(1, 1, 1, 1), **CONV)
+    g.set_outputs([g.op("conv", y, g.add_const(const(8, 16, 1, 1)), padding=(0, 0, 0, 0),
+                        **CONV)])
+    target = get_target("host")
+    kernels = fused_kernels(target.lower(g), target.tvm_target(), target.schedule())
+    tunable = {name: is_tunable(f) for name, f in kernels.items()}
+    assert [t for name, t in tunable.items() if "winograd" in name] == [False]
+    assert any(tunable.values())
