@@ -565,7 +565,7 @@ def _schedule_rows(sch: s_tir.Schedule, loops: list) -> None:
 
 def _rows_first(sch: s_tir.Schedule, loops: list) -> list:
     """NCHW loops [n, c, h, w] reordered [n, h, c, w]: split in parallel, each thread then
-    takes rows of every channel, as the convs around (pools, their pads) split theirs."""
+    takes rows of every channel, as the convs and pools around the block split theirs."""
     if len(loops) != 4:
         return loops
     n, c, h, w = loops

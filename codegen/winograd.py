@@ -35,6 +35,7 @@ the CPU schedule (codegen/cpu_schedule.py) calls schedule_fused for these kernel
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -167,17 +168,17 @@ CACHED_WEIGHT_BYTES = 4 << 20
 class Grid:
     """The tiles of a Winograd conv and its tasks. Per image `rows` x `slots` tiles (at least
     the output's, the extra ones reading padding); a task transforms a block of
-    `images` x `panel_rows` x `slots` tiles (panel_rows < rows only when images is 1) for
+    `images` x `block_rows` x `slots` tiles (block_rows < rows only when images is 1) for
     the output channels of one of `groups`."""
     rows: int
     slots: int
-    panel_rows: int
+    block_rows: int
     images: int
     groups: int
 
     @property
     def block_tiles(self) -> int:
-        return self.images * self.panel_rows * self.slots
+        return self.images * self.block_rows * self.slots
 
 
 def weight_heavy(out_shape: tuple[int, ...], m: int) -> bool:
@@ -206,15 +207,15 @@ def fused_grid(out_shape: tuple[int, ...], in_channels: int, m: int, vector: int
             else:
                 blocks = [(d, 1) for d in _divisors(rows)] \
                     + [(rows, d) for d in _divisors(n) if d > 1]
-            for panel_rows, images in blocks:
-                tiles = images * panel_rows * slots
+            for block_rows, images in blocks:
+                tiles = images * block_rows * slots
                 key = (n * rows * slots, tiles)
                 if tiles % vector == 0 and (best is None or key < best[0]):
-                    best = (key, Grid(rows, slots, panel_rows, images, 1))
+                    best = (key, Grid(rows, slots, block_rows, images, 1))
     grid = best[1]
-    blocks = n * grid.rows // (grid.images * grid.panel_rows)
+    blocks = n * grid.rows // (grid.images * grid.block_rows)
     if heavy or blocks % TASK_MULTIPLE:
-        grid = Grid(grid.rows, grid.slots, grid.panel_rows, grid.images, groups)
+        grid = dataclasses.replace(grid, groups=groups)
     return grid
 
 
@@ -231,7 +232,7 @@ def fused_conv(x: te.Tensor, u: te.Tensor, pads: list[int], out_shape: tuple[int
     alpha2, o, c = (int(d) for d in u.shape)
     algo = ALGORITHMS[math.isqrt(alpha2) - 2]
     m, alpha = algo.m, algo.alpha
-    n_, _, h, w = (int(d) for d in x.shape)
+    n_ = int(x.shape[0])
     grid = fused_grid(out_shape, c, m, vector)
     xp = _phased_input(x, pads, m, grid)
     locate = _block_tile(grid)
@@ -246,7 +247,7 @@ def fused_conv(x: te.Tensor, u: te.Tensor, pads: list[int], out_shape: tuple[int
                    for j in range(alpha)]
         return _combine(algo.input_t, ev % alpha, columns)
 
-    image_blocks, row_blocks = n_ // grid.images, grid.rows // grid.panel_rows
+    image_blocks, row_blocks = n_ // grid.images, grid.rows // grid.block_rows
     v = te.compute((image_blocks, row_blocks, alpha2, c, grid.block_tiles), transformed,
                    name=INPUT_BLOCK)
     per_group = o // grid.groups
@@ -294,7 +295,7 @@ def _block_tile(grid: Grid):
     def locate(nb, rb, t):
         col = t % grid.slots
         if grid.images == 1:
-            return nb, rb * grid.panel_rows + t // grid.slots, col
+            return nb, rb * grid.block_rows + t // grid.slots, col
         per_image = grid.rows * grid.slots
         return nb * grid.images + t // per_image, t // grid.slots % grid.rows, col
     return locate
@@ -303,7 +304,7 @@ def _block_tile(grid: Grid):
 def _tile_index(grid: Grid, n, row, col):
     """(nb, rb, t): the block of tile (n, row, col) and its place in the block."""
     if grid.images == 1:
-        return n, row // grid.panel_rows, row % grid.panel_rows * grid.slots + col
+        return n, row // grid.block_rows, row % grid.block_rows * grid.slots + col
     return n // grid.images, 0, (n % grid.images * grid.rows + row) * grid.slots + col
 
 

@@ -62,9 +62,9 @@ def test_tile_blocks_cover_the_output_in_whole_vectors_and_even_tasks(out, m):
     grid = winograd.fused_grid(out, o, m, 16)
     assert grid.rows * m >= oh and grid.slots * m >= ow
     assert grid.block_tiles % 16 == 0
-    assert grid.rows % grid.panel_rows == 0 and n % grid.images == 0
-    assert grid.images == 1 or grid.panel_rows == grid.rows  # a block is rows or images
-    blocks = n // grid.images * grid.rows // grid.panel_rows
+    assert grid.rows % grid.block_rows == 0 and n % grid.images == 0
+    assert grid.images == 1 or grid.block_rows == grid.rows  # a block is rows or images
+    blocks = n // grid.images * grid.rows // grid.block_rows
     assert (blocks * grid.groups) % winograd.TASK_MULTIPLE == 0 or o % 16
     if winograd.weight_heavy(out, m):  # each task reads only its group's share of U
         assert grid.groups == winograd.TASK_MULTIPLE
@@ -74,7 +74,7 @@ def test_large_weights_take_all_tiles_in_one_block():
     """ResNet's 512-channel convs at batch 8: each half of U is 19 MB and would be read from
     memory once per block."""
     grid = winograd.fused_grid((8, 512, 7, 7), 512, 4, 16)
-    assert grid.images == 8 and grid.panel_rows == grid.rows and grid.groups == 2
+    assert grid.images == 8 and grid.block_rows == grid.rows and grid.groups == 2
     small = winograd.fused_grid((1, 128, 28, 28), 128, 4, 16)  # 1.2 MB per half: cached
     assert small.block_tiles == 16 and small.groups == 2
 
