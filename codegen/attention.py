@@ -12,17 +12,21 @@ Measured on the 2-core AVX-512 host, ViT-DeiT-Tiny whole, against the three-kern
 turns: batch 1 3-4% faster (five runs), batch 8 4-11% (two runs).
 
 Each parallel task takes `ROWS` query rows of one head:
-- scores = q k^T for the rows, a register tile of ROWS x `key_block` keys at a time over the
-  head dimension (k^T comes padded to whole tiles, see codegen/relax_lower.py);
-- the scale and the masks (padded keys, causal, a mask input) on the scores, the row maxima,
-  exponentials and sums, the reductions as `lanes` partials per row;
+- scores = q k^T for the rows, a register tile of ROWS x one or two vectors of keys at a time
+  over the head dimension (k^T comes padded to whole vectors, see codegen/relax_lower.py);
+- the scale and the masks (padded keys, causal, a mask input) applied once, as each score tile
+  is stored from its registers; then the row maxima, exponentials and sums, the reductions as
+  `lanes` partials per row;
 - the product with the values over the real keys, ROWS x PRODUCT_COLUMNS outputs at a time in
-  registers, divided by the row sums as they are stored.
+  registers, multiplied by the rows' reciprocal sums as they are stored.
 The query rows are padded to whole tiles (the padded rows reread the last query and are never
 stored): a row predicate inside the loops kept LLVM from holding the product's accumulators in
 registers (0.28 against 0.21 ms for a DeiT-Tiny layer at batch 1). Tiles of 4 x 64, 8 x 32,
 4 x 32 and 6 x 32 timed alike (within noise, in turns); 8 x 32 holds 16 accumulators in both
-products.
+products; 10, 12 and 16 rows were 1-3% slower (kernel alone, DeiT-Tiny at batch 8).
+Scaling and masking the scores once instead of in both the max and the exponentials, and one
+division per row: DeiT-Tiny's attention at batch 8 1.36 -> 1.34 ms per layer, MiniLM's (with
+its additive mask) 1.37 -> 1.29 (kernel alone, with the one-vector key padding).
 
 Used for float attention on CPU targets (codegen/relax_lower.py); the CPU
 schedule (codegen/cpu_schedule.py) calls schedule_attention for the kernel.
@@ -38,9 +42,11 @@ from tvm import s_tir, te, tirx, topi
 ROWS = 8  # query rows per task, the height of both products' register tiles
 PRODUCT_COLUMNS = 32  # head-dim columns of the product's tile where they divide the head dim
 SCORES = "attn_scores"
+MASKED = "attn_masked"
 MAX = "attn_max"
 SHIFT = "attn_shift"
 SUM = "attn_sum"
+INVERSE = "attn_inverse"
 PRODUCT = "attn_product"
 OUTPUT = "attn_out"
 # iterators of a row reduction's partials block (rfactor puts the lane first: lane, batch,
@@ -108,7 +114,7 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, *mask: te.Tensor,
                                   * kt[b, h // rep, d, j], axis=d), name=SCORES)
     offset = shape.keys - queries  # a causal query sees the keys up to its own position
 
-    def masked(b, h, i, j):
+    def masking(b, h, i, j):
         allowed = j < shape.keys
         if shape.causal:
             allowed = tirx.all(allowed, j <= i + offset)
@@ -122,15 +128,22 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, *mask: te.Tensor,
                 score = score + given
         return tirx.Select(allowed, score, tirx.const(-np.inf, dt))
 
+    # scaled and masked once, as the score tile leaves its registers (the row max and the
+    # exponentials both read them)
+    masked = te.compute(scores.shape, masking, name=MASKED)
     j = te.reduce_axis((0, padded_keys), "j")
     row_max = te.compute((batch, heads, padded_rows),
-                         lambda b, h, i: te.max(masked(b, h, i, j), axis=j), name=MAX)
+                         lambda b, h, i: te.max(masked[b, h, i, j], axis=j), name=MAX)
     exps = topi.fast_exp(te.compute((batch, heads, padded_rows, padded_keys),
-                                    lambda b, h, i, j: masked(b, h, i, j) - row_max[b, h, i],
+                                    lambda b, h, i, j: masked[b, h, i, j] - row_max[b, h, i],
                                     name=SHIFT))
     j2 = te.reduce_axis((0, padded_keys), "j2")
     row_sum = te.compute((batch, heads, padded_rows),
                          lambda b, h, i: te.sum(exps[b, h, i, j2], axis=j2), name=SUM)
+    # one division per row, the outputs multiplied by it (a vector division per output vector
+    # has several times a multiplication's throughput cost)
+    inverse = te.compute(row_sum.shape, lambda b, h, i: tirx.const(1, dt) / row_sum[b, h, i],
+                         name=INVERSE)
     jr = te.reduce_axis((0, shape.keys), "jr")
     product = te.compute(
         (batch, heads, padded_rows, dv),
@@ -138,9 +151,9 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, *mask: te.Tensor,
                                   axis=jr), name=PRODUCT)
     if shape.token_major_out:
         return te.compute((batch, queries, heads, dv),
-                          lambda b, i, h, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
+                          lambda b, i, h, e: product[b, h, i, e] * inverse[b, h, i], name=OUTPUT)
     return te.compute((batch, heads, queries, dv),
-                      lambda b, h, i, e: product[b, h, i, e] / row_sum[b, h, i], name=OUTPUT)
+                      lambda b, h, i, e: product[b, h, i, e] * inverse[b, h, i], name=OUTPUT)
 
 
 def _mask_at(mask: te.Tensor, *index):
@@ -160,10 +173,11 @@ def schedule_attention(sch: s_tir.Schedule, lanes: int) -> None:
     partials = [_lane_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)]
     out = sch.get_sblock(OUTPUT)
     b, x, y, e = sch.get_loops(out)
-    # which of the middle loops walks the heads: the one indexing the row sums' ([b, h, i])
+    # which of the middle loops walks the heads: the one indexing the rows' ([b, h, i])
+    # reciprocal sums
     stmt = sch.get(out)
-    sums = next(r for r in stmt.reads if r.source.name.startswith(SUM))
-    h, i = (x, y) if sums.region[1].min.same_as(stmt.iter_vars[1].var) else (y, x)
+    inverses = next(r for r in stmt.reads if r.source.name.startswith(INVERSE))
+    h, i = (x, y) if inverses.region[1].min.same_as(stmt.iter_vars[1].var) else (y, x)
     product = sch.get_sblock(PRODUCT)
     tile = min(ROWS, _extent(sch, i))
     io, ii = sch.split(i, [None, tile])
@@ -173,7 +187,8 @@ def schedule_attention(sch: s_tir.Schedule, lanes: int) -> None:
     sch.vectorize(e)
     # everything else per task, last producer first
     sch.compute_at(product, task, preserve_unit_loops=True)
-    for block in [sch.get_sblock(SUM), partials[1], exps, sch.get_sblock(MAX), partials[0],
+    for block in [sch.get_sblock(INVERSE), sch.get_sblock(SUM), partials[1], exps,
+                  sch.get_sblock(MAX), partials[0], sch.get_sblock(MASKED),
                   sch.get_sblock(SCORES)]:
         sch.compute_at(block, task, preserve_unit_loops=True)
     _schedule_product(sch, product)
@@ -220,6 +235,7 @@ def _schedule_scores(sch: s_tir.Schedule, block, lanes: int) -> None:
     acc = sch.cache_write(block, 0, "local")
     sch.reverse_compute_at(acc, key_tile)
     sch.vectorize(sch.get_loops(acc)[-1])
+    sch.reverse_compute_inline(sch.get_sblock(MASKED))  # scale and mask on the write-back
     sch.decompose_reduction(block, dim)
 
 
