@@ -99,6 +99,26 @@ def test_mask_inputs_broadcast(mask_shape, dtype):
         given = rand(*mask_shape)
     stats = check(g, [rand(2, 3, 5, 8), rand(2, 3, 7, 8), rand(2, 3, 7, 8), given])
     assert stats["attention"] == 1
+    assert_in_bounds(g)
+
+
+def assert_in_bounds(g: Graph):
+    """Every scheduled kernel's reads and writes stay inside their buffers (TVM's static
+    check): the padded keys' lanes must not read past an added mask's end."""
+    import tvm
+    from tvm import s_tir
+
+    from honer.codegen.build import _fused_module
+    from honer.codegen.cpu_schedule import schedule_module
+    from honer.targets import get_target
+
+    target = get_target("host")
+    mod = _fused_module(target.lower(g), target.tvm_target(), target.schedule())
+    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert kernels
+    for func in kernels:
+        scheduled = schedule_module(tvm.IRModule({"main": func}), target.schedule())
+        s_tir.analysis.OOBChecker()(scheduled)  # raises on an access out of bounds
 
 
 @pytest.mark.parametrize("batch,tokens", [(1, 197), (2, 128), (1, 8)])
