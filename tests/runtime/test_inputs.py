@@ -33,6 +33,26 @@ def test_non_contiguous_arrays_are_copied_not_misread(model):
     np.testing.assert_allclose(model(a, b), np.ascontiguousarray(a) * 2)
 
 
+def aligned(array: np.ndarray, offset: int = 0) -> np.ndarray:
+    """A copy of `array` whose data starts `offset` bytes past a 64-byte boundary."""
+    raw = np.empty(array.nbytes + 128, np.uint8)
+    start = -raw.ctypes.data % 64 + offset
+    view = raw[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    view[...] = array
+    return view
+
+
+@pytest.mark.parametrize("offset,writeable", [(0, True), (16, True), (0, False)])
+def test_inputs_taken_in_place_or_copied_alike(model, offset, writeable):
+    """Aligned, writeable arrays are wrapped without a copy; unaligned or read-only ones are
+    copied: the outputs agree, and the caller's input is left as it was."""
+    a = aligned(np.arange(12, dtype=np.float32).reshape(3, 4), offset)
+    a.flags.writeable = writeable
+    b = np.ones((3, 5), np.float32)
+    np.testing.assert_allclose(model(a, b), np.arange(12).reshape(3, 4) * 2 + 5.0)
+    np.testing.assert_array_equal(a, np.arange(12).reshape(3, 4))
+
+
 @pytest.mark.parametrize("args,message", [
     ((np.ones((3, 4), np.float32),), "takes 2 input"),
     ((np.ones((3, 4), np.float64), np.ones((3, 5), np.float32)), "dtype float64"),
