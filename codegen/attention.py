@@ -169,7 +169,7 @@ def is_attention(func: tirx.PrimFunc) -> bool:
 
 def schedule_attention(sch: s_tir.Schedule, lanes: int) -> None:
     """The schedule described above, for the kernel fused_attention builds (keys padded to a
-    multiple of `lanes`, of twice that where the lowering pads so)."""
+    multiple of `lanes`)."""
     sch.compute_inline(sch.get_sblock(SHIFT))
     exps = sch.get_producers(sch.get_sblock(SUM))[0]
     partials = [_lane_partials(sch, sch.get_sblock(name), lanes) for name in (MAX, SUM)]
@@ -226,8 +226,8 @@ def _lane_partials(sch: s_tir.Schedule, block, lanes: int):
 
 
 def _schedule_scores(sch: s_tir.Schedule, block, lanes: int) -> None:
-    """ROWS x (two vectors of) keys register tiles over the head dimension, like the matmul
-    rule's."""
+    """ROWS x (one or two vectors of) keys register tiles over the head dimension, like the
+    matmul rule's: two where they divide the padded keys (128), else one (208 for 197 keys)."""
     rows, keys, dim = sch.get_loops(block)[-3:]
     width = 2 * lanes if _extent(sch, keys) % (2 * lanes) == 0 else lanes
     key_tile, key = sch.split(keys, [None, width])
