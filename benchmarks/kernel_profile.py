@@ -19,9 +19,7 @@ def profile(key: str, passes: list[str], batch: int = 1) -> list[dict]:
     import tvm
 
     import honer
-    from honer.codegen.attention import is_attention
-    from honer.codegen.build import _call_counts, _fused_module, _kernels
-    from honer.codegen.cpu_schedule import schedule_module
+    from honer.codegen.build import _call_counts, _fused_module, rule_scheduled_kernels
     from honer.codegen.tuning import measure_kernel
     from honer.targets import get_target
     from honer.tests.models.zoo import ZOO
@@ -36,10 +34,7 @@ def profile(key: str, passes: list[str], batch: int = 1) -> list[dict]:
     counts = _call_counts(mod)
     tvm_target = tvm.target.Target(target.tvm_target())
     rows = []
-    attention = {gv.name_hint: f for gv, f in mod.functions.items()
-                 if isinstance(f, tvm.tirx.PrimFunc) and is_attention(f)}
-    for name, func in {**_kernels(mod), **attention}.items():
-        scheduled = schedule_module(tvm.IRModule({"main": func}), cfg)["main"]
+    for name, scheduled in rule_scheduled_kernels(mod, cfg).items():
         ms = measure_kernel(scheduled, tvm_target)
         rows.append({"kernel": name, "calls": counts.get(name, 0), "ms": ms,
                      "total_ms": ms * counts.get(name, 0)})

@@ -118,17 +118,16 @@ def fused_attention(q: te.Tensor, kt: te.Tensor, v: te.Tensor, *mask: te.Tensor,
         allowed = j < shape.keys
         if shape.causal:
             allowed = tirx.all(allowed, j <= i + offset)
-        score = scores[b, h, i, j] * tirx.const(shape.scale, dt)
-        if not mask:
-            return tirx.Select(allowed, score, tirx.const(-np.inf, dt))
         given = _mask_at(mask[0], b, h, tirx.min(i, queries - 1),
-                         tirx.min(j, shape.keys - 1))  # clamped: padded keys are masked
+                         tirx.min(j, shape.keys - 1)) if mask else None  # clamped: padded
         if shape.mask == "bool":
-            return tirx.Select(tirx.all(allowed, given), score, tirx.const(-np.inf, dt))
-        # added outside the Select: inside its true branch TVM's simplifier assumes the
-        # condition (j < keys) and drops the clamp, and the padded keys' lanes would read past
-        # the mask's end
-        return tirx.Select(allowed, score, tirx.const(-np.inf, dt)) + given
+            allowed = tirx.all(allowed, given)
+        score = tirx.Select(allowed, scores[b, h, i, j] * tirx.const(shape.scale, dt),
+                            tirx.const(-np.inf, dt))
+        # an added mask goes outside the Select: inside its true branch TVM's simplifier
+        # assumes the condition (j < keys) and drops the clamp, and the padded keys' lanes
+        # would read past the mask's end
+        return score + given if shape.mask == "add" else score
 
     # scaled and masked once, as the score tile leaves its registers (the row max and the
     # exponentials both read them)

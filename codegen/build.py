@@ -13,6 +13,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
+from .attention import is_attention
 from .cpu_schedule import CPUScheduleConfig, ScheduleStats, is_opaque, is_tunable, schedule_module
 from .relax_lower import LoweredModule
 from .tuning import TuneConfig, TunedKernels, TuneReport, tune_kernels
@@ -77,6 +78,15 @@ def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
                 name = value.args[0].name_hint
                 counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def rule_scheduled_kernels(mod: tvm.IRModule, cfg: CPUScheduleConfig) -> dict[str, tirx.PrimFunc]:
+    """The fused module's kernels that honer's rules schedule (TVM's own opaque kernels left
+    out, honer's one-kernel attentions in), each with its rule schedule."""
+    kernels = {gv.name_hint: f for gv, f in mod.functions.items()
+               if isinstance(f, tirx.PrimFunc) and (not is_opaque(f) or is_attention(f))}
+    return {name: schedule_module(tvm.IRModule({"main": f}), cfg)["main"]
+            for name, f in kernels.items()}
 
 
 def fused_kernels(lowered: LoweredModule, tvm_target: dict[str, Any],

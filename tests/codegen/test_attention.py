@@ -108,17 +108,16 @@ def assert_in_bounds(g: Graph):
     import tvm
     from tvm import s_tir
 
-    from honer.codegen.build import _fused_module
-    from honer.codegen.cpu_schedule import schedule_module
+    from honer.codegen.build import _fused_module, rule_scheduled_kernels
     from honer.targets import get_target
 
     target = get_target("host")
-    mod = _fused_module(target.lower(g), target.tvm_target(), target.schedule())
-    kernels = [f for f in mod.functions.values() if isinstance(f, tvm.tirx.PrimFunc)]
-    assert kernels
-    for func in kernels:
-        scheduled = schedule_module(tvm.IRModule({"main": func}), target.schedule())
-        s_tir.analysis.OOBChecker()(scheduled)  # raises on an access out of bounds
+    cfg = target.schedule()
+    kernels = rule_scheduled_kernels(_fused_module(target.lower(g), target.tvm_target(), cfg),
+                                     cfg)
+    assert "attention" in kernels
+    for func in kernels.values():
+        s_tir.analysis.OOBChecker()(tvm.IRModule({"main": func}))  # raises if out of bounds
 
 
 @pytest.mark.parametrize("batch,tokens", [(1, 197), (2, 128), (1, 8)])
