@@ -13,7 +13,7 @@ import tvm
 from tvm import relax, tirx
 
 from ..errors import BuildError
-from .attention import is_attention
+from .attention import honer_kernel
 from .cpu_schedule import CPUScheduleConfig, ScheduleStats, is_opaque, is_tunable, schedule_module
 from .relax_lower import LoweredModule
 from .tuning import TuneConfig, TunedKernels, TuneReport, tune_kernels
@@ -84,7 +84,7 @@ def rule_scheduled_kernels(mod: tvm.IRModule, cfg: CPUScheduleConfig) -> dict[st
     """The fused module's kernels that honer's rules schedule (TVM's own opaque kernels left
     out, honer's one-kernel attentions in), each with its rule schedule."""
     kernels = {gv.name_hint: f for gv, f in mod.functions.items()
-               if isinstance(f, tirx.PrimFunc) and (not is_opaque(f) or is_attention(f))}
+               if isinstance(f, tirx.PrimFunc) and (not is_opaque(f) or honer_kernel(f))}
     return {name: schedule_module(tvm.IRModule({"main": f}), cfg)["main"]
             for name, f in kernels.items()}
 

@@ -21,7 +21,7 @@ import numpy as np
 import tvm
 from tvm import s_tir, tirx
 
-from .attention import is_attention, schedule_attention
+from .attention import SCHEDULES, honer_kernel
 from .gemv import find_gemv, schedule_gemv
 from .int8_dot import intrinsic_for, schedule_int8_matmul
 from .relax_lower import DECODED_WEIGHT
@@ -99,8 +99,8 @@ def is_tunable(func: tirx.PrimFunc) -> bool:
 
 def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
                    stats: ScheduleStats) -> tirx.PrimFunc:
-    if is_attention(func):
-        return _schedule_attention_func(name, func, cfg, stats)
+    if honer_kernel(func):
+        return _schedule_honer_kernel(name, func, cfg, stats)
     if is_opaque(func):
         return func
     sch = s_tir.Schedule(func)
@@ -135,15 +135,20 @@ def _schedule_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
         return _schedule_func_conservative(name, func, cfg, stats)
 
 
-def _schedule_attention_func(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
-                             stats: ScheduleStats) -> tirx.PrimFunc:
+def _schedule_honer_kernel(name: str, func: tirx.PrimFunc, cfg: CPUScheduleConfig,
+                           stats: ScheduleStats) -> tirx.PrimFunc:
+    """A kernel honer wrote (codegen/attention.py), with the schedule written for it."""
     sch = s_tir.Schedule(func)
+    kernel = honer_kernel(func)
     try:
-        schedule_attention(sch, cfg.lanes)
+        SCHEDULES[kernel](sch, cfg.lanes)
     except Exception as e:  # noqa: BLE001 - correct with TVM's default loops, only slow
         stats.fallbacks.append(f"{name}: {type(e).__name__}")
         return func
-    stats.attention += 1
+    if kernel == "attention":
+        stats.attention += 1
+    else:
+        stats.elementwise += 1
     return sch.mod["main"]
 
 

@@ -591,15 +591,6 @@ def _lower_fused_attention(bb, node: Node, fold: AttentionFold, env: dict[int, r
     # vectors, not tiles of two: DeiT-Tiny's 197 keys in 13 vectors rather than 14 made its
     # attention kernel 4% faster (the score tile is then one vector wide)
     padded = -(-keys // key_block) * key_block
-    k_operand = fold.operands[1]
-    if k_operand.layout == fused.PACKED:
-        k = R.reshape(R.strided_slice(k, [2], [k_operand.offset],
-                                      [k_operand.offset + kv_heads * dim]),
-                      [batch, keys, kv_heads, dim])
-    head_major = k_operand.layout == fused.HEAD_MAJOR
-    kt = R.permute_dims(k, [0, 1, 3, 2] if head_major else [0, 2, 3, 1])
-    if padded != keys:
-        kt = R.nn.pad(kt, [0, 0, 0, 0, 0, 0, 0, padded - keys])
     shape = fused.AttentionShape(
         batch=batch, heads=heads, kv_heads=kv_heads, queries=queries, keys=keys, dim=dim,
         value_dim=node.inputs[2].shape[3], scale=attention_scale(node.attrs, dim),
@@ -607,9 +598,13 @@ def _lower_fused_attention(bb, node: Node, fold: AttentionFold, env: dict[int, r
         token_major_out=fold.out is not None,
         mask="" if not masks else "bool" if node.inputs[3].dtype == "bool" else "add")
     with _naming(node):
-        out = bb.emit_te(functools.partial(fused.fused_attention, shape=shape), q,
-                         bb.emit(kt), v, *(bb.emit(m) for m in masks),
-                         primfunc_name_hint="attention",
+        kt = bb.emit_te(functools.partial(fused.transposed_keys, operand=fold.operands[1],
+                                          kv_heads=kv_heads, keys=keys, dim=dim,
+                                          padded_keys=padded), k,
+                        primfunc_name_hint="transposed_keys",
+                        primfunc_attrs=fused.KEYS_KERNEL_ATTRS)
+        out = bb.emit_te(functools.partial(fused.fused_attention, shape=shape), q, kt, v,
+                         *(bb.emit(m) for m in masks), primfunc_name_hint="attention",
                          primfunc_attrs=fused.KERNEL_ATTRS)
     target = fold.out if fold.out is not None else node
     _check_shape(target, out)

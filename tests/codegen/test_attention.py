@@ -34,13 +34,15 @@ def heads_of(g: Graph, x, start: int, heads: int, dim: int):
     return g.op("transpose", view, perm=(0, 2, 1, 3))
 
 
-@pytest.mark.parametrize("tokens,heads,kv_heads,causal", [(197, 3, 3, False), (9, 4, 2, True),
-                                                          (1, 2, 1, False)])
-def test_projection_packed_heads(tokens, heads, kv_heads, causal):
+@pytest.mark.parametrize("tokens,heads,kv_heads,causal,dim", [
+    (197, 3, 3, False, 8), (197, 3, 3, False, 32), (9, 4, 2, True, 8), (1, 2, 1, False, 8)])
+def test_projection_packed_heads(tokens, heads, kv_heads, causal, dim):
     """q, k and v sliced out of one merged projection and viewed per head, as the exact
     passes leave a ViT's or a LLaMA's attention: the kernel reads them in place and writes its
-    output token-major, and every slice, view and transpose is folded into it."""
-    dim, batch = 8, 2
+    output token-major, and every slice, view and transpose is folded into it. k^T is copied
+    in blocks of whole vectors where they divide the head dimension (32), else a dim at a
+    time (8)."""
+    batch = 2
     channels = (heads + 2 * kv_heads) * dim
     g = Graph()
     x = g.add_input("x", (batch, tokens, 16), F)
