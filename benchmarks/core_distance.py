@@ -96,6 +96,8 @@ def main() -> None:
                         choices=sorted(MODELS))
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--turns", type=int, default=200)
+    parser.add_argument("--out", default="core_distance",
+                        help="result file (default benchmarks/results/core_distance.json)")
     args = parser.parse_args()
     harness.pin_threads(2)
 
@@ -106,7 +108,7 @@ def main() -> None:
             turns = record(peers_for(key, args.batch), probe, args.turns)
             results.append({"model": key, "batch": args.batch,
                             "summary": by_placement(turns), "turns": turns})
-    path = harness.save("core_distance", {"threads": 2, "models": results})
+    path = harness.save(args.out, {"threads": 2, "models": results})
     print(harness.table([[r["model"], s["placement"], s["turns"], s["round_trip_ns"],
                           *s["median_ms"].values(),
                           s["median_ms"]["honer"] / s["median_ms"]["onnxruntime"]]

@@ -225,8 +225,12 @@ def environment() -> dict[str, Any]:
 
 
 def save(name: str, payload: dict[str, Any]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    """Writes the payload with the environment to `name` (a path, absolute or under
+    benchmarks/results/; .json added unless it ends so)."""
+    path = RESULTS / name
+    if path.suffix != ".json":
+        path = path.with_name(path.name + ".json")
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"environment": environment(), **payload}, indent=1) + "\n")
     return path
 

@@ -1,5 +1,5 @@
 """benchmarks/core_distance: its probe measures a round trip between two CPUs, and the turns
-are grouped by it."""
+are grouped by it; results files (benchmarks/harness.save)."""
 
 import math
 import os
@@ -32,3 +32,11 @@ def test_turns_are_grouped_by_the_round_trip():
 def test_no_far_turns_leaves_one_group():
     turns = [{"round_trip_ns": 90, "ms": {"honer": 1.0, "onnxruntime": 2.0}}]
     assert [g["placement"] for g in core_distance.by_placement(turns)] == ["near"]
+
+
+def test_results_go_where_out_says(tmp_path):
+    from honer.benchmarks import harness
+
+    for name in ("run", "run.json"):
+        path = harness.save(str(tmp_path / "sub" / name), {"rows": []})
+        assert path == tmp_path / "sub" / "run.json" and path.exists()
