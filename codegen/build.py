@@ -82,7 +82,7 @@ def _call_counts(mod: tvm.IRModule) -> dict[str, int]:
 
 def rule_scheduled_kernels(mod: tvm.IRModule, cfg: CPUScheduleConfig) -> dict[str, tirx.PrimFunc]:
     """The fused module's kernels that honer's rules schedule (TVM's own opaque kernels left
-    out, honer's one-kernel attentions in), each with its rule schedule."""
+    out, honer's own in: the one-kernel attention and its k^T), each with its rule schedule."""
     kernels = {gv.name_hint: f for gv, f in mod.functions.items()
                if isinstance(f, tirx.PrimFunc) and (not is_opaque(f) or honer_kernel(f))}
     return {name: schedule_module(tvm.IRModule({"main": f}), cfg)["main"]
