@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import importlib.metadata
+import json
 import platform
 import sys
 import tempfile
@@ -15,8 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .errors import HonerError
+from .errors import HonerError, InputError
 from .ir import Graph, interpret, verify
+from .ir import batch_split as batching
 from .ir.analysis import index_bounds
 from .passes.base import Calibration
 from .runtime import artifact
@@ -62,8 +66,13 @@ def compile(  # noqa: A001 - the public name users expect
     check: bool = True,
     progress: Callable[[str], None] | None = None,
     tune: TuneConfig | None = None,
+    batch_split: int | None = None,
 ) -> CompiledModel:
     """Captures, optimizes, builds and packages `model` for `target`.
+
+    `batch_split=m` compiles the model for micro-batches of m and runs the example inputs'
+    batch as micro-batches one after another inside each call (ir/batch_split.py says when that
+    pays); the model is captured a second time at m, and must treat batch items independently.
 
     `tune` tunes the kernels with MetaSchedule for up to `tune.budget_s` seconds (kernels
     already in `tune.database` are reused, budget 0 only reads it) and builds each kernel with
@@ -94,12 +103,23 @@ def compile(  # noqa: A001 - the public name users expect
     graph = timed("capture", lambda: frontend.capture(model, examples))
     verify(graph)
     captured = graph
-    calib = Calibration([tuple(s) for s in calibration]) if calibration else None
-    evals = passes_mod.Evaluation([tuple(s) for s in evaluation[0]],
-                                  [np.asarray(y) for y in evaluation[1]]) if evaluation else None
+    split, split_choice = None, None
+    if batch_split is None and tune is not None and tune.batch_split:
+        batch_split, split_choice = timed("batch split choice", lambda: _choose_batch_split(
+            model, examples, target, passes, calibration, tune, graph_sha256(captured)))
+        # the choice's builds and timing come out of the tuning budget
+        tune = dataclasses.replace(
+            tune, budget_s=max(0.0, tune.budget_s - timings["batch split choice"]))
+    if batch_split is not None:
+        graph, split = timed("batch split", lambda: _micro_batch_graph(model, examples, captured,
+                                                                         batch_split))
+    calib = Calibration(_micro_batches(calibration, split)) if calibration else None
+    evals = passes_mod.Evaluation(
+        _micro_batches(evaluation[0], split),
+        _micro_batch_labels(evaluation[1], split)) if evaluation else None
     graph, pass_reports = timed("passes", lambda: passes_mod.run_pipeline(graph, passes, calib,
                                                                           say, evals))
-    lowered = timed("lower", lambda: tgt.lower(graph))
+    lowered = timed("lower", lambda: tgt.lower(graph, split))
     tuning = None
     if tune is not None and tune.budget_s > 0:
         tuning = timed("tune", lambda: tgt.tune(lowered, tune, say))
@@ -110,6 +130,7 @@ def compile(  # noqa: A001 - the public name users expect
     build_facts: dict[str, Any] = {}
 
     bounds = index_bounds(graph)
+    interface = captured if split else graph  # what `main` takes: the whole batch
 
     def fill(tmp: Path) -> dict[str, Any]:
         build = timed("build", lambda: tgt.build(lowered, tmp, work, tune))
@@ -124,8 +145,9 @@ def compile(  # noqa: A001 - the public name users expect
             "target": {"name": tgt.name, "tvm_target": tgt.tvm_target(), "form": build.form,
                        **build.manifest},
             "tools": tool_versions(),
-            "inputs": [_spec(v, bounds.get(v.name)) for v in graph.inputs],
-            "outputs": [_spec(v) for v in graph.outputs],
+            "inputs": [_spec(v, bounds.get(v.name)) for v in interface.inputs],
+            "outputs": [_spec(v) for v in interface.outputs],
+            **({"batch_split": split.to_json()} if split else {}),
             "weights": index,
             "passes": [r.to_json() for r in pass_reports],
         }
@@ -140,6 +162,7 @@ def compile(  # noqa: A001 - the public name users expect
         "seconds": timings,
         "build": build_facts,
         **({"tuning": tuning} if tuning is not None else {}),
+        **({"batch_split": split_choice} if split_choice is not None else {}),
         "artifact_bytes": {rel: (out_dir / rel).stat().st_size
                            for rel in loaded.manifest["files"]},
     }
@@ -154,6 +177,94 @@ def _as_tuple(example_inputs: Any) -> tuple | None:
     if isinstance(example_inputs, tuple | list):
         return tuple(example_inputs)
     return (example_inputs,)
+
+
+def _micro_batch_graph(model: Any, examples: tuple | None, whole: Graph, micro: int
+                       ) -> tuple[Graph, batching.BatchSplit]:
+    """The model captured at micro-batches of `micro`, and how `main` runs it on the whole
+    batch; raises unless the reference gives the same outputs both ways."""
+    from . import frontend
+
+    if examples is None:
+        raise InputError("batch_split needs example inputs (for an ONNX model on the command "
+                         "line, --inputs): they give the batch to split")
+    batch = batching.batch_of(_to_numpy_inputs(examples), micro)
+    try:
+        graph = frontend.capture(model, batching.micro_batch_examples(examples, batch, micro))
+    except HonerError as e:
+        raise InputError(f"batch_split: capturing the model at micro-batches of {micro} "
+                         f"failed: {e}") from e
+    verify(graph)
+    split = batching.plan(whole, graph, batch, micro)
+    _, want = reference_outputs(model, examples, whole)
+    batching.check_independent(want, [reference_outputs(model, part, graph)[1]
+                                         for part in batching.split_samples(examples, split)])
+    return graph, split
+
+
+def _choose_batch_split(model: Any, examples: tuple | None, target: str, passes: Sequence[Any],
+                        calibration: Sequence[Sequence[np.ndarray]] | None, tune: TuneConfig,
+                        model_sha: str) -> tuple[int | None, dict[str, Any] | None]:
+    """The micro-batch that ran the model fastest here (None: the whole batch at once), built
+    with the rule schedules and timed in turns, or the choice the database recorded for this
+    model, target and batch. Compiles that only read the database (budget 0) reuse a choice
+    but never measure one."""
+    from . import targets
+    from .codegen.tuning import TuningDatabase
+
+    arrays = _to_numpy_inputs(examples) if examples else []
+    batch = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
+    candidates = [m for m in range(batch - 1, 0, -1) if batch % m == 0]
+    tgt = targets.get_target(target)
+    if not candidates or not tgt.can_run_here():
+        return None, None
+    db = TuningDatabase(tune.database)
+    key = json.dumps({"model": model_sha, "target": tgt.tvm_target(), "inputs":
+                      [list(x.shape) for x in arrays]}, sort_keys=True)
+    if (known := db.batch_split(key)) is not None or tune.budget_s <= 0:
+        return (known["micro_batch"], known) if known else (None, None)
+    builds = {None: compile(model, examples, target, passes, calibration, check=False)}
+    for micro in candidates:
+        try:
+            builds[micro] = compile(model, examples, target, passes, calibration, check=False,
+                                    batch_split=micro)
+        except HonerError:  # the model mixes batch items, or its outputs are not per item
+            break
+    ms = _median_ms_in_turns({m: functools.partial(c.run, *arrays) for m, c in builds.items()})
+    best = min(ms, key=lambda m: ms[m])
+    choice = {"micro_batch": best, "batch": batch,
+              "median_ms": {str(m or batch): round(t, 3) for m, t in ms.items()}}
+    db.record_batch_split(key, choice)
+    return best, choice
+
+
+def _median_ms_in_turns(fns: dict[Any, Callable[[], Any]], rounds: int = 10) -> dict[Any, float]:
+    """Median latency of each, timed in turns (a slow spell of the machine then falls on all
+    alike), each turn one warm-up call and two timed."""
+    samples: dict[Any, list[float]] = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            fn()
+            for _ in range(2):
+                start = time.perf_counter()
+                fn()
+                samples[k].append((time.perf_counter() - start) * 1e3)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def _micro_batches(samples: Sequence[Sequence[Any]], split: batching.BatchSplit | None
+                   ) -> list[tuple]:
+    """Input tuples of the whole batch as the micro-batch graph takes them."""
+    if split is None:
+        return [tuple(s) for s in samples]
+    return [part for s in samples for part in batching.split_samples(tuple(s), split)]
+
+
+def _micro_batch_labels(labels: Sequence[Any], split: batching.BatchSplit | None
+                        ) -> list[np.ndarray]:
+    if split is None:
+        return [np.asarray(y) for y in labels]
+    return [part for y in labels for part in np.split(np.asarray(y), split.chunks)]
 
 
 def _spec(v: Any, index_bound: int | None = None) -> dict[str, Any]:

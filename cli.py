@@ -119,7 +119,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
     compiled = honer_compile(model, examples, target=args.target, passes=passes,
                              calibration=_read_calibration(getattr(args, "calibration", None),
                                                            batch),
-                             evaluation=evaluation, progress=_progress(), tune=tune)
+                             evaluation=evaluation, progress=_progress(), tune=tune,
+                             batch_split=getattr(args, "batch_split", None))
     print(format_report(compiled.report))
     if args.output:
         print(f"wrote {compiled.save(args.output)}")
@@ -145,6 +146,12 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"tuning       {len(kept)} kernels tuned in {t['seconds']:.0f} s "
                      f"({kept.count('tuned')} faster than the rules, kept), {t['reused']} "
                      "reused from the database")
+    if "batch_split" in report:
+        b = report["batch_split"]
+        timed = ", ".join(f"{m} {ms:.1f} ms" for m, ms in b.get("median_ms", {}).items())
+        lines.append(f"batch split  micro-batches of {b['micro_batch'] or b['batch']} of "
+                     f"{b['batch']}" + (f" (measured per micro-batch size: {timed})"
+                                        if timed else ""))
     if report["build"].get("schedule", {}).get("tuned"):
         lines.append(f"schedules    {report['build']['schedule']['tuned']} kernels from the "
                      "tuning database, the rest from the rules")
@@ -309,6 +316,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "for passes that calibrate")
     p.add_argument("--eval", help=".npz of evaluation inputs and 'labels': approximate "
                                   "passes report top-1 before and after")
+    p.add_argument("--batch-split", type=int, metavar="M",
+                   help="run the inputs' batch as micro-batches of M inside each call (`tune` "
+                        "measures whether that pays)")
     p.set_defaults(func=cmd_compile)
     p = sub.add_parser("tune", help="tune a model's kernels with MetaSchedule into a database "
                                     "that later compiles reuse")

@@ -12,6 +12,10 @@ the work they save) are given against the cores' float32 peak measured by a mult
 (benchmarks/harness.py: 191 GFLOP/s on the 2-core AVX2 host, 252 on the 2-core AVX-512 one,
 where the issue had estimated 510).
 
+With --tuning-db, honer tunes each model and batch first (MetaSchedule within the budget, and
+the batch split into micro-batches where that measured faster, ir/batch_split.py); the table
+gives the micro-batch it ran and the tuning seconds spent.
+
 honer compiles with its `exact` passes (constant folding, BatchNorm folding, linear and QKV
 merging, activation fusion: all exact to float rounding), the counterpart of the graph
 optimizations ONNX Runtime runs at ORT_ENABLE_ALL; `--passes` changes that.
@@ -52,7 +56,9 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None,
     compiled = honer.compile(model, examples, passes=passes, tune=tune,
                              progress=print if tune else None)
     arrays = [e.numpy() for e in examples]
-    work = flops(compiled.graph)
+    # a split batch's graph is one micro-batch's (ir/batch_split.py): main runs it `chunks` times
+    split = compiled.manifest.get("batch_split", {"chunks": 1})
+    work = flops(compiled.graph) * split["chunks"]
     peers = {"honer": lambda: compiled(*arrays), "onnxruntime": onnx_session(model, examples,
                                                                              threads)}
     with torch.no_grad():
@@ -66,6 +72,9 @@ def bench_model(key: str, batch: int, threads: int, runs: int, tune=None,
             "compile_seconds": sum(compiled.report["seconds"].values()),
             "schedule": compiled.report["build"].get("schedule"),
             "tuning": compiled.report.get("tuning"),
+            "batch_split": compiled.report.get("batch_split"),
+            "tuning_seconds": sum(compiled.report["seconds"].get(stage, 0.0)
+                                  for stage in ("tune", "batch split choice")),
             "median_ms": {k: t.median_ms for k, t in timings.items()},
             # the spread says how far a slow spell of the shared cores moved each median
             "p10_ms": {k: t.p10_ms for k, t in timings.items()},
@@ -111,10 +120,12 @@ def main() -> None:
                                "tune_budget_s": args.tune_budget if tune else 0})
     table = [[r["model"], r["batch"], r["median_ms"]["honer"], r["median_ms"]["onnxruntime"],
               r["median_ms"]["torch eager"], r["median_ms"]["torch.compile"],
-              r["ratio_vs_onnxruntime"], r["honer_gflops"], r["percent_of_peak"] or "-"]
+              r["ratio_vs_onnxruntime"], r["honer_gflops"], r["percent_of_peak"] or "-",
+              (r["batch_split"] or {}).get("micro_batch") or r["batch"], r["tuning_seconds"]]
              for r in rows]
     print(harness.table(table, ["model", "batch", "honer ms", "ORT ms", "eager ms",
-                                "torch.compile ms", "honer/ORT", "honer GFLOP/s", "% of peak"]))
+                                "torch.compile ms", "honer/ORT", "honer GFLOP/s", "% of peak",
+                                "micro-batch", "tuning s"]))
     print(f"fp32 peak of {args.threads} cores, measured: "
           + (f"{peak:.0f} GFLOP/s" if peak else "no C compiler to measure it"))
     print(f"saved {path}")

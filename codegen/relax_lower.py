@@ -20,6 +20,7 @@ from tvm import relax
 
 from ..errors import CodegenError
 from ..ir import Graph, Node, Value
+from ..ir.batch_split import BatchSplit
 from ..ir.ops import FREE_MERGE, attention_scale, slice_indices, tome_score_tables
 from . import attention as fused
 from . import winograd
@@ -1352,8 +1353,10 @@ def supported_ops() -> set[str]:
 # ---- the driver ------------------------------------------------------------------------------
 
 
-def _tensor_type(v: Value) -> relax.TensorType:
-    return relax.TensorType(v.shape, v.dtype)
+def _tensor_type(v: Value, chunks: int = 1) -> relax.TensorType:
+    """v's type; with `chunks`, that of `chunks` of it stacked along axis 0 (a split input)."""
+    shape = (v.shape[0] * chunks, *v.shape[1:]) if chunks > 1 else v.shape
+    return relax.TensorType(shape, v.dtype)
 
 
 def _weight_only(v: Value, op: str) -> bool:
@@ -1493,8 +1496,10 @@ def _stored_shape(v: Value, layout: str) -> tuple[int, ...]:
 
 
 def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
-          transpose_linears: bool = True) -> LoweredModule:
+          transpose_linears: bool = True, split: BatchSplit | None = None) -> LoweredModule:
     """Builds the Relax module for `graph`; weights above `inline_limit` elements become params.
+    With `split`, `graph` is a micro-batch's, and `main` runs it once per micro-batch of its
+    inputs (ir/batch_split.py), the weights shared.
 
     Linear weights are stored transposed ([in, out]) so the matmul kernels read them along
     contiguous rows instead of transposing them on every call; with `panel` (a multiple of the
@@ -1509,7 +1514,9 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
     stored = {id(c): lay for c, lay in zip(params, layouts) if lay != "as-is"}
     bb = relax.BlockBuilder()
     env: dict[int, relax.Expr] = {}
-    fn_inputs = [relax.Var(v.name, _tensor_type(v)) for v in graph.inputs]
+    split = split or BatchSplit(1, (False,) * len(graph.inputs))
+    fn_inputs = [relax.Var(v.name, _tensor_type(v, split.chunks if cut else 1))
+                 for v, cut in zip(graph.inputs, split.split_inputs)]
     fn_params = [relax.Var(v.name, relax.TensorType(shape, v.dtype))
                  for v, shape in zip(params, stored_shapes)]
     for v, var in zip(list(graph.inputs) + params, fn_inputs + fn_params):
@@ -1522,12 +1529,22 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
     folds, skipped = fold_attention(graph) if panel else ({}, set())
     with bb.function("main", fn_inputs + fn_params, attrs=attrs):
         with bb.dataflow():
-            for node in graph.nodes:
-                if id(node) in folds:
-                    _lower_fused_attention(bb, node, folds[id(node)], env, panel // 2)
-                elif id(node) not in skipped:
-                    _emit_node(bb, node, env, stored, panel)
-            outs = [env[id(v)] for v in graph.outputs]
+            chunk_outs = []
+            for chunk in range(split.chunks):
+                chunk_env = dict(env)
+                for v, var, cut in zip(graph.inputs, fn_inputs, split.split_inputs):
+                    if cut:
+                        rows = v.shape[0]
+                        chunk_env[id(v)] = bb.emit(R.strided_slice(
+                            var, axes=[0], begin=[chunk * rows], end=[(chunk + 1) * rows]))
+                for node in graph.nodes:
+                    if id(node) in folds:
+                        _lower_fused_attention(bb, node, folds[id(node)], chunk_env, panel // 2)
+                    elif id(node) not in skipped:
+                        _emit_node(bb, node, chunk_env, stored, panel)
+                chunk_outs.append([chunk_env[id(v)] for v in graph.outputs])
+            outs = [parts[0] if len(parts) == 1 else bb.emit(R.concat(parts, axis=0))
+                    for parts in zip(*chunk_outs)]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
             out = bb.emit_output(result)
         bb.emit_func_output(out)

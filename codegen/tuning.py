@@ -39,6 +39,7 @@ from ..runtime.artifact import file_lock
 
 SCHEMA = "honer.tuning/1"
 DB_FILE = "tuning.json"
+BATCH_FILE = "batch_split.json"  # whole-model choices: micro-batch size per model and target
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,10 @@ class TuneConfig:
     trials_per_round: int = 32  # MetaSchedule trials per round on one kernel
     rounds_per_kernel: int = 4  # a kernel gets at most this many rounds per tune
     min_share: float = 0.01  # kernels below this share of the model's kernel time are left out
+    # also time the model with its batch split into micro-batches (ir/batch_split.py), under
+    # the rules, and keep the fastest; the choice is recorded, and compiles that only read the
+    # database reuse it
+    batch_split: bool = True
 
 
 # ---- the database --------------------------------------------------------------------------
@@ -64,10 +69,12 @@ class TuningDatabase:
         self.path.mkdir(parents=True, exist_ok=True)
         return file_lock(self.path / ".lock")
 
-    def _read(self) -> list[dict[str, Any]]:
-        file = self.path / DB_FILE
+    def _read(self, name: str = DB_FILE) -> Any:
+        """The file's records: the kernel entries (a list), or the batch-split choices (a
+        dict by key)."""
+        file = self.path / name
         if not file.exists():
-            return []
+            return [] if name == DB_FILE else {}
         try:
             data = json.loads(file.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -76,6 +83,29 @@ class TuningDatabase:
         if not isinstance(data, dict) or data.get("schema") != SCHEMA:
             raise HonerError(f"{file} is not a honer tuning database ({SCHEMA})")
         return data["entries"]
+
+    def _write(self, entries: Any, name: str = DB_FILE) -> None:
+        """Replaces the file by rename (the lock held): readers see the old or the new."""
+        body = json.dumps({"schema": SCHEMA, "entries": entries})
+        for stale in self.path.glob(".tuning-*"):  # only a killed writer leaves these:
+            stale.unlink(missing_ok=True)          # a live one would hold the lock
+        fd, tmp = tempfile.mkstemp(prefix=".tuning-", dir=self.path)
+        with os.fdopen(fd, "w") as f:
+            f.write(body)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path / name)
+
+    def batch_split(self, key: str) -> dict[str, Any] | None:
+        """The batch-split choice recorded for `key` (model, target, batch), if any."""
+        with self._locked():
+            return self._read(BATCH_FILE).get(key)
+
+    def record_batch_split(self, key: str, choice: dict[str, Any]) -> None:
+        with self._locked():
+            choices = self._read(BATCH_FILE)
+            choices[key] = choice
+            self._write(choices, BATCH_FILE)
 
     def entries(self) -> list[dict[str, Any]]:
         with self._locked():
@@ -89,15 +119,7 @@ class TuningDatabase:
                 old = entries.get(_key(e))
                 if old is None or e["trials"] >= old["trials"]:
                     entries[_key(e)] = e
-            body = json.dumps({"schema": SCHEMA, "entries": list(entries.values())})
-            for stale in self.path.glob(".tuning-*"):  # only a killed writer leaves these:
-                stale.unlink(missing_ok=True)          # a live one would hold the lock
-            fd, tmp = tempfile.mkstemp(prefix=".tuning-", dir=self.path)
-            with os.fdopen(fd, "w") as f:
-                f.write(body)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path / DB_FILE)
+            self._write(list(entries.values()))
 
 
 def _key(entry: dict[str, Any]) -> str:

@@ -46,11 +46,12 @@ class Target:
     def tvm_target(self) -> dict[str, Any]:
         raise NotImplementedError
 
-    def lower(self, graph: Any) -> Any:
-        """The graph in the form `build` takes: a Relax module for TVM-based targets."""
+    def lower(self, graph: Any, split: Any = None) -> Any:
+        """The graph in the form `build` takes: a Relax module for TVM-based targets. `split`
+        (an ir.batch_split.BatchSplit): `graph` is a micro-batch's, run once per micro-batch."""
         from ..codegen.relax_lower import lower
 
-        return lower(graph)
+        return lower(graph, split=split)
 
     def missing_tools(self) -> list[Tool]:
         return [t for t in self.tools if not t.present()]
@@ -87,8 +88,8 @@ class CPUTarget(Target):
     def schedule(self) -> Any:
         raise NotImplementedError
 
-    def lower(self, graph: Any) -> Any:
+    def lower(self, graph: Any, split: Any = None) -> Any:
         from ..codegen.relax_lower import lower
 
         # linear weights in panels of two vectors of output columns (the register tile's width)
-        return lower(graph, panel=2 * self.schedule().lanes)
+        return lower(graph, panel=2 * self.schedule().lanes, split=split)

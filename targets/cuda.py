@@ -69,11 +69,11 @@ class CudaTarget(Target):
                 kwargs[tile] = options[tile]
         return cls(**kwargs)
 
-    def lower(self, graph: Any) -> Any:
+    def lower(self, graph: Any, split: Any = None) -> Any:
         from ..codegen.relax_lower import lower
 
         # linear weights as [out, in]: the matmul reads both operands along the reduction
-        return lower(graph, transpose_linears=False)
+        return lower(graph, transpose_linears=False, split=split)
 
     def tvm_target(self) -> dict[str, Any]:
         # code is generated for the oldest arch, so one CUDA source compiles for all of them;

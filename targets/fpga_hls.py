@@ -48,7 +48,10 @@ class FpgaHlsTarget(Target):
     def tvm_target(self) -> dict[str, Any]:
         return {"kind": "hls-c++", "part": self.config.part}  # no TVM target: honer's codegen
 
-    def lower(self, graph: Graph) -> HLSModule:
+    def lower(self, graph: Graph, split: Any = None) -> HLSModule:
+        if split is not None:
+            raise HonerError("target fpga-hls streams one sample at a time; compile without "
+                             "batch_split=")
         return HLSModule(graph, self.config)
 
     def build(self, lowered: HLSModule, out_dir: Path, workdir: Path,
