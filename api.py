@@ -113,6 +113,8 @@ def compile(  # noqa: A001 - the public name users expect
     if batch_split is not None:
         graph, split = timed("batch split", lambda: _micro_batch_graph(model, examples, captured,
                                                                          batch_split))
+        split_choice = split_choice or {"micro_batch": batch_split,
+                                        "batch": batch_split * split.chunks}
     calib = Calibration(_micro_batches(calibration, split)) if calibration else None
     evals = passes_mod.Evaluation(
         _micro_batches(evaluation[0], split),
@@ -207,8 +209,8 @@ def _choose_batch_split(model: Any, examples: tuple | None, target: str, passes:
                         model_sha: str) -> tuple[int | None, dict[str, Any] | None]:
     """The micro-batch that ran the model fastest here (None: the whole batch at once), built
     with the rule schedules and timed in turns, or the choice the database recorded for this
-    model, target and batch. Compiles that only read the database (budget 0) reuse a choice
-    but never measure one."""
+    model, passes, target and input shapes. Compiles that only read the database (budget 0)
+    reuse a choice but never measure one."""
     from . import targets
     from .codegen.tuning import TuningDatabase
 
@@ -219,8 +221,8 @@ def _choose_batch_split(model: Any, examples: tuple | None, target: str, passes:
     if not candidates or not tgt.can_run_here():
         return None, None
     db = TuningDatabase(tune.database)
-    key = json.dumps({"model": model_sha, "target": tgt.tvm_target(), "inputs":
-                      [list(x.shape) for x in arrays]}, sort_keys=True)
+    key = json.dumps({"model": model_sha, "target": tgt.tvm_target(), "passes": list(
+        map(str, passes)), "inputs": [list(x.shape) for x in arrays]}, sort_keys=True)
     if (known := db.batch_split(key)) is not None or tune.budget_s <= 0:
         return (known["micro_batch"], known) if known else (None, None)
     builds = {None: compile(model, examples, target, passes, calibration, check=False)}

@@ -47,6 +47,21 @@ def test_compile_a_torch_factory(tmp_path):
     assert "check        max error" in r.stdout
 
 
+def test_compile_with_a_batch_split(tmp_path):
+    (tmp_path / "mlp.py").write_text(textwrap.dedent("""
+        import torch
+        def build():
+            torch.manual_seed(0)
+            return torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU()), (torch.randn(6, 4),)
+    """))
+    r = honer("compile", f"{tmp_path / 'mlp.py'}:build", "--batch-split", "2",
+              "-o", tmp_path / "m.honer")
+    assert r.returncode == 0, r.stderr
+    assert "batch split  micro-batches of 2 of 6" in r.stdout
+    manifest = json.loads((tmp_path / "m.honer" / "manifest.json").read_text())
+    assert manifest["batch_split"]["chunks"] == 3 and manifest["inputs"][0]["shape"] == [6, 4]
+
+
 @pytest.mark.parametrize("args,message", [
     (("compile", "missing.onnx", "-o", "x"), "no such file"),
     (("compile", "model.pt", "-o", "x"), "file.py:factory"),
