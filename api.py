@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from .codegen.tuning import TuneConfig
 
 SCHEMA_REPORT = "honer.report/1"
+SPLIT_MARGIN = 0.02  # how much faster than the whole batch a batch split must measure
 
 
 @dataclass
@@ -103,6 +104,8 @@ def compile(  # noqa: A001 - the public name users expect
     graph = timed("capture", lambda: frontend.capture(model, examples))
     verify(graph)
     captured = graph
+    if tune is not None and not tgt.tunable:
+        raise HonerError(f"target '{tgt.name}' has no tuner; compile without tune=")
     split, split_choice = None, None
     if batch_split is None and tune is not None and tune.batch_split:
         batch_split, split_choice = timed("batch split choice", lambda: _choose_batch_split(
@@ -216,24 +219,33 @@ def _choose_batch_split(model: Any, examples: tuple | None, target: str, passes:
 
     arrays = _to_numpy_inputs(examples) if examples else []
     batch = int(arrays[0].shape[0]) if arrays and arrays[0].ndim else 1
-    candidates = [m for m in range(batch - 1, 0, -1) if batch % m == 0]
-    tgt = targets.get_target(target)
-    if not candidates or not tgt.can_run_here():
+    # halvings only: at batch 64 six builds, not every divisor's
+    candidates = [batch >> k for k in range(1, batch.bit_length()) if batch % (1 << k) == 0]
+    if not candidates:
         return None, None
+    tgt = targets.get_target(target)
     db = TuningDatabase(tune.database)
-    key = json.dumps({"model": model_sha, "target": tgt.tvm_target(), "passes": list(
-        map(str, passes)), "inputs": [list(x.shape) for x in arrays]}, sort_keys=True)
-    if (known := db.batch_split(key)) is not None or tune.budget_s <= 0:
-        return (known["micro_batch"], known) if known else (None, None)
+    key = json.dumps({"model": model_sha, "target": target, "tvm_target": tgt.tvm_target(),
+                      "passes": list(map(str, passes)),
+                      "inputs": [list(x.shape) for x in arrays]}, sort_keys=True)
+    if (known := db.batch_split(key)) is not None:
+        return known["micro_batch"], known
+    if tune.budget_s <= 0 or not tgt.can_run_here():
+        return None, None
+    deadline = time.monotonic() + tune.budget_s / 2  # half the budget at most: kernels next
     builds = {None: compile(model, examples, target, passes, calibration, check=False)}
     for micro in candidates:
+        if time.monotonic() > deadline:
+            break
         try:
             builds[micro] = compile(model, examples, target, passes, calibration, check=False,
                                     batch_split=micro)
-        except HonerError:  # the model mixes batch items, or its outputs are not per item
+        except InputError:  # the model mixes batch items, or its outputs are not per item
             break
     ms = _median_ms_in_turns({m: functools.partial(c.run, *arrays) for m, c in builds.items()})
-    best = min(ms, key=lambda m: ms[m])
+    fastest = min(ms, key=lambda m: ms[m])
+    # a split must beat the whole batch by more than ten turns' timing noise
+    best = fastest if ms[fastest] < (1 - SPLIT_MARGIN) * ms[None] else None
     choice = {"micro_batch": best, "batch": batch,
               "median_ms": {str(m or batch): round(t, 3) for m, t in ms.items()}}
     db.record_batch_split(key, choice)

@@ -101,12 +101,16 @@ def check_independent(whole: Sequence[np.ndarray], chunked: Sequence[Sequence[np
     for k, want in enumerate(whole):
         got = np.concatenate([np.asarray(outs[k]) for outs in chunked])
         want = np.asarray(want)
+        if got.shape != want.shape:
+            raise InputError(f"batch_split: output {k} is {list(want.shape)} for the whole "
+                             f"batch but {list(got.shape)} from its micro-batches")
         scale = max(float(np.max(np.abs(want))) if want.size else 0.0, 1e-12)
         err = float(np.max(np.abs(got.astype(np.float64) - want))) / scale if want.size else 0.0
-        if got.shape != want.shape or err > tolerance:
+        if err > tolerance:
             raise InputError(f"batch_split: output {k} of the model differs between the whole "
                              f"batch and its micro-batches (scaled error {err:.2g}): the model "
-                             "mixes batch items, so it cannot be split")
+                             "mixes batch items, or its batch is not the first axis of every "
+                             "input split, so it cannot be split")
 
 
 def _batched(x: np.ndarray, batch: int) -> bool:

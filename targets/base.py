@@ -35,6 +35,7 @@ class Target:
     name: str = ""
     description: str = ""
     tools: tuple[Tool, ...] = ()
+    tunable: bool = False  # implements `tune`, timing kernels and models on this machine
 
     @classmethod
     def from_options(cls, options: dict[str, str]) -> Target:

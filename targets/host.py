@@ -32,6 +32,7 @@ class HostTarget(CPUTarget):
                    "runtime, the default) or form=standalone (C runtime, no TVM to run it)")
     tools = (Tool("g++", "install the system C++ compiler: apt-get install g++"),
              Tool("gcc", "install the system C compiler: apt-get install gcc"))
+    tunable = True
 
     def __init__(self, form: str = "vm", mcpu: str | None = None):
         if form not in FORMS:

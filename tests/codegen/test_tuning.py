@@ -24,8 +24,10 @@ def tuned(tmp_path_factory):
     model = nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Linear(256, 32)).eval()
     x = torch.randn(16, 64)
     db = tmp_path_factory.mktemp("db")
-    # a budget far above what 8 trials on each of its few kernels take: the tune is complete
-    cfg = TuneConfig(db, budget_s=900, trials_per_round=8, rounds_per_kernel=1)
+    # a budget far above what 8 trials on each of its few kernels take: the tune is complete;
+    # kernels only, the batch left whole (tests/test_batch_split.py tunes the split)
+    cfg = TuneConfig(db, budget_s=900, trials_per_round=8, rounds_per_kernel=1,
+                     batch_split=False)
     compiled = honer.compile(model, (x,), tune=cfg)
     return model, x, db, compiled
 
@@ -45,11 +47,11 @@ def test_a_tune_records_every_kernel_it_tried_with_both_timings(tuned):
 def test_later_compiles_reuse_the_database_and_only_faster_kernels(tuned, tmp_path):
     model, x, db, compiled = tuned
     faster = sum(k["kept"] == "tuned" for k in compiled.report["tuning"]["kernels"])
-    again = honer.compile(model, (x,), tune=TuneConfig(db, budget_s=0))
+    again = honer.compile(model, (x,), tune=TuneConfig(db, budget_s=0, batch_split=False))
     assert again.report["build"]["schedule"]["tuned"] == faster
     np.testing.assert_allclose(again(x.numpy()), model(x).detach().numpy(), rtol=1e-4,
                                atol=1e-5)
-    retune = honer.compile(model, (x,), tune=TuneConfig(db, budget_s=30))
+    retune = honer.compile(model, (x,), tune=TuneConfig(db, budget_s=30, batch_split=False))
     assert retune.report["tuning"]["kernels"] == []  # nothing left to tune
     assert retune.report["tuning"]["reused"] == len(compiled.report["tuning"]["kernels"])
     # the choice follows the recorded timings, whatever this run measured: with every tuned
@@ -64,7 +66,8 @@ def test_later_compiles_reuse_the_database_and_only_faster_kernels(tuned, tmp_pa
         forced.mkdir()
         (forced / DB_FILE).write_text(json.dumps({"schema": "honer.tuning/1",
                                                   "entries": entries}))
-        built = honer.compile(model, (x,), tune=TuneConfig(forced, budget_s=0))
+        built = honer.compile(model, (x,), tune=TuneConfig(forced, budget_s=0,
+                                                         batch_split=False))
         assert built.report["build"]["schedule"]["tuned"] == used
         np.testing.assert_allclose(built(x.numpy()), model(x).detach().numpy(), rtol=1e-4,
                                    atol=1e-5)
