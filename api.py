@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 SCHEMA_REPORT = "honer.report/1"
 SPLIT_MARGIN = 0.02  # how much faster than the whole batch a batch split must measure
+SPLIT_TOLERANCE = 1e-4  # scaled error between a model's whole-batch and micro-batch outputs
 
 
 @dataclass
@@ -202,8 +203,13 @@ def _micro_batch_graph(model: Any, examples: tuple | None, whole: Graph, micro: 
     verify(graph)
     split = batching.plan(whole, graph, batch, micro)
     _, want = reference_outputs(model, examples, whole)
-    batching.check_independent(want, [reference_outputs(model, part, graph)[1]
-                                         for part in batching.split_samples(examples, split)])
+    got = batching.joined_outputs([reference_outputs(model, part, graph)[1]
+                                   for part in batching.split_samples(examples, split)], want)
+    if (err := max_scaled_error(got, want)) > SPLIT_TOLERANCE:
+        raise InputError(f"batch_split: the model's outputs differ between the whole batch and "
+                         f"its micro-batches (scaled error {err:.2g}): it mixes batch items, or "
+                         "its batch is not the first axis of every input split, so it cannot "
+                         "be split")
     return graph, split
 
 

@@ -149,9 +149,9 @@ def format_report(report: dict[str, Any]) -> str:
     if "batch_split" in report:
         b = report["batch_split"]
         timed = ", ".join(f"{m} {ms:.1f} ms" for m, ms in b.get("median_ms", {}).items())
-        lines.append(f"batch split  micro-batches of {b['micro_batch'] or b['batch']} of "
-                     f"{b['batch']}" + (f" (measured per micro-batch size: {timed})"
-                                        if timed else ""))
+        runs = f"micro-batches of {b['micro_batch']}" if b["micro_batch"] else "whole"
+        lines.append(f"batch split  {runs}, batch {b['batch']}"
+                     + (f" (measured per micro-batch size: {timed})" if timed else ""))
     if report["build"].get("schedule", {}).get("tuned"):
         lines.append(f"schedules    {report['build']['schedule']['tuned']} kernels from the "
                      "tuning database, the rest from the rules")

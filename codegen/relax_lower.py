@@ -1537,12 +1537,8 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
                         rows = v.shape[0]
                         chunk_env[id(v)] = bb.emit(R.strided_slice(
                             var, axes=[0], begin=[chunk * rows], end=[(chunk + 1) * rows]))
-                for node in graph.nodes:
-                    if id(node) in folds:
-                        _lower_fused_attention(bb, node, folds[id(node)], chunk_env, panel // 2)
-                    elif id(node) not in skipped:
-                        _emit_node(bb, node, chunk_env, stored, panel)
-                chunk_outs.append([chunk_env[id(v)] for v in graph.outputs])
+                chunk_outs.append(_emit_graph(bb, graph, chunk_env, folds, skipped, stored,
+                                              panel))
             outs = [parts[0] if len(parts) == 1 else bb.emit(R.concat(parts, axis=0))
                     for parts in zip(*chunk_outs)]
             result = outs[0] if len(outs) == 1 else relax.Tuple(outs)
@@ -1553,6 +1549,18 @@ def lower(graph: Graph, inline_limit: int = 16, panel: int = 0,
     # kernel of its own
     mod = relax.transform.CanonicalizeBindings()(bb.get())
     return LoweredModule(mod, params, layouts)
+
+
+def _emit_graph(bb: relax.BlockBuilder, graph: Graph, env: dict[int, relax.Expr],
+                folds: dict[int, AttentionFold], skipped: set[int], stored: dict[int, str],
+                panel: int) -> list[relax.Expr]:
+    """Emits the graph's nodes, its inputs and weights bound in `env`; returns its outputs."""
+    for node in graph.nodes:
+        if id(node) in folds:
+            _lower_fused_attention(bb, node, folds[id(node)], env, panel // 2)
+        elif id(node) not in skipped:
+            _emit_node(bb, node, env, stored, panel)
+    return [env[id(v)] for v in graph.outputs]
 
 
 def _emit_node(bb: relax.BlockBuilder, node: Node, env: dict[int, relax.Expr],

@@ -57,7 +57,7 @@ def test_compile_with_a_batch_split(tmp_path):
     r = honer("compile", f"{tmp_path / 'mlp.py'}:build", "--batch-split", "2",
               "-o", tmp_path / "m.honer")
     assert r.returncode == 0, r.stderr
-    assert "batch split  micro-batches of 2 of 6" in r.stdout
+    assert "batch split  micro-batches of 2, batch 6" in r.stdout
     manifest = json.loads((tmp_path / "m.honer" / "manifest.json").read_text())
     assert manifest["batch_split"]["chunks"] == 3 and manifest["inputs"][0]["shape"] == [6, 4]
 
